@@ -1,0 +1,208 @@
+"""ModelDeployment: serve an ONNX model with ONNX Runtime."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kubeforge.api._base import KubeModel, cel, rule
+from kubeforge.api.common import (
+    _LIMIT_RULES,
+    STORAGE_SCHEMES,
+    ComputeResources,
+    Condition,
+    PodSettings,
+    Scheduling,
+    SecretName,
+    check_uri,
+    conditions_field,
+)
+
+MODEL_SCHEMES = STORAGE_SCHEMES
+
+
+class ModelSource(KubeModel):
+    """The model to serve: a URI, or the model another kubeforge resource produced."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("[has(self.uri) && self.uri != '', has(self.fromTrainingJob), "
+             "has(self.fromTuningStudy)].filter(x, x).size() == 1",
+             "model needs exactly one of uri, fromTrainingJob or fromTuningStudy"),
+        rule("!has(self.uri) || self.uri == '' || self.uri.matches('^("
+             + "|".join(MODEL_SCHEMES) + ")://')",
+             "uri must start with one of: " + ", ".join(s + "://" for s in MODEL_SCHEMES),
+             field_path=".uri"),
+    )}
+
+    uri: str | None = Field(
+        default=None,
+        description="A model.onnx file or a folder holding model.onnx and its external-data files "
+        "(file://, pvc://CLAIM/PATH, s3://, gs://, az://).",
+    )
+    secret_ref: SecretName
+    from_training_job: str | None = Field(
+        default=None, description="Serve the model a TrainingJob in this namespace produced."
+    )
+    from_tuning_study: str | None = Field(
+        default=None, description="Serve the best model of a TuningStudy in this namespace."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: str | None) -> str | None:
+        return check_uri(uri, MODEL_SCHEMES) if uri else uri
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSource:
+        given = [bool(self.uri), self.from_training_job is not None,
+                 self.from_tuning_study is not None]
+        if sum(given) != 1:
+            raise ValueError("model needs exactly one of uri, fromTrainingJob or fromTuningStudy")
+        return self
+
+
+class Batching(KubeModel):
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Most requests run together (1: no batching)."
+    )
+    max_delay_ms: float = Field(
+        default=2, ge=0, le=1000, description="Longest wait for a batch to fill, in ms."
+    )
+
+
+class Runtime(KubeModel):
+    image: str = Field(default="", description="Server image; empty: the operator's server image.")
+    execution_provider: Literal["cpu", "cuda", "tensorrt"] = Field(
+        default="cpu", description="ONNX Runtime execution provider: cpu, cuda or tensorrt."
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: from the CPU limit)."
+    )
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
+
+
+class ServingResources(ComputeResources):
+    model_config = {**ComputeResources.model_config, "json_schema_extra": _LIMIT_RULES}
+
+    gpus: int = Field(default=0, ge=0, le=16, description="GPUs per replica.")
+
+
+class Autoscaling(KubeModel):
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas",
+             field_path=".minReplicas"),
+    )}
+
+    min_replicas: int = Field(default=1, ge=1, description="Fewest replicas.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas.")
+    metric: Literal["cpu", "memory"] = Field(
+        default="cpu", description="Resource whose utilisation drives scaling."
+    )
+    target: int = Field(default=70, ge=1, le=100, description="Target utilisation in percent.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class Rollout(KubeModel):
+    strategy: Literal["RollingUpdate"] = Field(
+        default="RollingUpdate",
+        description="RollingUpdate (never below the ready count the PodDisruptionBudget promises).",
+    )
+
+
+class Monitoring(KubeModel):
+    service_monitor: bool = Field(
+        default=True, description="Make a ServiceMonitor when the Prometheus Operator is installed."
+    )
+    prometheus_rule: bool = Field(
+        default=True,
+        description="Make a PrometheusRule (error rate, latency, not-ready alerts) when the "
+        "Prometheus Operator is installed.",
+    )
+
+
+class ModelDeploymentSpec(KubeModel):
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("self.runtime.executionProvider == 'cpu' || self.resources.gpus > 0",
+             "executionProvider cuda or tensorrt needs resources.gpus > 0",
+             field_path=".runtime.executionProvider"),
+    )}
+
+    model: ModelSource = Field(description="The model to serve.")
+    runtime: Runtime = Field(default_factory=Runtime, description="The serving runtime.")
+    resources: ServingResources = Field(
+        default_factory=ServingResources, description="Resources per replica."
+    )
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Where replicas run.")
+    pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Replicas (the starting count when autoscaling)."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="HorizontalPodAutoscaler settings; absent: a fixed number of replicas.",
+    )
+    rollout: Rollout = Field(default_factory=Rollout, description="How changes roll out.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus objects.")
+
+    @model_validator(mode="after")
+    def _gpu_provider(self) -> ModelDeploymentSpec:
+        if self.runtime.execution_provider != "cpu" and self.resources.gpus == 0:
+            raise ValueError("executionProvider cuda or tensorrt needs resources.gpus > 0")
+        return self
+
+
+class ServingPhase(StrEnum):
+    PENDING = "Pending"
+    LOADING = "Loading"
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ReplicaCounts(KubeModel):
+    desired: int = Field(default=0, description="Replicas wanted.")
+    ready: int = Field(default=0, description="Replicas ready.")
+    updated: int = Field(default=0, description="Replicas on the current spec.")
+
+
+class TensorSpec(KubeModel):
+    name: str = Field(description="Tensor name.")
+    datatype: str = Field(description="KServe v2 datatype, e.g. FP32.")
+    shape: list[int] = Field(description="Shape; -1 for a dynamic dimension.")
+
+
+class ServedModel(KubeModel):
+    uri: str | None = Field(default=None, description="The resolved model URI.")
+    sha256: str | None = Field(default=None, description="SHA-256 of model.onnx.")
+    inputs: list[TensorSpec] = Field(default_factory=list, description="Input signature.")
+    outputs: list[TensorSpec] = Field(default_factory=list, description="Output signature.")
+
+
+class ModelDeploymentStatus(KubeModel):
+    phase: ServingPhase = Field(default=ServingPhase.PENDING, description="Summary phase.")
+    message: str = Field(default="", description="Why it is in this phase.")
+    observed_generation: int | None = Field(default=None, description="Generation observed.")
+    conditions: list[Condition] = conditions_field()
+    url: str | None = Field(default=None, description="In-cluster URL of the inference endpoint.")
+    replicas: ReplicaCounts = Field(default_factory=ReplicaCounts, description="Replica counts.")
+    model: ServedModel | None = Field(default=None, description="What is being served.")
+
+
+class ModelDeployment(KubeModel):
+    model_config = {**KubeModel.model_config, "extra": "ignore"}
+
+    api_version: str = Field(default="kubeforge.io/v1alpha1", alias="apiVersion")
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+

@@ -1,0 +1,366 @@
+"""TuningStudy: search hyperparameters by running trials as TrainingJobs."""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kubeforge.api._base import FREE_FORM, KubeModel, cel, rule
+from kubeforge.api.common import (
+    HYPERPARAMETER_NAME,
+    Condition,
+    conditions_field,
+    hp_collision_rule,
+    hp_env_name,
+)
+from kubeforge.api.trainingjob import TrainingJobSpec
+
+# Keyword arguments each Optuna sampler / pruner accepts through `settings` (Optuna 5).
+# `seed` comes from algorithm.seed; the pruners' warm-up comes from earlyStopping.startStep.
+SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "random": (),
+    "grid": (),
+    "tpe": (
+        "consider_prior",
+        "prior_weight",
+        "consider_magic_clip",
+        "consider_endpoints",
+        "n_startup_trials",
+        "n_ei_candidates",
+        "multivariate",
+        "group",
+        "warn_independent_sampling",
+        "constant_liar",
+    ),
+    "cmaes": (
+        "sigma0",
+        "n_startup_trials",
+        "warn_independent_sampling",
+        "consider_pruned_trials",
+        "restart_strategy",
+        "popsize",
+        "inc_popsize",
+        "use_separable_cma",
+        "with_margin",
+        "lr_adapt",
+    ),
+    "gp": ("n_startup_trials", "deterministic_objective", "warn_independent_sampling"),
+    "qmc": ("qmc_type", "scramble", "warn_independent_sampling", "warn_asynchronous_seeding"),
+}
+PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "interval_steps", "n_min_trials"),
+    "hyperband": ("max_resource", "reduction_factor", "bootstrap_count"),
+}
+
+
+def _allow_list_rules(table: dict[str, tuple[str, ...]], what: str) -> list[dict[str, str]]:
+    out = []
+    for name, keys in table.items():
+        allowed = "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+        out.append(
+            rule(
+                f"self.name != '{name}' || self.settings.all(k, k in {allowed})",
+                f"settings: {what} '{name}' accepts only: {', '.join(keys) or 'nothing'}",
+                field_path=".settings",
+            )
+        )
+    return out
+
+
+def _check_settings(table: dict[str, tuple[str, ...]], name: str, settings: dict[str, Any],
+                    what: str) -> None:
+    unknown = sorted(set(settings) - set(table[name]))
+    if unknown:
+        raise ValueError(
+            f"settings: {what} '{name}' does not accept {unknown}; it accepts only: "
+            f"{', '.join(table[name]) or 'nothing'}"
+        )
+
+
+class Objective(KubeModel):
+    """What the study optimises."""
+
+    metric: str = Field(
+        description="The metric trials report, e.g. val_loss.", pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$"
+    )
+    direction: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="minimize or maximize."
+    )
+    target: float | None = Field(
+        default=None, description="Stop the study (Succeeded) once a trial reaches this value."
+    )
+    strategy: Literal["last", "best"] = Field(
+        default="last", description="A trial's value: the last value it reported, or its best."
+    )
+
+
+class SearchParameter(KubeModel):
+    """One dimension of the search space."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("self.type == 'categorical' || (has(self.low) && has(self.high) && self.low < self.high)",
+             "float and int parameters need low < high"),
+        rule("self.type != 'categorical' || (has(self.choices) && size(self.choices) > 0)",
+             "a categorical parameter needs choices", field_path=".choices"),
+        rule("self.type == 'categorical' || !has(self.choices)",
+             "choices apply only to type categorical", field_path=".choices"),
+        rule("!(self.log && has(self.step))", "log and step cannot be combined", field_path=".log"),
+        rule("!self.log || (has(self.low) && self.low > 0.0)", "log needs low > 0",
+             field_path=".low"),
+        rule("!has(self.step) || self.step > 0.0", "step must be > 0", field_path=".step"),
+    )}
+
+    type: Literal["float", "int", "categorical"] = Field(description="float, int or categorical.")
+    low: float | None = Field(default=None, description="Lower bound (float, int).")
+    high: float | None = Field(default=None, description="Upper bound, inclusive (float, int).")
+    log: bool = Field(default=False, description="Sample on a log scale.")
+    step: float | None = Field(
+        default=None, description="Discretisation step (on float: makes a finite grid)."
+    )
+    choices: list[Any] | None = Field(
+        default=None,
+        description="Choices of a categorical parameter: strings, numbers or booleans.",
+        max_length=256,
+        json_schema_extra={"items": FREE_FORM},
+    )
+
+    @field_validator("choices")
+    @classmethod
+    def _scalar_choices(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            for c in value:
+                if not isinstance(c, str | int | float | bool) or c is None:
+                    raise ValueError(f"choices must be strings, numbers or booleans, not {c!r}")
+            if len({repr(c) for c in value}) != len(value):
+                raise ValueError("choices must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchParameter:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+            return self
+        if self.choices is not None:
+            raise ValueError("choices apply only to type categorical")
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("float and int parameters need low < high")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.log and self.low <= 0:
+            raise ValueError("log needs low > 0")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                v = getattr(self, name)
+                if v is not None and not float(v).is_integer():
+                    raise ValueError(f"{name} of an int parameter must be a whole number")
+        return self
+
+    @property
+    def finite(self) -> bool:
+        return self.type != "float" or self.step is not None
+
+    def grid_points(self) -> list[Any]:
+        """Every value of a finite dimension, in order."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))
+        assert self.step is not None
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
+
+class Algorithm(KubeModel):
+    """The search algorithm: an Optuna sampler."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        *_allow_list_rules(SAMPLER_SETTINGS, "algorithm"))}
+
+    name: Literal["random", "grid", "tpe", "cmaes", "gp", "qmc"] = Field(
+        default="tpe", description="random, grid, tpe, cmaes, gp or qmc (Optuna samplers)."
+    )
+    seed: int | None = Field(default=0, description="Sampler seed (same seed, same suggestions).")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the Optuna sampler, allow-listed per name.",
+        json_schema_extra={**FREE_FORM, "maxProperties": 16},
+    )
+
+    @model_validator(mode="after")
+    def _allowed(self) -> Algorithm:
+        _check_settings(SAMPLER_SETTINGS, self.name, self.settings, "algorithm")
+        return self
+
+
+class EarlyStopping(KubeModel):
+    """Early stopping of bad trials: an Optuna pruner fed by the trials' intermediate reports."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        *_allow_list_rules(PRUNER_SETTINGS, "earlyStopping"))}
+
+    name: Literal["none", "median", "percentile", "hyperband"] = Field(
+        default="none", description="none, median, percentile or hyperband (Optuna pruners)."
+    )
+    start_step: int = Field(
+        default=2, ge=0, description="Never prune a trial before it reported this step."
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the Optuna pruner, allow-listed per name.",
+        json_schema_extra={**FREE_FORM, "maxProperties": 16},
+    )
+
+    @model_validator(mode="after")
+    def _allowed(self) -> EarlyStopping:
+        _check_settings(PRUNER_SETTINGS, self.name, self.settings, "earlyStopping")
+        return self
+
+
+class TrialTemplate(KubeModel):
+    spec: TrainingJobSpec = Field(
+        description="The TrainingJob spec of every trial; suggestions are merged into its "
+        "hyperparameters (so HP_* and $(HP_*) work)."
+    )
+    retain: bool = Field(
+        default=False,
+        description="Keep finished trials' Jobs and pods; false lets them go (the trial "
+        "TrainingJobs stay as the record).",
+    )
+
+
+class Promote(KubeModel):
+    model_deployment: str = Field(
+        description="A ModelDeployment pointed at the best trial's model once the study succeeds "
+        "(created if absent).",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+    )
+
+
+class TuningStudySpec(KubeModel):
+    """The desired search."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule(
+            "self.algorithm.name != 'grid' || self.searchSpace.all(k, "
+            "self.searchSpace[k].type != 'float' || has(self.searchSpace[k].step))",
+            "algorithm grid needs a finite search space: give every float parameter a step",
+            field_path=".searchSpace",
+        ),
+        rule("self.searchSpace == oldSelf.searchSpace",
+             "spec.searchSpace is immutable: create a new study", field_path=".searchSpace"),
+        rule("self.objective == oldSelf.objective",
+             "spec.objective is immutable: create a new study", field_path=".objective"),
+        rule("self.algorithm == oldSelf.algorithm",
+             "spec.algorithm is immutable: create a new study", field_path=".algorithm"),
+    )}
+
+    objective: Objective = Field(description="The metric to optimise and how.")
+    search_space: dict[str, SearchParameter] = Field(
+        description="Hyperparameters to search, by name.",
+        min_length=1,
+        json_schema_extra={
+            "maxProperties": 32,
+            **cel(
+                rule("self.all(k, k.matches('" + HYPERPARAMETER_NAME.replace("\\", "\\\\") + "'))",
+                     "parameter names must match " + HYPERPARAMETER_NAME),
+                hp_collision_rule(),
+            ),
+        },
+    )
+    algorithm: Algorithm = Field(default_factory=Algorithm, description="The sampler.")
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="The pruner."
+    )
+    max_trials: int = Field(
+        default=50, ge=1, le=100000,
+        description="Trials in all; raising it on a finished study continues it.",
+    )
+    parallelism: int = Field(default=4, ge=1, le=1000, description="Trials running at once.")
+    max_failed_trials: int = Field(
+        default=3, ge=0, description="Fail the study once this many trials failed (pruned is not failed)."
+    )
+    trial_template: TrialTemplate = Field(description="How each trial runs.")
+    promote: Promote | None = Field(default=None, description="Serve the best model.")
+
+    @field_validator("search_space")
+    @classmethod
+    def _names(cls, value: dict[str, SearchParameter]) -> dict[str, SearchParameter]:
+        seen: dict[str, str] = {}
+        for name in value:
+            if not re.match(HYPERPARAMETER_NAME, name):
+                raise ValueError(f"parameter name {name!r} must match {HYPERPARAMETER_NAME}")
+            env = hp_env_name(name)
+            if env in seen:
+                raise ValueError(f"parameters {seen[env]!r} and {name!r} both map to {env}")
+            seen[env] = name
+        return value
+
+    @model_validator(mode="after")
+    def _grid_finite(self) -> TuningStudySpec:
+        if self.algorithm.name == "grid":
+            infinite = [k for k, p in self.search_space.items() if not p.finite]
+            if infinite:
+                raise ValueError(
+                    f"algorithm grid needs a finite search space: give {infinite} a step"
+                )
+        return self
+
+
+class TuningPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class TrialCounts(KubeModel):
+    total: int = Field(default=0, description="Trials created.")
+    running: int = Field(default=0, description="Trials not finished.")
+    succeeded: int = Field(default=0, description="Trials that finished with a value.")
+    failed: int = Field(default=0, description="Trials that failed.")
+    pruned: int = Field(default=0, description="Trials stopped early by the pruner.")
+
+
+class BestTrial(KubeModel):
+    name: str = Field(description="The trial TrainingJob's name.")
+    number: int | None = Field(default=None, description="The trial number.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Its parameters.", json_schema_extra=FREE_FORM
+    )
+    value: float | None = Field(default=None, description="Its objective value.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Its final metrics.")
+    model: str | None = Field(default=None, description="URI of its model.onnx.")
+
+
+class TuningStudyStatus(KubeModel):
+    phase: TuningPhase = Field(default=TuningPhase.PENDING, description="Summary phase.")
+    message: str = Field(default="", description="Why the study is in this phase.")
+    observed_generation: int | None = Field(default=None, description="Generation observed.")
+    conditions: list[Condition] = conditions_field()
+    trials: TrialCounts = Field(default_factory=TrialCounts, description="Trials by state.")
+    progress: str = Field(default="", description="Finished trials / maxTrials, for display.")
+    best_trial: BestTrial | None = Field(default=None, description="The best trial so far.")
+    start_time: str | None = Field(default=None, description="When the study started.")
+    completion_time: str | None = Field(default=None, description="When the study finished.")
+
+
+class TuningStudy(KubeModel):
+    model_config = {**KubeModel.model_config, "extra": "ignore"}
+
+    api_version: str = Field(default="kubeforge.io/v1alpha1", alias="apiVersion")
+    kind: Literal["TuningStudy"] = "TuningStudy"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: TuningStudySpec
+    status: TuningStudyStatus | None = None
