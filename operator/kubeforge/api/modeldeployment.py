@@ -41,7 +41,7 @@ class ModelSource(KubeModel):
         description="A model.onnx file or a folder holding model.onnx and its external-data files "
         "(file://, pvc://CLAIM/PATH, s3://, gs://, az://).",
     )
-    secret_ref: SecretName
+    secret_ref: SecretName = ""
     from_training_job: str | None = Field(
         default=None, description="Serve the model a TrainingJob in this namespace produced."
     )

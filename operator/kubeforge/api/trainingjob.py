@@ -29,7 +29,7 @@ from kubeforge.api.common import (
 )
 
 RECIPES = ("mlp-classifier", "mlp-regressor", "cnn-classifier")
-DATASET_SCHEMES = ("builtin",) + STORAGE_SCHEMES
+DATASET_SCHEMES = ("builtin", *STORAGE_SCHEMES)
 OUTPUT_SCHEMES = ("file", "pvc", "s3", "gs", "az", "abfs")
 
 EXIT_BAD_CONFIG = 2
@@ -100,7 +100,7 @@ class Dataset(KubeModel):
         "pvc://CLAIM/PATH, s3://, gs://, az://, hf:// (CSV or Parquet).",
         min_length=1,
     )
-    secret_ref: SecretName
+    secret_ref: SecretName = ""
 
     @field_validator("uri")
     @classmethod
@@ -188,7 +188,7 @@ class Output(KubeModel):
         description="Output folder URI (file://, pvc://CLAIM/PATH, s3://, gs://, az://); "
         "empty: the operator's artifact store.",
     )
-    secret_ref: SecretName
+    secret_ref: SecretName = ""
     onnx: OnnxExport = Field(default_factory=OnnxExport, description="ONNX export settings.")
 
     @field_validator("uri")

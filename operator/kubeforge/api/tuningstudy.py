@@ -177,7 +177,7 @@ class SearchParameter(KubeModel):
             step = int(self.step or 1)
             return list(range(int(self.low), int(self.high) + 1, step))
         assert self.step is not None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        n = math.floor((self.high - self.low) / self.step + 1e-9)
         return [round(self.low + i * self.step, 12) for i in range(n + 1)]
 
 

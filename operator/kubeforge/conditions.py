@@ -1,0 +1,72 @@
+"""Standard conditions (metav1.Condition) kept the Kubernetes way."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable
+from typing import Any
+
+Conditions = list[dict[str, Any]]
+
+
+def now_rfc3339() -> str:
+    """The current UTC time, second precision, as Kubernetes writes it."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Conditions,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    *,
+    now: str,
+    observed_generation: int | None = None,
+) -> Conditions:
+    """Set one condition in place (wire shape, camelCase) and return the list.
+
+    `lastTransitionTime` changes only when `status` changes, as the API conventions require; a new
+    reason or message alone keeps it.
+    """
+    text = status if isinstance(status, str) else ("True" if status else "False")
+    for cond in conditions:
+        if cond.get("type") == type_:
+            if cond.get("status") != text:
+                cond["lastTransitionTime"] = now
+            cond["status"] = text
+            cond["reason"] = reason
+            cond["message"] = message
+            if observed_generation is not None:
+                cond["observedGeneration"] = observed_generation
+            return conditions
+    new: dict[str, Any] = {
+        "type": type_,
+        "status": text,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+    }
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    conditions.append(new)
+    return conditions
+
+
+def get_condition(conditions: Iterable[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of that type, or None."""
+    for cond in conditions or ():
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
+    """Whether the condition of that type has status True."""
+    cond = get_condition(conditions, type_)
+    return cond is not None and cond.get("status") == "True"
+
+
+def copy_conditions(conditions: Iterable[dict[str, Any]] | None) -> Conditions:
+    """A deep-enough copy (each condition dict copied) to edit without touching the input."""
+    return [dict(c) for c in conditions or ()]

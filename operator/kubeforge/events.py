@@ -1,0 +1,65 @@
+"""Kubernetes Events, only for what a user must see (failure, success, suspend, queueing).
+
+Never one per reconcile: an Event is an API write. Posting is best effort (a failed Event is
+logged, never retried) so it can never block or fail a reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from kubeforge.apply import ApiError, Kube
+from kubeforge.conditions import now_rfc3339
+
+log = logging.getLogger("kubeforge.events")
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+def object_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    """The involvedObject of an Event for `obj`."""
+    meta = obj.get("metadata", {})
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+    }
+
+
+def build_event(
+    obj: dict[str, Any], type_: str, reason: str, message: str, component: str, now: str
+) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (pure)."""
+    ref = object_reference(obj)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{ref['name']}.{secrets.token_hex(8)}",
+            "namespace": ref["namespace"],
+        },
+        "involvedObject": ref,
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+def post(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post one Event about `obj`; errors are logged and swallowed."""
+    event = build_event(obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339())
+    try:
+        kube.create(event)
+    except (ApiError, OSError) as exc:
+        log.warning("event not posted: %s", exc)

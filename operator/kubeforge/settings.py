@@ -1,0 +1,114 @@
+"""The operator's settings, in one place.
+
+Every setting is read from an environment variable `KUBEFORGE_<NAME>` (upper case), so the Helm
+chart sets them with `env:`; the command line (`--namespace`, `--metrics-port`) overrides a few.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubeforge/trainer:0.1.0"
+DEFAULT_SERVER_IMAGE = "ghcr.io/kubeforge/server:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed operator settings (env `KUBEFORGE_*`)."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Image of the built-in trainer (CPU); also the source of the kubeforge-report zipapp."""
+
+    trainer_gpu_image: str = "ghcr.io/kubeforge/trainer-gpu:0.1.0"
+    """Image of the built-in trainer used when a TrainingJob asks for GPUs."""
+
+    server_image: str = DEFAULT_SERVER_IMAGE
+    """Image of the ONNX Runtime server (CPU execution provider)."""
+
+    server_gpu_image: str = "ghcr.io/kubeforge/server-gpu:0.1.0"
+    """Image of the server used with the cuda / tensorrt execution providers."""
+
+    artifact_store: str = "file:///var/lib/kubeforge/artifacts"
+    """Where artefacts go when `spec.output.uri` is empty: `<store>/<namespace>/<name>/`.
+
+    The default (file://) is pod-local (an emptyDir is mounted there so it is writable): it works
+    on any cluster for a first run, but the model is lost with the pod. Production installs set
+    a shared store, e.g. `pvc://kubeforge-artifacts/` (mounted read-write for the trainer) or
+    `s3://bucket/kubeforge/` (credentials through `spec.output.secretRef` or the pod identity)."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces watched; empty: all namespaces (cluster-wide)."""
+
+    concurrency: int = 16
+    """Worker threads that reconcile objects (and HTTP connections to the API server)."""
+
+    resync_seconds: float = 300.0
+    """Period of the safety-net resync of every object (it writes only what differs)."""
+
+    field_manager: str = "kubeforge"
+    """Server-side apply field manager (and the user agent) of every write."""
+
+    prefix: str = "kubeforge.io"
+    """Annotation/label prefix of kubeforge and of kopf's own bookkeeping."""
+
+    trainer_service_account: str = "kubeforge-trainer"
+    """ServiceAccount the operator creates in each namespace for pods without spec.pod.serviceAccountName."""
+
+    termination_grace_seconds: int = 120
+    """Grace period of trainer pods: time to write a checkpoint after SIGTERM."""
+
+    master_port: int = 29500
+    """torchrun rendezvous port on pod 0."""
+
+    metrics_port: int = 8000
+    """Port of the operator's Prometheus /metrics endpoint (0: off)."""
+
+    metrics_address: str = "127.0.0.1"
+    """Bind address of /metrics and the liveness endpoint (the chart sets 0.0.0.0 in a pod)."""
+
+    liveness_port: int = 8080
+    """Port of the liveness endpoint `/healthz` (0: off)."""
+
+    log_format: str = "json"
+    """`json` (structured logs, one object a line) or `plain`."""
+
+    log_level: str = "INFO"
+    """Python log level of the operator."""
+
+    kueue_workloads: bool = True
+    """Watch Kueue Workloads (when the CRD exists) to show Kueue's reason while a job is queued."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `KUBEFORGE_*` variables, then keyword overrides (non-None only)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get("KUBEFORGE_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def output_uri(self, namespace: str, name: str) -> str:
+        """The default output URI of a TrainingJob: `<store>/<namespace>/<name>/`."""
+        return f"{self.artifact_store.rstrip('/')}/{namespace}/{name}/"
+
+    def label(self, key: str) -> str:
+        """`kubeforge.io/<key>`."""
+        return f"{self.prefix}/{key}"
