@@ -75,3 +75,21 @@ def rule(expr: str, message: str, field_path: str | None = None, reason: str | N
 def cel(*rules: dict[str, str]) -> dict[str, Any]:
     """json_schema_extra carrying CEL rules for a model or field."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+_SUFFIX = {
+    "": 1, "n": 10**-9, "u": 10**-6, "m": 10**-3, "k": 10**3, "M": 10**6, "G": 10**9,
+    "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str) -> float:
+    """The value of a Kubernetes quantity (`500m` → 0.5, `2Gi` → 2147483648.0)."""
+    import re
+
+    match = re.fullmatch(r"([+-]?[0-9.]+)(?:([eE][-+]?[0-9]+)|([numkMGTPE]i?)?)", text.strip())
+    if not match or (match.group(3) or "") not in _SUFFIX:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    number = float(match.group(1) + (match.group(2) or ""))
+    return number * _SUFFIX[match.group(3) or ""]

@@ -9,7 +9,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.api._base import FREE_FORM, KubeModel, OptionalQuantity, Quantity, cel, rule
+from pydantic.alias_generators import to_camel
+
+from kubeforge.api._base import (
+    FREE_FORM,
+    KubeModel,
+    OptionalQuantity,
+    Quantity,
+    cel,
+    parse_quantity,
+    rule,
+)
 
 # --- names ---------------------------------------------------------------------------------
 
@@ -380,6 +390,14 @@ class ComputeResources(KubeModel):
         description="Other extended resources per pod, e.g. {vpc.amazonaws.com/efa: 4}.",
         json_schema_extra={"maxProperties": 16},
     )
+
+    @model_validator(mode="after")
+    def _limits_not_below_requests(self) -> ComputeResources:
+        for limit, request in (("cpu_limit", "cpu"), ("memory_limit", "memory")):
+            value = getattr(self, limit)
+            if value and parse_quantity(value) < parse_quantity(getattr(self, request)):
+                raise ValueError(f"{to_camel(limit)} must not be below {request}")
+        return self
 
 
 # --- storage --------------------------------------------------------------------------------

@@ -313,7 +313,7 @@ class TuningStudySpec(KubeModel):
             infinite = [k for k, p in self.search_space.items() if not p.finite]
             if infinite:
                 raise ValueError(
-                    f"algorithm grid needs a finite search space: give {infinite} a step"
+                    f"searchSpace: algorithm grid needs a finite search space: give {infinite} a step"
                 )
         return self
 

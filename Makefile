@@ -1,0 +1,69 @@
+# kubeforge: the project's verbs. A newcomer, CI (.ci/run) and reviewers use the same ones.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Every extra but gpu: the operator, trainer, server and the test tools.
+EXTRAS ?= operator,trainer,server,dev
+
+.PHONY: help venv check lint typecheck unit test integration e2e crds cluster-bins cluster \
+        cluster-down kind demo bench images clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The stamp re-runs the install only when pyproject.toml changes (a warm run does no work).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with everything installed (cached)
+
+lint: venv ## ruff
+	$(BIN)/ruff check operator trainer-image server-image cluster tests benchmarks
+
+typecheck: venv ## mypy strict on the operator package
+	$(BIN)/mypy
+
+unit: venv ## fast unit tests (no cluster)
+	$(BIN)/pytest tests/unit -q
+
+check: lint typecheck unit ## ruff, mypy, fast unit tests (under a minute)
+
+integration: venv cluster-bins ## integration tests on the real local control plane
+	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests/integration -q
+
+e2e: venv cluster-bins ## e2e tests (real pods where the machine allows; skipped with a reason otherwise)
+	$(BIN)/pytest tests/e2e -q
+
+test: venv cluster-bins ## everything README promises: unit + integration + e2e (what .ci/run calls)
+	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests -q
+
+crds: venv ## regenerate crds/ (and the chart's copy) from the pydantic models
+	$(BIN)/python -m kubeforge.crdgen crds
+	@if [ -d charts/kubeforge ]; then mkdir -p charts/kubeforge/crds && cp crds/*.yaml charts/kubeforge/crds/; fi
+
+cluster-bins: venv ## build (once, cached outside the repo) or find the control-plane binaries
+	$(BIN)/python cluster/build.py
+
+cluster: cluster-bins ## start the local control plane and print the KUBECONFIG line
+	$(BIN)/python -m kubeforge_cluster up
+
+cluster-down: venv ## stop the local control plane
+	$(BIN)/python -m kubeforge_cluster down
+
+kind: ## a kind cluster, for machines with Docker (not this one)
+	kind create cluster --name kubeforge --config cluster/kind-config.yaml
+
+demo: venv cluster-bins ## the main job: install the chart, train, tune and serve on the local cluster
+	$(BIN)/python -m kubeforge_cluster.demo
+
+bench: venv cluster-bins ## every benchmark; each prints a table
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info
