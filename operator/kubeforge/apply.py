@@ -21,7 +21,10 @@ APPLY = "application/apply-patch+yaml"  # JSON is YAML: the API server accepts i
 MERGE = "application/merge-patch+json"
 
 _CORE = {"Pod", "Service", "ServiceAccount", "Event", "ConfigMap", "Secret", "Namespace"}
-_PLURAL_EXCEPTIONS = {"NetworkPolicy": "networkpolicies", "PodDisruptionBudget": "poddisruptionbudgets"}
+_PLURAL_EXCEPTIONS = {
+    "NetworkPolicy": "networkpolicies",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+}
 
 
 class ApiError(Exception):
@@ -128,21 +131,29 @@ class Kube:
         """One HTTP request; the answer as a dict. Raises ApiError on a non-2xx answer."""
         headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         queries: list[tuple[str, str]] = []
-        self.api_client.update_params_for_auth(headers, queries, ["BearerToken"], path, method, None)
+        self.api_client.update_params_for_auth(
+            headers, queries, ["BearerToken"], path, method, None
+        )
         url = self.config.host + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data: bytes | None = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+            data = (
+                body
+                if isinstance(body, bytes)
+                else json.dumps(body, separators=(",", ":")).encode()
+            )
         resp = self.pool.request(
             method, url, body=data, headers=headers, timeout=self.timeout, preload_content=True
         )
         raw = resp.data
         parsed: JSON = json.loads(raw) if raw else {}
         if resp.status >= 300:
-            raise ApiError(resp.status, resp.reason or "", parsed if isinstance(parsed, dict) else None)
+            raise ApiError(
+                resp.status, resp.reason or "", parsed if isinstance(parsed, dict) else None
+            )
         if method != "GET":
             API_WRITES.labels(method, resource).inc()
         return parsed
@@ -178,7 +189,10 @@ class Kube:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
         return self.request(
-            "POST", path, body=obj, query={"fieldManager": self.field_manager},
+            "POST",
+            path,
+            body=obj,
+            query={"fieldManager": self.field_manager},
             resource=plural(obj["kind"]),
         )
 

@@ -58,7 +58,9 @@ def build_event(
 
 def post(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """Post one Event about `obj`; errors are logged and swallowed."""
-    event = build_event(obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339())
+    event = build_event(
+        obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339()
+    )
     try:
         kube.create(event)
     except (ApiError, OSError) as exc:

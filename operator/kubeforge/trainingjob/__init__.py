@@ -1,0 +1,1 @@
+"""TrainingJob: spec → Indexed Job (+ headless Service) → status."""
