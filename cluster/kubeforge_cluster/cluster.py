@@ -1,0 +1,720 @@
+"""LocalCluster: etcd + kube-apiserver + controller-manager + scheduler + kwok on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import binaries
+from .client import ApiError, KubeClient
+
+#: Label that makes kwok complete a Job-owned pod with exit 0 even when auto_complete_jobs=False.
+AUTO_COMPLETE_LABEL = "kubeforge.io/kwok-auto-complete"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_LABEL = "nvidia.com/gpu.present"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+STATE_FILE = "state.json"
+
+KCM_CONTROLLERS = (
+    "job-controller,ttl-after-finished-controller,deployment-controller,replicaset-controller,"
+    "horizontal-pod-autoscaler-controller,garbage-collector-controller,namespace-controller,"
+    "serviceaccount-token-controller,serviceaccount-controller,"
+    "root-ca-certificate-publisher-controller,pod-garbage-collector-controller,"
+    "disruption-controller,endpointslice-controller,node-lifecycle-controller,"
+    "statefulset-controller,daemonset-controller,cronjob-controller,resourcequota-controller"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def default_run_root() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+
+
+def run_dir_for(name: str) -> Path:
+    return default_run_root() / f"kubeforge-cluster-{name}"
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _pid_alive(pid: int, exe: str | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        if exe is not None:
+            cmd0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            return Path(cmd0).name == Path(exe).name
+    except (OSError, IndexError):
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        data = path.read_bytes()[-256 * 1024 :].decode(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(data[-lines:])
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    exe: str
+    log: str
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _pid_alive(self.pid, self.exe)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class LocalCluster:
+    """A throwaway control plane. ``with LocalCluster() as c: ...`` or ``start()``/``stop()``.
+
+    Pods on the fake (kwok) nodes become Running and Ready. Job-owned pods complete on their own
+    only with ``auto_complete_jobs=True`` or when labelled ``kubeforge.io/kwok-auto-complete:
+    "true"``; otherwise a test ends them with :class:`kubeforge_cluster.testing.PodDriver`.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        name: str | None = None,
+        bin_dir: Path | None = None,
+        auto_complete_jobs: bool = False,
+        cpu_nodes: int = 2,
+        gpu_nodes: int = 1,
+        gpus_per_node: int = 8,
+        kwok_taint: bool = False,
+        daemon: bool = False,
+        kcm_qps: int = 500,
+        kcm_burst: int = 1000,
+        extra_apiserver_args: Sequence[str] = (),
+        verbose: bool = True,
+    ) -> None:
+        self.name = name or f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.run_dir = Path(run_dir) if run_dir else run_dir_for(self.name)
+        self.bin_dir = bin_dir
+        self.auto_complete_jobs = auto_complete_jobs
+        self.cpu_nodes = cpu_nodes
+        self.gpu_nodes = gpu_nodes
+        self.gpus_per_node = gpus_per_node
+        self.kwok_taint = kwok_taint
+        self.daemon = daemon
+        self.kcm_qps = kcm_qps
+        self.kcm_burst = kcm_burst
+        self.extra_apiserver_args = list(extra_apiserver_args)
+        self.verbose = verbose
+        self.procs: list[Proc] = []
+        self.ports: dict[str, int] = {}
+        self.bins: dict[str, Path] = {}
+        self._client: KubeClient | None = None
+        self.startup_seconds: float | None = None
+        self.node_names: list[str] = []
+        self.gpu_node_names: list[str] = []
+
+    # ---------------------------------------------------------------------------------------
+    # paths
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.run_dir / "kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.run_dir / "pki"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def client(self) -> KubeClient:
+        if self._client is None:
+            self._client = KubeClient(self.kubeconfig)
+        return self._client
+
+    def _say(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[kubeforge-cluster] {msg}", file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------------------------------
+    # lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalCluster:
+        t0 = time.monotonic()
+        self.bins = binaries.require_binaries(binaries.CORE_BINARIES, self.bin_dir)
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.logs_dir.mkdir(parents=True)
+        self.pki_dir.mkdir()
+        try:
+            self._start(t0)
+        except BaseException:
+            self._say("startup failed; component logs:\n" + self.dump_logs())
+            self.stop(remove=False)
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        self._say(f"cluster ready in {self.startup_seconds:.1f}s (run dir {self.run_dir})")
+        return self
+
+    def _start(self, t0: float) -> None:
+        for p in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok"):
+            self.ports[p] = free_port()
+        self._make_pki()
+        self._write_state()
+        self._start_etcd()
+        self._wait(
+            "etcd /health",
+            lambda: (
+                b'"health":"true"' in _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")
+            ),
+            "etcd",
+        )
+        self._start_apiserver()
+        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
+            "kube-apiserver",
+            timeout=60,
+        )
+        self._say(f"kube-apiserver ready at {self.server} ({time.monotonic() - t0:.1f}s)")
+        self._start_kcm()
+        self._start_scheduler()
+        self._start_kwok()
+        self._create_nodes()
+        insecure = ssl._create_unverified_context()
+        for comp, port in (("kube-controller-manager", "kcm"), ("kube-scheduler", "scheduler")):
+            self._wait(
+                f"{comp} /healthz",
+                lambda p=port: (
+                    _http_get(f"https://127.0.0.1:{self.ports[p]}/healthz", insecure) == b"ok"
+                ),
+                comp,
+            )
+        self._wait("fake nodes Ready and schedulable", self._nodes_ready, "kwok", timeout=60)
+        self._wait(
+            "ServiceAccount default/default",
+            lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
+            "kube-controller-manager",
+        )
+        self._write_state()
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop every component (newest first); remove the run dir unless ``remove=False``."""
+        procs = self.procs or self._procs_from_state()
+        for p in reversed(procs):
+            _terminate(p)
+        self.procs = []
+        if self._client is not None:
+            self._client = None
+        if remove and self.run_dir.exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        elif (self.run_dir / STATE_FILE).exists():
+            (self.run_dir / STATE_FILE).unlink()
+
+    def running(self) -> bool:
+        procs = self.procs or self._procs_from_state()
+        return bool(procs) and all(p.alive() for p in procs)
+
+    # ---------------------------------------------------------------------------------------
+    # state file (lets `python -m kubeforge_cluster down` stop a cluster started elsewhere)
+
+    def _write_state(self) -> None:
+        st = {
+            "name": self.name,
+            "server": self.server if "apiserver" in self.ports else None,
+            "kubeconfig": str(self.kubeconfig),
+            "ports": self.ports,
+            "startup_seconds": self.startup_seconds,
+            "procs": [
+                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in self.procs
+            ],
+        }
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(st, indent=2))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def _procs_from_state(self) -> list[Proc]:
+        try:
+            st = json.loads((self.run_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        self.ports = st.get("ports", {})
+        return [Proc(p["name"], p["pid"], p["exe"], p["log"]) for p in st.get("procs", [])]
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> LocalCluster:
+        """A handle on a cluster started by another process (from its state file)."""
+        c = cls(run_dir, verbose=False)
+        c.procs = c._procs_from_state()
+        return c
+
+    # ---------------------------------------------------------------------------------------
+    # components
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log = self.logs_dir / f"{name}.log"
+        logf = open(log, "ab")  # noqa: SIM115 - handed to the child
+        logf.write(f"# {' '.join(args)}\n".encode())
+        logf.flush()
+        popen = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=self.run_dir,
+            start_new_session=True,
+            preexec_fn=None if self.daemon else _set_pdeathsig,
+        )
+        logf.close()
+        p = Proc(name, popen.pid, args[0], str(log), popen)
+        self.procs.append(p)
+        self._write_state()
+        return p
+
+    def _make_pki(self) -> None:
+        from . import pki  # needs `cryptography` (dev extra); imported only when starting
+
+        d = self.pki_dir
+        ca = pki.make_ca(d)
+        ca.issue(
+            d / "apiserver",
+            "kube-apiserver",
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ips=("127.0.0.1", "10.96.0.1"),
+            server=True,
+        )
+        ca.issue(d / "admin", "kubeforge-admin", organizations=("system:masters",), client=True)
+        pki.make_sa_keypair(d)
+        self._ca = ca
+        pki.write_kubeconfig(
+            self.kubeconfig,
+            f"https://127.0.0.1:{self.ports['apiserver']}",
+            ca.pem,
+            d / "admin.crt",
+            d / "admin.key",
+        )
+
+    def _start_etcd(self) -> None:
+        e, peer = self.ports["etcd"], self.ports["etcd_peer"]
+        self._spawn(
+            "etcd",
+            [
+                str(self.bins["etcd"]),
+                "--name=default",
+                f"--data-dir={self.run_dir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{e}",
+                f"--advertise-client-urls=http://127.0.0.1:{e}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+                "--quota-backend-bytes=8589934592",
+            ],
+        )
+
+    def _start_apiserver(self) -> None:
+        d = self.pki_dir
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bins["kube-apiserver"]),
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
+                f"--client-ca-file={d / 'ca.crt'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                *self.extra_apiserver_args,
+            ],
+        )
+
+    def _component_kubeconfig_flags(self) -> list[str]:
+        k = str(self.kubeconfig)
+        return [
+            f"--kubeconfig={k}",
+            f"--authentication-kubeconfig={k}",
+            f"--authorization-kubeconfig={k}",
+        ]
+
+    def _start_kcm(self) -> None:
+        d = self.pki_dir
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bins["kube-controller-manager"]),
+                *self._component_kubeconfig_flags(),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['kcm']}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={d / 'sa.key'}",
+                f"--root-ca-file={d / 'ca.crt'}",
+                f"--controllers={KCM_CONTROLLERS}",
+                f"--kube-api-qps={self.kcm_qps}",
+                f"--kube-api-burst={self.kcm_burst}",
+                "--profiling=false",
+            ],
+        )
+
+    def _start_scheduler(self) -> None:
+        cfg = self.run_dir / "scheduler-config.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {
+                        "kubeconfig": str(self.kubeconfig),
+                        "qps": 500,
+                        "burst": 1000,
+                    },
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        k = str(self.kubeconfig)
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bins["kube-scheduler"]),
+                f"--config={cfg}",
+                f"--authentication-kubeconfig={k}",
+                f"--authorization-kubeconfig={k}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['scheduler']}",
+            ],
+        )
+
+    def _kwok_stages(self) -> Path:
+        src = binaries.data_dir(self.bin_dir) / "kwok-stages"
+        docs: list[Any] = []
+        for f in (
+            "node-initialize.yaml",
+            "node-heartbeat-with-lease.yaml",
+            "pod-ready.yaml",
+            "pod-delete.yaml",
+        ):
+            docs.extend(d for d in yaml.safe_load_all((src / f).read_text()) if d)
+        complete = next(d for d in yaml.safe_load_all((src / "pod-complete.yaml").read_text()) if d)
+        if self.auto_complete_jobs:
+            docs.append(complete)
+        else:
+            # Job pods complete only when labelled for it; otherwise the test drives them.
+            complete["metadata"]["name"] = "pod-complete-labelled"
+            complete["spec"]["selector"]["matchExpressions"].append(
+                {
+                    "key": f'.metadata.labels["{AUTO_COMPLETE_LABEL}"]',
+                    "operator": "In",
+                    "values": ["true"],
+                }
+            )
+            docs.append(complete)
+        out = self.run_dir / "kwok-stages.yaml"
+        out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        return out
+
+    def _start_kwok(self) -> None:
+        stages = self._kwok_stages()
+        self._spawn(
+            "kwok",
+            [
+                str(self.bins["kwok"]),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.200.0.1",
+                f"--server-address=127.0.0.1:{self.ports['kwok']}",
+            ],
+        )
+
+    def _node(self, name: str, gpus: int) -> dict[str, Any]:
+        capacity = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "500Gi"}
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            "node.kubernetes.io/instance-type": "kwok-gpu" if gpus else "kwok-cpu",
+        }
+        taints = []
+        if self.kwok_taint:
+            taints.append({"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"})
+        if gpus:
+            capacity[GPU_RESOURCE] = str(gpus)
+            labels[GPU_LABEL] = "true"
+            labels["nvidia.com/gpu.count"] = str(gpus)
+            taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": {"taints": taints},
+            "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        }
+
+    def _create_nodes(self) -> None:
+        self.node_names = [f"kwok-cpu-{i}" for i in range(self.cpu_nodes)]
+        self.gpu_node_names = [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)]
+        for n in self.node_names:
+            self.client.post("/api/v1/nodes", self._node(n, 0))
+        for n in self.gpu_node_names:
+            self.client.post("/api/v1/nodes", self._node(n, self.gpus_per_node))
+        self.node_names += self.gpu_node_names
+
+    def _nodes_ready(self) -> bool:
+        items = self.client.get("/api/v1/nodes")["items"]
+        ready = 0
+        for n in items:
+            conds = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}
+            taints = {t["key"] for t in n.get("spec", {}).get("taints") or []}
+            if conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
+                ready += 1
+        return ready >= len(self.node_names)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.client.get(path)
+            return True
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if not p.alive():
+                    raise StartupError(
+                        f"{p.name} exited while waiting for {what}; "
+                        f"log {p.log}:\n{_tail(Path(p.log), 30)}"
+                    )
+            try:
+                if fn():
+                    return
+            except (OSError, ApiError, ValueError) as e:
+                last = e
+            time.sleep(0.05)
+        raise StartupError(
+            f"timed out after {timeout}s waiting for {what} (last error: {last}); "
+            f"{component} log:\n{_tail(self.logs_dir / f'{component}.log', 30)}"
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # using it
+
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return kubectl(
+            *args,
+            kubeconfig=self.kubeconfig,
+            input=input,
+            check=check,
+            timeout=timeout,
+            bin_dir=self.bin_dir,
+        )
+
+    def dump_logs(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of every component's log, newest component last."""
+        out = []
+        logs = (
+            sorted(self.logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            if self.logs_dir.exists()
+            else []
+        )
+        for log in logs:
+            out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
+            out.append(_tail(log, lines))
+        return "\n".join(out)
+
+    def apply_files(self, files: Iterable[Path]) -> None:
+        """Create (or replace) the objects in ``files`` via server-side apply."""
+        args = ["apply", "--server-side", "--force-conflicts"]
+        for f in files:
+            args += ["-f", str(f)]
+        self.kubectl(*args, timeout=120)
+
+    def wait_crds_established(self, names: Iterable[str], timeout: float = 30) -> None:
+        for n in names:
+            self.client.wait_for(
+                f"CRD {n} Established",
+                lambda n=n: any(
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in self.client.get(
+                        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}"
+                    )
+                    .get("status", {})
+                    .get("conditions", [])
+                ),
+                timeout=timeout,
+            )
+
+    def install_prometheus_crds(self) -> list[str]:
+        """Install the Prometheus Operator CRDs (ServiceMonitor, PrometheusRule, ...)."""
+        return install_prometheus_crds(self.kubeconfig, bin_dir=self.bin_dir)
+
+    def start_kueue(self, **kw: Any) -> Any:
+        """Run the real Kueue controller against this cluster; see :mod:`kubeforge_cluster.kueue`."""
+        from .kueue import Kueue
+
+        k = Kueue(self, **kw)
+        k.start()
+        return k
+
+
+def _http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2) -> bytes:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as e:
+        return bytes(e.read())
+
+
+def _terminate(p: Proc, grace: float = 5.0) -> None:
+    if not p.alive():
+        if p.popen is not None:
+            p.popen.wait()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if p.popen is not None:
+            if p.popen.poll() is not None:
+                return
+        elif not _pid_alive(p.pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, signal.SIGKILL)
+    if p.popen is not None:
+        p.popen.wait()
+
+
+def kubectl(
+    *args: str,
+    kubeconfig: str | Path,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60,
+    bin_dir: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl; raise with its stderr on failure when ``check``."""
+    exe = binaries.find_binary("kubectl", bin_dir) or shutil.which("kubectl")
+    if exe is None:
+        raise binaries.MissingBinaries(["kubectl"], bin_dir or binaries.default_bin_dir())
+    r = subprocess.run(
+        [str(exe), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
+    return r
+
+
+def install_prometheus_crds(kubeconfig: str | Path, bin_dir: Path | None = None) -> list[str]:
+    d = binaries.data_dir(bin_dir) / "crds" / "prometheus-operator"
+    files = sorted(d.glob("monitoring.coreos.com_*.yaml"))
+    if not files:
+        raise binaries.MissingBinaries(
+            ["crds/prometheus-operator (run make cluster-bins)"],
+            bin_dir or binaries.default_bin_dir(),
+        )
+    args = ["apply", "--server-side", "--force-conflicts"]
+    for f in files:
+        args += ["-f", str(f)]
+    kubectl(*args, kubeconfig=kubeconfig, timeout=120, bin_dir=bin_dir)
+    names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+    c = KubeClient(kubeconfig)
+    for n in names:
+        c.wait_for(
+            f"CRD {n} Established",
+            lambda n=n: any(
+                x["type"] == "Established" and x["status"] == "True"
+                for x in c.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")
+                .get("status", {})
+                .get("conditions", [])
+            ),
+        )
+    return names
