@@ -82,6 +82,12 @@ class Settings:
     kueue_workloads: bool = True
     """Watch Kueue Workloads (when the CRD exists) to show Kueue's reason while a job is queued."""
 
+    serving_inflight_target: float = 0.0
+    """Per-replica target of in-flight requests (`kubeforge_server_inflight_requests`) added as a
+    Pods metric to every autoscaled ModelDeployment's HPA. Needs a custom-metrics adapter (e.g.
+    prometheus-adapter) serving that metric; 0 (the default): off, so clusters without an adapter
+    show no FailedGetPodsMetric errors on the HPA."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `KUBEFORGE_*` variables, then keyword overrides (non-None only)."""
