@@ -1,0 +1,274 @@
+"""Open Inference Protocol (v2) tensors: JSON and the binary tensor extension.
+
+Decoding validates every input against the model's signature (name, datatype, rank, fixed
+dimensions, element count) so that a malformed request is a 400 with a message, never a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import BadRequest
+from .model import NP_FROM_V2, OnnxModel, TensorSpec
+
+_OPT_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+class InferRequest:
+    """A decoded inference request: the feed, its rows, and what to send back."""
+
+    __slots__ = ("binary_all", "binary_outputs", "feed", "id", "output_names", "rows")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.feed: dict[str, np.ndarray] = {}
+        self.rows = 1  # leading dimension shared by all inputs, or -1 when they differ
+        self.output_names: list[str] | None = None  # None = every output
+        self.binary_all = False  # request parameter binary_data_output
+        self.binary_outputs: frozenset[str] = frozenset()
+
+
+def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) != len(spec.shape):
+        raise BadRequest(
+            f"input {spec.name!r}: expected {len(spec.shape)} dimensions {list(spec.shape)}, got shape {list(shape)}"
+        )
+    for got, want in zip(shape, spec.shape, strict=True):
+        if want != -1 and got != want:
+            raise BadRequest(f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}")
+    return tuple(shape)
+
+
+def check_datatype(spec: TensorSpec, datatype: Any) -> None:
+    if datatype != spec.datatype:
+        raise BadRequest(f"input {spec.name!r}: expected datatype {spec.datatype}, got {datatype!r}")
+
+
+def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if data is None:
+        raise BadRequest(f"input {spec.name!r}: no 'data' and no binary_data_size parameter")
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if spec.datatype == "BYTES":
+            arr = np.array(data, dtype=object)
+            flat = arr.ravel()
+            for i, v in enumerate(flat):
+                if not isinstance(v, str):
+                    if isinstance(v, bytes):
+                        flat[i] = v.decode("utf-8", "replace")
+                    else:
+                        raise BadRequest(f"input {spec.name!r}: BYTES data must be strings")
+        else:
+            arr = np.array(data, dtype=spec.dtype)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}") from None
+    expected = math.prod(shape)
+    if arr.size != expected:
+        raise BadRequest(
+            f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, data has {arr.size}"
+        )
+    return arr.reshape(shape)
+
+
+def array_from_bytes(spec: TensorSpec, shape: tuple[int, ...], raw: memoryview | bytes) -> np.ndarray:
+    expected = math.prod(shape)
+    if spec.datatype == "BYTES":
+        items: list[str] = []
+        mv = memoryview(raw)
+        pos, end = 0, len(mv)
+        while pos < end:
+            if pos + 4 > end:
+                raise BadRequest(f"input {spec.name!r}: truncated BYTES element length")
+            n = int.from_bytes(mv[pos : pos + 4], "little")
+            pos += 4
+            if pos + n > end:
+                raise BadRequest(f"input {spec.name!r}: truncated BYTES element")
+            items.append(bytes(mv[pos : pos + n]).decode("utf-8", "replace"))
+            pos += n
+        if len(items) != expected:
+            raise BadRequest(f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, got {len(items)}")
+        return np.array(items, dtype=object).reshape(shape)
+    dtype = spec.dtype
+    if len(raw) != expected * dtype.itemsize:
+        raise BadRequest(
+            f"input {spec.name!r}: shape {list(shape)} of {spec.datatype} needs {expected * dtype.itemsize} "
+            f"bytes, binary_data_size is {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def bytes_from_array(arr: np.ndarray) -> bytes:
+    """Binary tensor extension encoding (BYTES: 4-byte little-endian length before each element)."""
+    if arr.dtype == object:
+        parts: list[bytes] = []
+        for v in arr.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(len(b).to_bytes(4, "little"))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr).tobytes()
+
+
+def _finish_rows(model: OnnxModel, req: InferRequest) -> None:
+    missing = [s.name for s in model.inputs if s.name not in req.feed]
+    if missing:
+        raise BadRequest(f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}")
+    rows = -1
+    for arr in req.feed.values():
+        lead = arr.shape[0] if arr.ndim else -1
+        if rows == -1:
+            rows = lead
+        elif lead != rows:
+            rows = -1
+            break
+    req.rows = rows
+
+
+def _parse_outputs(model: OnnxModel, req: InferRequest, outputs: Any, params: Any) -> None:
+    if isinstance(params, dict) and params.get("binary_data_output") is True:
+        req.binary_all = True
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise BadRequest("'outputs' must be a list")
+    names: list[str] = []
+    binary: set[str] = set()
+    for o in outputs:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise BadRequest("each requested output must be an object with a 'name'")
+        name = o["name"]
+        if name not in model.output_by_name:
+            raise BadRequest(f"unknown output {name!r}; the model has {model.output_names}")
+        names.append(name)
+        op = o.get("parameters")
+        if isinstance(op, dict):
+            flag = op.get("binary_data")
+            if flag is True:
+                binary.add(name)
+            elif flag is False:
+                binary.discard(name)
+    if names:
+        req.output_names = names
+    req.binary_outputs = frozenset(binary)
+
+
+def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None) -> InferRequest:
+    """Decode an HTTP infer body (JSON, optionally followed by binary tensor data)."""
+    if header_length is None:
+        head: Any = body
+        binary: memoryview | None = None
+    else:
+        if not 0 <= header_length <= len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes"
+            )
+        mv = memoryview(body)
+        head = mv[:header_length]
+        binary = mv[header_length:]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be a JSON object with 'inputs'")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("request needs a non-empty 'inputs' list")
+    req = InferRequest()
+    rid = doc.get("id")
+    if rid is not None:
+        req.id = rid if isinstance(rid, str) else str(rid)
+    feed = req.feed
+    offset = 0
+    by_name = model.input_by_name
+    for t in inputs:
+        if not isinstance(t, dict):
+            raise BadRequest("each input must be an object with name, shape, datatype and data")
+        name = t.get("name")
+        spec = by_name.get(name)  # type: ignore[arg-type]
+        if spec is None:
+            raise BadRequest(f"unknown input {name!r}; the model takes {[s.name for s in model.inputs]}")
+        if name in feed:
+            raise BadRequest(f"input {name!r} given twice")
+        check_datatype(spec, t.get("datatype"))
+        shape = check_shape(spec, t.get("shape"))
+        tp = t.get("parameters")
+        size = tp.get("binary_data_size") if isinstance(tp, dict) else None
+        if size is not None:
+            if binary is None:
+                raise BadRequest(
+                    f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length"
+                )
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
+            feed[name] = array_from_bytes(spec, shape, binary[offset : offset + size])
+            offset += size
+        else:
+            feed[name] = array_from_json(spec, shape, t.get("data"))
+    if binary is not None and offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    _finish_rows(model, req)
+    _parse_outputs(model, req, doc.get("outputs"), doc.get("parameters"))
+    return req
+
+
+def _json_data(arr: np.ndarray) -> Any:
+    if arr.dtype == object:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+    if arr.dtype == np.float16:
+        return arr.ravel().astype(np.float32)
+    return np.ascontiguousarray(arr).ravel()
+
+
+def encode_json_response(
+    model: OnnxModel, req: InferRequest, names: list[str], results: list[np.ndarray]
+) -> tuple[bytes, int | None]:
+    """Encode the response; returns (body, Inference-Header-Content-Length or None)."""
+    outputs = []
+    binary_parts: list[bytes] = []
+    binary_all = req.binary_all
+    binary_outputs = req.binary_outputs
+    out_specs = model.output_by_name
+    for name, arr in zip(names, results, strict=True):
+        datatype = out_specs[name].datatype
+        if binary_all or name in binary_outputs:
+            raw = bytes_from_array(arr)
+            binary_parts.append(raw)
+            outputs.append(
+                {"name": name, "datatype": datatype, "shape": arr.shape, "parameters": {"binary_data_size": len(raw)}}
+            )
+        else:
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "data": _json_data(arr)})
+    doc: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
+    if req.id is not None:
+        doc["id"] = req.id
+    head = orjson.dumps(doc, option=_OPT_NUMPY)
+    if binary_parts:
+        return head + b"".join(binary_parts), len(head)
+    return head, None
+
+
+__all__ = [
+    "NP_FROM_V2",
+    "InferRequest",
+    "array_from_bytes",
+    "array_from_json",
+    "bytes_from_array",
+    "check_datatype",
+    "check_shape",
+    "decode_json_request",
+    "encode_json_response",
+]

@@ -1,0 +1,216 @@
+"""Server settings: command-line flags with environment fallbacks, and cgroup-aware CPU count."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+EXECUTION_PROVIDERS = ("cpu", "cuda", "tensorrt")
+GRAPH_OPT_LEVELS = ("disabled", "basic", "extended", "layout", "all")
+
+
+class ConfigError(ValueError):
+    """A bad flag or environment value (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_uri: str
+    name: str
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 8081  # 0 disables gRPC
+    max_batch_size: int = 32  # <= 1 disables dynamic batching
+    max_delay_ms: float = 2.0
+    execution_provider: str = "cpu"
+    intra_op_threads: int = 0  # 0 = from the cgroup CPU quota
+    inter_op_threads: int = 1
+    graph_opt_level: str = "all"
+    allow_spinning: bool = False
+    trt_cache_dir: str = "/tmp/kubeforge-trt-cache"
+    max_request_bytes: int = 64 * 1024 * 1024
+    drain_seconds: float = 25.0
+    model_cache_dir: str = "/tmp/kubeforge-model"
+    pvc_root: str = "/mnt/pvc"
+    termination_log: str = "/dev/termination-log"
+    log_level: str = "INFO"
+
+    @property
+    def effective_intra_op_threads(self) -> int:
+        return self.intra_op_threads if self.intra_op_threads > 0 else cpu_count()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_dirs(controller: str) -> list[Path]:
+    """Candidate cgroup directories of this process for a v1 controller (or v2 when '')."""
+    root = Path("/sys/fs/cgroup")
+    dirs: list[Path] = []
+    text = _read(Path("/proc/self/cgroup")) or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        rel = rel.lstrip("/")
+        if controller == "" and controllers == "":
+            dirs.append(root / rel)
+        elif controller and controller in controllers.split(","):
+            for mount in (controllers, "cpu,cpuacct", "cpu", "cpuacct,cpu"):
+                dirs.append(root / mount / rel)
+    if controller:
+        dirs += [root / "cpu,cpuacct", root / "cpu"]
+    else:
+        dirs.append(root)
+    return dirs
+
+
+def cgroup_cpu_limit() -> float | None:
+    """CPUs allowed by the cgroup CFS quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    for d in _cgroup_dirs(""):
+        text = _read(d / "cpu.max")
+        if text:
+            quota, _, period = text.partition(" ")
+            if quota == "max":
+                break
+            try:
+                return int(quota) / int(period or "100000")
+            except ValueError:
+                break
+    for d in _cgroup_dirs("cpu"):
+        quota_s = _read(d / "cpu.cfs_quota_us")
+        period_s = _read(d / "cpu.cfs_period_us")
+        if quota_s is None or period_s is None:
+            continue
+        try:
+            quota, period = int(quota_s), int(period_s)
+        except ValueError:
+            continue
+        if quota > 0 and period > 0:
+            return quota / period
+        break
+    return None
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: the cgroup quota (rounded up), capped by the affinity mask."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is None:
+        return max(1, affinity)
+    return max(1, min(affinity, math.ceil(limit - 1e-9)))
+
+
+def default_model_name(uri: str) -> str:
+    """The file's stem, or the folder's name for a folder URI."""
+    path = uri.split("://", 1)[-1].rstrip("/")
+    last = path.rsplit("/", 1)[-1] or "model"
+    if last.endswith(".onnx"):
+        last = last[: -len(".onnx")]
+    return last or "model"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kubeforge-server",
+        description="Serve an ONNX model over the Open Inference Protocol (KServe v2), HTTP and gRPC.",
+    )
+    p.add_argument("--model", help="model URI: file, folder with model.onnx, pvc://, s3://, gs:// ... "
+                   "(env KUBEFORGE_MODEL_URI)")
+    p.add_argument("--name", help="served model name (default: the file stem / folder name)")
+    p.add_argument("--host", help="bind address (default 0.0.0.0; env KUBEFORGE_HOST)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
+    p.add_argument("--max-batch-size", type=int, help="dynamic batching: max rows per run "
+                   "(default 32; 1 disables; env KUBEFORGE_MAX_BATCH_SIZE)")
+    p.add_argument("--max-delay-ms", type=float, help="dynamic batching: max queueing delay "
+                   "(default 2; env KUBEFORGE_MAX_DELAY_MS)")
+    p.add_argument("--drain-seconds", type=float, help="grace period on SIGTERM (default 25; "
+                   "env KUBEFORGE_DRAIN_SECONDS)")
+    p.add_argument("--log-level", help="logging level (default INFO)")
+    return p
+
+
+def load_config(argv: list[str] | None = None) -> ServerConfig:
+    """Flags first, then ``KUBEFORGE_*`` environment, then defaults. Raises ConfigError."""
+    args = build_parser().parse_args(argv)
+    uri = args.model or os.environ.get("KUBEFORGE_MODEL_URI", "")
+    if not uri:
+        raise ConfigError("--model URI is required (or env KUBEFORGE_MODEL_URI)")
+    ep = _env("KUBEFORGE_EXECUTION_PROVIDER", "cpu").lower()
+    if ep not in EXECUTION_PROVIDERS:
+        raise ConfigError(f"KUBEFORGE_EXECUTION_PROVIDER: expected one of {EXECUTION_PROVIDERS}, got {ep!r}")
+    opt = _env("KUBEFORGE_GRAPH_OPT_LEVEL", "all").lower()
+    opt = {"0": "disabled", "1": "basic", "2": "extended", "3": "layout", "99": "all"}.get(opt, opt)
+    if opt not in GRAPH_OPT_LEVELS:
+        raise ConfigError(f"KUBEFORGE_GRAPH_OPT_LEVEL: expected one of {GRAPH_OPT_LEVELS}, got {opt!r}")
+
+    def pick_int(flag: int | None, env: str, default: int) -> int:
+        return flag if flag is not None else _int(env, _env(env, str(default)))
+
+    def pick_float(flag: float | None, env: str, default: float) -> float:
+        return flag if flag is not None else _float(env, _env(env, str(default)))
+
+    cfg = ServerConfig(
+        model_uri=uri,
+        name=args.name or os.environ.get("KUBEFORGE_MODEL_NAME") or default_model_name(uri),
+        host=args.host or _env("KUBEFORGE_HOST", "0.0.0.0"),
+        http_port=pick_int(args.http_port, "KUBEFORGE_HTTP_PORT", 8080),
+        grpc_port=pick_int(args.grpc_port, "KUBEFORGE_GRPC_PORT", 8081),
+        max_batch_size=pick_int(args.max_batch_size, "KUBEFORGE_MAX_BATCH_SIZE", 32),
+        max_delay_ms=pick_float(args.max_delay_ms, "KUBEFORGE_MAX_DELAY_MS", 2.0),
+        execution_provider=ep,
+        intra_op_threads=_int("KUBEFORGE_INTRA_OP_THREADS", _env("KUBEFORGE_INTRA_OP_THREADS", "0")),
+        inter_op_threads=_int("KUBEFORGE_INTER_OP_THREADS", _env("KUBEFORGE_INTER_OP_THREADS", "1")),
+        graph_opt_level=opt,
+        allow_spinning=_env("KUBEFORGE_ALLOW_SPINNING", "0").lower() in ("1", "true", "yes"),
+        trt_cache_dir=_env("KUBEFORGE_TRT_CACHE_DIR", "/tmp/kubeforge-trt-cache"),
+        max_request_bytes=_int("KUBEFORGE_MAX_REQUEST_BYTES", _env("KUBEFORGE_MAX_REQUEST_BYTES", str(64 * 1024 * 1024))),
+        drain_seconds=pick_float(args.drain_seconds, "KUBEFORGE_DRAIN_SECONDS", 25.0),
+        model_cache_dir=_env("KUBEFORGE_MODEL_CACHE_DIR", "/tmp/kubeforge-model"),
+        pvc_root=_env("KUBEFORGE_PVC_ROOT", "/mnt/pvc"),
+        termination_log=_env("KUBEFORGE_TERMINATION_LOG", "/dev/termination-log"),
+        log_level=(args.log_level or _env("KUBEFORGE_LOG_LEVEL", "INFO")).upper(),
+    )
+    for field, value in (("--http-port", cfg.http_port), ("--grpc-port", cfg.grpc_port)):
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{field}: {value} is not a port")
+    if cfg.max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size: must be >= 1, got {cfg.max_batch_size}")
+    if cfg.max_delay_ms < 0 or cfg.drain_seconds < 0:
+        raise ConfigError("--max-delay-ms and --drain-seconds must be >= 0")
+    if cfg.max_request_bytes < 1024:
+        raise ConfigError("KUBEFORGE_MAX_REQUEST_BYTES: must be at least 1024")
+    if cfg.intra_op_threads < 0 or cfg.inter_op_threads < 0:
+        raise ConfigError("KUBEFORGE_INTRA_OP_THREADS / KUBEFORGE_INTER_OP_THREADS must be >= 0")
+    return cfg
