@@ -125,6 +125,18 @@ class Monitoring(KubeModel):
         description="Make a PrometheusRule (error rate, latency, not-ready alerts) when the "
         "Prometheus Operator is installed.",
     )
+    error_rate_threshold: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Alert when more than this fraction of requests fail with a 5xx for 5 minutes.",
+    )
+    latency_p99_ms: float = Field(
+        default=1000,
+        gt=0,
+        le=600000,
+        description="Alert when the p99 request latency stays above this many ms for 10 minutes.",
+    )
 
 
 class ModelDeploymentSpec(KubeModel):
