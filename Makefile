@@ -56,8 +56,8 @@ cluster: cluster-bins ## start the local control plane and print the KUBECONFIG 
 cluster-down: venv ## stop the local control plane
 	$(BIN)/python -m kubeforge_cluster down
 
-kind: ## a kind cluster, for machines with Docker (not this one)
-	kind create cluster --name kubeforge --config cluster/kind-config.yaml
+kind: ## a kind cluster, for machines with Docker (not this one; there use `make cluster`)
+	cluster/kind-up.sh
 
 demo: venv cluster-bins ## the main job: install the chart, train, tune and serve on the local cluster
 	$(BIN)/python -m kubeforge_cluster.demo

@@ -80,6 +80,8 @@ def require_binaries(
 ) -> dict[str, Path]:
     found = {n: find_binary(n, bin_dir) for n in names}
     missing = [n for n, p in found.items() if p is None]
+    if "kwok" in names and not (data_dir(bin_dir) / "kwok-stages" / "pod-ready.yaml").is_file():
+        missing.append("kwok-stages/ (data copied by make cluster-bins)")
     if missing:
         raise MissingBinaries(missing, bin_dir or default_bin_dir())
     return {n: p for n, p in found.items() if p is not None}
