@@ -38,8 +38,10 @@ def export_onnx(model: nn.Module, sample: np.ndarray, *, opset: int, dynamic_bat
                     m, (x,), path, input_names=["input"], output_names=["output"],
                     opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False,
                 )
-        with open(path, "rb") as fh:
-            return fh.read()
+        import onnx
+
+        # One self-contained file (the dynamo exporter may write weights as external data).
+        return bytes(onnx.load(path, load_external_data=True).SerializeToString())
 
 
 def parity(model: nn.Module, onnx_bytes: bytes, x: np.ndarray) -> float:

@@ -77,8 +77,10 @@ class SmallCNN(nn.Module):
             convs += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), nn.ReLU()]
             c_in = c
         self.features = nn.Sequential(*convs)
-        self.pool = nn.AdaptiveAvgPool2d((2, 2)) if min(self.shape[1:]) >= 2 else nn.Identity()
-        flat = c_in * (4 if min(self.shape[1:]) >= 2 else self.shape[1] * self.shape[2])
+        h, w = self.shape[1], self.shape[2]
+        # A fixed pool (not adaptive) keeps the ONNX graph static in H and W.
+        self.pool = nn.MaxPool2d(2) if min(h, w) >= 2 else nn.Identity()
+        flat = c_in * ((h // 2) * (w // 2) if min(h, w) >= 2 else h * w)
         self.head = mlp(flat, hidden, n_out, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
