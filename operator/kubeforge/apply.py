@@ -233,10 +233,10 @@ def make_kube(field_manager: str = "kubeforge", pool_size: int = 16) -> Kube:
     cfg = client.Configuration()
     try:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            config.load_kube_config(client_configuration=cfg)
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     cfg.connection_pool_maxsize = max(pool_size, 4)
     return Kube(client.ApiClient(cfg), field_manager)

@@ -1,0 +1,57 @@
+"""What every kind's handlers share: settings, the API client, kopf's registry and indexes, the
+thread pool, and the controllers (started together in `main`)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kopf._core.engines.indexing import OperatorIndexers
+
+from kubeforge.apply import Kube
+from kubeforge.controller import Controller
+from kubeforge.progress import ProgressAccess
+from kubeforge.settings import Settings
+
+
+@dataclass
+class OperatorContext:
+    settings: Settings
+    kube: Kube
+    registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
+    indexers: Any = field(default_factory=OperatorIndexers)
+    pool: ThreadPoolExecutor | None = None
+    progress: ProgressAccess | None = None
+    controllers: list[Controller[Any]] = field(default_factory=list)
+    kueue: bool = False
+    """Whether Kueue's Workload API is served (then its reason shows in a queued job's status)."""
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(
+                max_workers=self.settings.concurrency, thread_name_prefix="kubeforge"
+            )
+        if self.progress is None:
+            self.progress = ProgressAccess(self.kube, self.settings)
+
+    def index(self, name: str) -> Any:
+        """kopf's index `name` (read it on the event loop only)."""
+        return self.indexers.indices[name]
+
+    def one(self, name: str, key: Any) -> Any:
+        """The single value an index holds for `key`, or None."""
+        idx = self.indexers.indices[name]
+        if key not in idx:
+            return None
+        for value in idx[key]:
+            return value
+        return None
+
+    def all(self, name: str, key: Any) -> list[Any]:
+        """Every value an index holds for `key`."""
+        idx = self.indexers.indices[name]
+        if key not in idx:
+            return []
+        return list(idx[key])

@@ -1,0 +1,176 @@
+"""The reconcile engine every kind uses: a de-duplicating work queue, one reconcile per object at
+a time, a thread pool for the blocking API calls, retries with backoff, and a periodic resync.
+
+Semantics of controller-runtime's workqueue: an object queued twice runs once; an object that
+changes while it is being reconciled runs again right after; two reconciles of one object never
+overlap (so events of children and of the parent cannot race). The snapshot of the observed
+state is taken on the event loop (where kopf updates its indexes), the reconcile itself runs in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from kubeforge.metrics import ERRORS, RECONCILE_SECONDS, RECONCILES
+
+Key = tuple[str, str]
+S = TypeVar("S")
+
+log = logging.getLogger("kubeforge.controller")
+
+
+class Controller(Generic[S]):
+    """One kind's reconcile loop.
+
+    - `snapshot(key)`: runs on the event loop, returns what the reconcile needs (or None: the
+      object is gone);
+    - `reconcile(key, snapshot)`: runs in a worker thread; returns None, or seconds after which
+      to look again (polling, e.g. waiting for something outside the cluster).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        snapshot: Callable[[Key], S | None],
+        reconcile: Callable[[Key, S], float | None],
+        pool: ThreadPoolExecutor,
+        workers: int = 16,
+        max_backoff: float = 300.0,
+    ) -> None:
+        self.kind = kind
+        self._snapshot = snapshot
+        self._reconcile = reconcile
+        self._pool = pool
+        self._workers = workers
+        self._max_backoff = max_backoff
+        self._queue: asyncio.Queue[Key] | None = None
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- queue (event-loop thread only) ------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        """Ask for a reconcile of `key` (cheap; duplicates fold into one)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        """Reconcile `key` again after `delay` seconds (an earlier request wins)."""
+        loop = asyncio.get_running_loop()
+        old = self._timers.get(key)
+        when = loop.time() + delay
+        if old is not None and old.when() <= when:
+            return
+        if old is not None:
+            old.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    def forget(self, key: Key) -> None:
+        """The object is gone: drop its timers and failure count."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._failures.pop(key, None)
+
+    @property
+    def pending(self) -> int:
+        """Objects queued or being reconciled."""
+        return len(self._queued) + len(self._running)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers on the running loop."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        for i in range(self._workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"{self.kind}-worker-{i}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            try:
+                await self._run_one(loop, key)
+            finally:
+                self._running.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    async def _run_one(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
+        try:
+            snap = self._snapshot(key)
+        except Exception:
+            log.exception("snapshot of %s %s/%s failed", self.kind, *key)
+            return
+        if snap is None:
+            self.forget(key)
+            return
+        started = time.perf_counter()
+        try:
+            again = await loop.run_in_executor(self._pool, self._reconcile, key, snap)
+        except Exception as exc:
+            RECONCILES.labels(self.kind, "error").inc()
+            ERRORS.labels(self.kind, type(exc).__name__).inc()
+            n = self._failures.get(key, 0) + 1
+            self._failures[key] = n
+            delay = min(self._max_backoff, 0.5 * 2 ** (n - 1))
+            log.warning(
+                "reconcile of %s %s/%s failed (attempt %d, retry in %.1fs): %s",
+                self.kind,
+                *key,
+                n,
+                delay,
+                exc,
+                exc_info=n == 1,
+            )
+            self.enqueue_after(key, delay)
+            return
+        finally:
+            RECONCILE_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
+        RECONCILES.labels(self.kind, "ok").inc()
+        self._failures.pop(key, None)
+        if again is not None:
+            self.enqueue_after(key, again)
+
+    async def resync(
+        self, keys: Callable[[], Iterable[Key]], period: float, before: Any = None
+    ) -> None:
+        """Every `period` seconds, queue every known object (a safety net: level-based
+        reconciles write nothing when nothing differs). `before()` runs before each round."""
+        while True:
+            await asyncio.sleep(period)
+            if before is not None:
+                before()
+            for key in list(keys()):
+                self.enqueue(key)

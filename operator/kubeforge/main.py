@@ -1,0 +1,172 @@
+"""`kubeforge-operator [--namespace NS]... [--metrics-port 8000]`: the operator's entry point.
+
+Kubeconfig from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; all
+namespaces when none is named. kopf runs the watches (standalone: no peering objects), with its
+own bookkeeping under the `kubeforge.io` prefix and its info Events off; kubeforge's controllers
+do the reconciling (see `kubeforge.controller`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from kubeforge import metrics
+from kubeforge.apply import ApiError, Kube, make_kube
+from kubeforge.context import OperatorContext
+from kubeforge.settings import Settings
+
+log = logging.getLogger("kubeforge")
+
+KINDS = (
+    "kubeforge.trainingjob.handlers",
+    "kubeforge.tuningstudy.handlers",
+    "kubeforge.modeldeployment.handlers",
+)
+"""Modules with a `register(ctx)` function, one per kind (missing ones are skipped)."""
+
+
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings: bookkeeping under our prefix, no info Events, our worker count."""
+    ks = kopf.OperatorSettings()
+    prefix = settings.prefix
+    ks.persistence.finalizer = f"{prefix}/finalizer"
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    ks.posting.enabled = False
+    ks.execution.max_workers = settings.concurrency
+    ks.batching.batch_window = 0.05
+    ks.networking.request_timeout = 60
+    ks.watching.server_timeout = 600
+    ks.watching.client_timeout = 660
+    return ks
+
+
+def kueue_available(kube: Kube) -> bool:
+    """Whether the API server serves Kueue's Workloads (kueue.x-k8s.io/v1beta2)."""
+    try:
+        kube.request("GET", "/apis/kueue.x-k8s.io/v1beta2")
+    except (ApiError, OSError):
+        return False
+    return True
+
+
+def register_kinds(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
+    """Import each kind's handlers module and call its `register(ctx)`."""
+    for module_name in kinds:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        module.register(ctx)
+
+
+def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
+    """Register every kind, kopf's login and the start/stop of the controllers on ctx.registry."""
+    reg = ctx.registry
+    register_kinds(ctx, kinds)
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=reg)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=reg)
+    async def start_controllers(**_: Any) -> None:
+        for ctl in ctx.controllers:
+            ctl.start()
+            keys = getattr(ctl, "all_keys", None)
+            if keys is not None and ctx.settings.resync_seconds > 0:
+                assert ctx.progress is not None
+                tasks.append(
+                    asyncio.create_task(
+                        ctl.resync(keys, ctx.settings.resync_seconds, before=ctx.progress.reset)
+                    )
+                )
+
+    @kopf.on.cleanup(registry=reg)
+    async def stop_controllers(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        for ctl in ctx.controllers:
+            await ctl.stop()
+
+
+def configure_logging(settings: Settings) -> None:
+    fmt = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(log_format=fmt, log_refkey="object")
+    logging.getLogger().setLevel(settings.log_level.upper())
+    # kopf's per-object chatter costs CPU at scale; keep its warnings and errors
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("kopf.activities").setLevel(logging.WARNING)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="kubeforge-operator", description="kubeforge: train, tune and serve models."
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port")
+    p.add_argument(
+        "--liveness-port", type=int, default=None, help="liveness /healthz port (0: off)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings.from_env(
+        namespaces=tuple(args.namespace) or None,
+        metrics_port=args.metrics_port,
+        liveness_port=args.liveness_port,
+    )
+    configure_logging(settings)
+    kube = make_kube(settings.field_manager, settings.concurrency)
+    ctx = OperatorContext(settings=settings, kube=kube)
+    ctx.kueue = settings.kueue_workloads and kueue_available(kube)
+    build_operator(ctx)
+    metrics.serve(settings.metrics_port, settings.metrics_address)
+    liveness = (
+        f"http://{settings.metrics_address}:{settings.liveness_port}/healthz"
+        if settings.liveness_port
+        else None
+    )
+    log.info(
+        "starting",
+        extra={
+            "namespaces": list(settings.namespaces) or "all",
+            "kueue": ctx.kueue,
+            "concurrency": settings.concurrency,
+        },
+    )
+    kopf.run(
+        registry=ctx.registry,
+        indexers=ctx.indexers,
+        settings=kopf_settings(settings),
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The progress channel's permissions: a pod may patch only its own `kubeforge.io/progress`.
+
+Two halves:
+- per namespace (made here, by the operator): the ServiceAccount `kubeforge-trainer` (the default
+  identity of training pods), a Role `kubeforge-progress` allowing `get`/`patch` on pods, and one
+  RoleBinding `kubeforge-progress-<sa>` per ServiceAccount that training pods run under (the
+  default one, or a user's `spec.pod.serviceAccountName`);
+- cluster-wide (shipped in `manifests/progress-policy.yaml`, installed by the chart): a
+  ValidatingAdmissionPolicy that lets such a request change only that annotation, only on the
+  Pod its token is bound to.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kubeforge.apply import ApiError, Kube
+from kubeforge.pod import safe_name
+from kubeforge.settings import Settings
+
+JSON = dict[str, Any]
+
+ROLE = "kubeforge-progress"
+
+
+def desired_objects(settings: Settings, namespace: str, service_account: str) -> list[JSON]:
+    """What one (namespace, ServiceAccount) needs (pure)."""
+    labels = {
+        "app.kubernetes.io/managed-by": settings.field_manager,
+        settings.label("component"): "progress",
+    }
+    out: list[JSON] = []
+    if service_account == settings.trainer_service_account:
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": service_account, "namespace": namespace, "labels": labels},
+            }
+        )
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": ROLE, "namespace": namespace, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {
+                "name": safe_name(f"{ROLE}-", service_account),
+                "namespace": namespace,
+                "labels": labels,
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        }
+    )
+    return out
+
+
+class ProgressAccess:
+    """Makes sure each (namespace, ServiceAccount) has its progress permission, once.
+
+    Reads before it writes (an operator restart costs GETs, no writes); `reset()` (each resync)
+    forgets what it knows, so a namespace recreated meanwhile is repaired.
+    """
+
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._done: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._done.clear()
+
+    def ensure(self, namespace: str, service_account: str) -> None:
+        key = (namespace, service_account)
+        if key in self._done:
+            return
+        with self._lock:
+            if key in self._done:
+                return
+            for obj in desired_objects(self.settings, namespace, service_account):
+                meta = obj["metadata"]
+                if self.kube.get(obj["apiVersion"], obj["kind"], namespace, meta["name"]) is None:
+                    try:
+                        self.kube.create(obj)
+                    except ApiError as exc:
+                        if not exc.conflict:
+                            raise
+            self._done.add(key)

@@ -1,0 +1,395 @@
+"""TrainingJob's kopf wiring (thin): indexes of the object and its children, level-based event
+handlers that only queue a reconcile, and the one reconcile.
+
+No kopf change-detection handlers (on.create/on.update) are used: they would make kopf write its
+bookkeeping annotations on every object. Watching events plus in-memory indexes costs no writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubeforge import events
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.apply import ApiError, merge_patch
+from kubeforge.conditions import now_rfc3339, set_condition
+from kubeforge.context import OperatorContext
+from kubeforge.controller import Controller, Key
+from kubeforge.metrics import PhaseTracker
+from kubeforge.trainingjob import build as tjbuild
+from kubeforge.trainingjob.status import compute_status
+
+log = logging.getLogger("kubeforge.trainingjob")
+
+GROUP, VERSION, PLURAL = "kubeforge.io", "v1alpha1", "trainingjobs"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingJob"
+
+IDX_TJ = "kubeforge-trainingjobs"
+IDX_JOBS = "kubeforge-trainingjob-jobs"
+IDX_PODS = "kubeforge-trainingjob-pods"
+IDX_SVCS = "kubeforge-trainingjob-services"
+IDX_WORKLOADS = "kubeforge-trainingjob-workloads"
+
+JSON = dict[str, Any]
+
+
+# --- slim copies kept in the indexes (memory: only what reconcile and status read) -----------
+
+
+def slim_tj(body: Any) -> JSON:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": KIND,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+def slim_child(body: Any) -> JSON:
+    meta = body["metadata"]
+    return {
+        "metadata": {
+            "name": meta["name"],
+            "uid": meta.get("uid"),
+            "annotations": meta.get("annotations") or {},
+            "labels": meta.get("labels") or {},
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+            "ownerReferences": meta.get("ownerReferences") or [],
+        },
+        "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
+        "status": body.get("status") or {},
+    }
+
+
+def slim_pod(body: Any) -> JSON:
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": meta["name"],
+            "annotations": meta.get("annotations") or {},
+            "labels": meta.get("labels") or {},
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": status.get("conditions") or [],
+            "containerStatuses": status.get("containerStatuses") or [],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    tj: JSON
+    job: JSON | None
+    pods: list[JSON]
+    service: JSON | None
+    workload: JSON | None
+
+
+class TrainingJobReconciler:
+    """The reconcile of one TrainingJob (runs in a worker thread; one per object at a time)."""
+
+    def __init__(self, ctx: OperatorContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.kube = ctx.kube
+        self.hash_key = self.settings.label("spec-hash")
+        self.owner_label = self.settings.label("trainingjob")
+        # What we wrote and the watch may not show yet (so we never write it twice):
+        self._lock = threading.Lock()
+        self.recent_job: dict[Key, JSON] = {}
+        self.recent_svc: dict[Key, str] = {}
+        self.written_status: dict[Key, JSON] = {}
+        self.rejected: dict[Key, str] = {}
+        self.phases = PhaseTracker(KIND)
+
+    # --- bookkeeping (event loop) -----------------------------------------------------------
+
+    def snapshot(self, key: Key) -> Snapshot | None:
+        ctx = self.ctx
+        tj = ctx.one(IDX_TJ, key)
+        if tj is None:
+            return None
+        return Snapshot(
+            tj=tj,
+            job=ctx.one(IDX_JOBS, key),
+            pods=ctx.all(IDX_PODS, key),
+            service=ctx.one(IDX_SVCS, key),
+            workload=ctx.one(IDX_WORKLOADS, key) if ctx.kueue else None,
+        )
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self.recent_job.pop(key, None)
+            self.recent_svc.pop(key, None)
+            self.written_status.pop(key, None)
+            self.rejected.pop(key, None)
+        self.phases.forget(key)
+
+    def job_gone(self, key: Key) -> None:
+        with self._lock:
+            self.recent_job.pop(key, None)
+
+    def service_gone(self, key: Key) -> None:
+        with self._lock:
+            self.recent_svc.pop(key, None)
+
+    # --- the reconcile (worker thread) ------------------------------------------------------
+
+    def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        tj = snap.tj
+        meta = tj["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None  # children go by owner references
+        namespace = key[0]
+        now = now_rfc3339()
+        base_status = self.written_status.get(key) or tj.get("status") or {}
+        tj = {**tj, "status": base_status}
+
+        try:
+            spec = TrainingJobSpec.model_validate(tj["spec"])
+        except ValidationError as exc:
+            self._invalid(key, tj, exc, now)
+            return None
+
+        if snap.job is None and base_status.get("phase") in ("Succeeded", "Failed"):
+            return None  # finished, and its Job is gone (ttlSecondsAfterFinished): never rerun
+
+        desired = tjbuild.build(tj, spec, self.settings)
+        assert self.ctx.progress is not None
+        sa = spec.pod.service_account_name or self.settings.trainer_service_account
+        self.ctx.progress.ensure(namespace, sa)
+
+        job = self._sync_job(key, tj, snap.job, desired)
+        if desired.service is not None:
+            self._sync_service(key, snap.service, desired)
+
+        status = compute_status(tj, spec, job, snap.pods, now=now, workload=snap.workload)
+        self._write_status(key, tj, base_status, status)
+        return None
+
+    def _sync_job(
+        self, key: Key, tj: JSON, observed: JSON | None, desired: tjbuild.Desired
+    ) -> JSON | None:
+        recent = self.recent_job.get(key)
+        if (
+            observed is not None
+            and recent is not None
+            and (
+                observed["metadata"].get("uid") != recent["metadata"].get("uid")
+                or observed["metadata"]["annotations"].get(self.hash_key)
+                == recent["metadata"]["annotations"].get(self.hash_key)
+            )
+        ):
+            # the watch has caught up with our write: from now on, trust it
+            self.recent_job.pop(key, None)
+            recent = None
+        current = recent or observed
+        if current is not None:
+            owners = current["metadata"].get("ownerReferences") or []
+            if owners and not any(o.get("uid") == tj["metadata"]["uid"] for o in owners):
+                log.warning("Job %s/%s belongs to another object; not touching it", *key)
+                return None
+            have = current["metadata"]["annotations"].get(self.hash_key)
+            if have == desired.job_hash or self.rejected.get(key) == desired.job_hash:
+                return current
+            job = current
+            try:
+                applied = self.kube.apply(desired.job)
+            except ApiError as exc:
+                if exc.status == 422:
+                    # a change the Job cannot take (its pod template is immutable): say so once
+                    self.rejected[key] = desired.job_hash
+                    events.post(self.kube, tj, events.WARNING, "SpecChangeRejected", str(exc))
+                    return job
+                raise
+            self.recent_job[key] = slim_child(applied)
+            return self.recent_job[key]
+        try:
+            created = self.kube.create(desired.job_for_create())
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+            got = self.kube.get("batch/v1", "Job", key[0], key[1])
+            if got is None:
+                raise
+            created = got
+        self.recent_job[key] = slim_child(created)
+        return self.recent_job[key]
+
+    def _sync_service(self, key: Key, observed: JSON | None, desired: tjbuild.Desired) -> None:
+        assert desired.service is not None
+        have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
+        if have == desired.service_hash or self.recent_svc.get(key) == desired.service_hash:
+            return
+        self.kube.apply(desired.service)
+        self.recent_svc[key] = desired.service_hash or ""
+
+    def _write_status(self, key: Key, tj: JSON, base: JSON, status: JSON) -> None:
+        patch = merge_patch(base, status)
+        if patch:
+            self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+            self.written_status[key] = status
+            self._announce(tj, base, status)
+        self.phases.set(key, status.get("phase", "Pending"))
+
+    def _announce(self, tj: JSON, old: JSON, new: JSON) -> None:
+        """Events for what a user must see: the phase changes that matter."""
+        before, after = old.get("phase"), new.get("phase")
+        if before == after:
+            return
+        msg = new.get("message", "")
+        if after == "Failed":
+            reason = next(
+                (c.get("reason") for c in new.get("conditions", []) if c.get("type") == "Failed"),
+                "Failed",
+            )
+            events.post(self.kube, tj, events.WARNING, reason or "Failed", msg)
+        elif after == "Succeeded":
+            metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(new.get("metrics", {}).items()))
+            events.post(
+                self.kube, tj, events.NORMAL, "Succeeded", f"training finished {metrics}".strip()
+            )
+        elif after in ("Suspended", "Queued"):
+            events.post(self.kube, tj, events.NORMAL, after, msg)
+
+    def _invalid(self, key: Key, tj: JSON, exc: ValidationError, now: str) -> None:
+        base = tj.get("status") or {}
+        message = "invalid spec: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        conds = [dict(c) for c in base.get("conditions") or []]
+        set_condition(conds, "Failed", True, "InvalidSpec", message[:1024], now=now)
+        status = {**base, "phase": "Failed", "message": message[:1024], "conditions": conds}
+        gen = tj["metadata"].get("generation")
+        if gen is not None:
+            status["observedGeneration"] = gen
+        self._write_status(key, tj, base, status)
+
+
+def register(ctx: OperatorContext) -> Controller[Snapshot]:
+    """Register TrainingJob's indexes and event handlers on `ctx.registry`; returns its
+    controller (started by main)."""
+    reg = ctx.registry
+    s = ctx.settings
+    owner_label = s.label("trainingjob")
+    selector = {owner_label: kopf.PRESENT}
+    rec = TrainingJobReconciler(ctx)
+    assert ctx.pool is not None
+    ctl: Controller[Snapshot] = Controller(
+        KIND, snapshot=rec.snapshot, reconcile=rec, pool=ctx.pool, workers=s.concurrency
+    )
+    ctl.reconciler = rec  # type: ignore[attr-defined]
+
+    def parent(namespace: str | None, labels: Any) -> Key:
+        return (namespace or "", labels[owner_label])
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_TJ, registry=reg)
+    async def index_tj(**kw: Any) -> Any:
+        return {(kw["namespace"], kw["name"]): slim_tj(kw["body"])}
+
+    @kopf.index("batch", "v1", "jobs", id=IDX_JOBS, labels=selector, registry=reg)
+    async def index_jobs(**kw: Any) -> Any:
+        return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
+
+    @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
+    async def index_pods(**kw: Any) -> Any:
+        return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
+
+    @kopf.index("", "v1", "services", id=IDX_SVCS, labels=selector, registry=reg)
+    async def index_svcs(**kw: Any) -> Any:
+        return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-trainingjob-event", registry=reg)
+    async def on_tj(**kw: Any) -> None:
+        key = (kw["namespace"], kw["name"])
+        if kw["type"] == "DELETED":
+            ctl.forget(key)
+            rec.forget(key)
+        else:
+            ctl.enqueue(key)
+
+    @kopf.on.event(
+        "batch", "v1", "jobs", id="kubeforge-trainingjob-job-event", labels=selector, registry=reg
+    )
+    async def on_job(**kw: Any) -> None:
+        key = parent(kw["namespace"], kw["labels"])
+        if kw["type"] == "DELETED":
+            rec.job_gone(key)
+        ctl.enqueue(key)
+
+    @kopf.on.event(
+        "", "v1", "pods", id="kubeforge-trainingjob-pod-event", labels=selector, registry=reg
+    )
+    async def on_pod(**kw: Any) -> None:
+        ctl.enqueue(parent(kw["namespace"], kw["labels"]))
+
+    @kopf.on.event(
+        "", "v1", "services", id="kubeforge-trainingjob-svc-event", labels=selector, registry=reg
+    )
+    async def on_svc(**kw: Any) -> None:
+        key = parent(kw["namespace"], kw["labels"])
+        if kw["type"] == "DELETED":
+            rec.service_gone(key)
+        ctl.enqueue(key)
+
+    if ctx.kueue:
+        uid_label = {"kueue.x-k8s.io/job-uid": kopf.PRESENT}
+
+        def owner_job(body: Any) -> str | None:
+            for ref in body["metadata"].get("ownerReferences") or []:
+                if ref.get("kind") == "Job" and ref.get("apiVersion") == "batch/v1":
+                    return str(ref.get("name"))
+            return None
+
+        @kopf.index(
+            "kueue.x-k8s.io",
+            "v1beta2",
+            "workloads",
+            id=IDX_WORKLOADS,
+            labels=uid_label,
+            registry=reg,
+        )
+        async def index_workloads(**kw: Any) -> Any:
+            job = owner_job(kw["body"])
+            if job is None:
+                return None
+            return {(kw["namespace"], job): {"status": kw["body"].get("status") or {}}}
+
+        @kopf.on.event(
+            "kueue.x-k8s.io",
+            "v1beta2",
+            "workloads",
+            id="kubeforge-trainingjob-workload-event",
+            labels=uid_label,
+            registry=reg,
+        )
+        async def on_workload(**kw: Any) -> None:
+            job = owner_job(kw["body"])
+            key = (kw["namespace"], job or "")
+            if job is not None and key in ctx.index(IDX_TJ):
+                ctl.enqueue(key)
+
+    def all_keys() -> list[Key]:
+        return list(ctx.index(IDX_TJ))
+
+    ctl.all_keys = all_keys  # type: ignore[attr-defined]
+    ctx.controllers.append(ctl)
+    return ctl
