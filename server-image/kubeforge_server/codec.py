@@ -53,6 +53,16 @@ def check_datatype(spec: TensorSpec, datatype: Any) -> None:
 
 
 def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if type(data) is list and spec.datatype != "BYTES":
+        try:
+            arr = np.array(data, dtype=spec.dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise BadRequest(f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}") from None
+        if arr.size != math.prod(shape):
+            raise BadRequest(
+                f"input {spec.name!r}: shape {list(shape)} needs {math.prod(shape)} elements, data has {arr.size}"
+            )
+        return arr.reshape(shape)
     if data is None:
         raise BadRequest(f"input {spec.name!r}: no 'data' and no binary_data_size parameter")
     if not isinstance(data, list):
@@ -163,11 +173,22 @@ def _parse_outputs(model: OnnxModel, req: InferRequest, outputs: Any, params: An
     req.binary_outputs = frozenset(binary)
 
 
+def _shape_of(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
+    """Fast shape check for the common case; falls back to check_shape for the message."""
+    if type(shape) is list and len(shape) == len(spec.shape):
+        for d, want in zip(shape, spec.shape):  # noqa: B905 - lengths checked
+            if type(d) is not int or d < 0 or (want != -1 and d != want):
+                break
+        else:
+            return tuple(shape)
+    return check_shape(spec, shape)
+
+
 def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None) -> InferRequest:
     """Decode an HTTP infer body (JSON, optionally followed by binary tensor data)."""
+    binary: memoryview | None = None
     if header_length is None:
         head: Any = body
-        binary: memoryview | None = None
     else:
         if not 0 <= header_length <= len(body):
             raise BadRequest(
@@ -180,37 +201,39 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise BadRequest("request body must be a JSON object with 'inputs'")
     inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
+    if type(inputs) is not list or not inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
     req = InferRequest()
     rid = doc.get("id")
     if rid is not None:
-        req.id = rid if isinstance(rid, str) else str(rid)
+        req.id = rid if type(rid) is str else str(rid)
     feed = req.feed
     offset = 0
     by_name = model.input_by_name
+    rows = -2
     for t in inputs:
-        if not isinstance(t, dict):
+        if type(t) is not dict:
             raise BadRequest("each input must be an object with name, shape, datatype and data")
         name = t.get("name")
-        spec = by_name.get(name)  # type: ignore[arg-type]
+        spec = by_name.get(name) if type(name) is str else None
         if spec is None:
             raise BadRequest(f"unknown input {name!r}; the model takes {[s.name for s in model.inputs]}")
         if name in feed:
             raise BadRequest(f"input {name!r} given twice")
-        check_datatype(spec, t.get("datatype"))
-        shape = check_shape(spec, t.get("shape"))
+        if t.get("datatype") != spec.datatype:
+            check_datatype(spec, t.get("datatype"))
+        shape = _shape_of(spec, t.get("shape"))
         tp = t.get("parameters")
-        size = tp.get("binary_data_size") if isinstance(tp, dict) else None
+        size = tp.get("binary_data_size") if type(tp) is dict else None
         if size is not None:
             if binary is None:
                 raise BadRequest(
                     f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length"
                 )
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if type(size) is not int or size < 0:
                 raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
@@ -218,10 +241,18 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
             offset += size
         else:
             feed[name] = array_from_json(spec, shape, t.get("data"))
+        lead = shape[0] if shape else -1
+        rows = lead if rows == -2 else (rows if rows == lead else -1)
     if binary is not None and offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    _finish_rows(model, req)
-    _parse_outputs(model, req, doc.get("outputs"), doc.get("parameters"))
+    if len(feed) != len(model.inputs):
+        missing = [s.name for s in model.inputs if s.name not in feed]
+        raise BadRequest(f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}")
+    req.rows = rows
+    outputs = doc.get("outputs")
+    params = doc.get("parameters")
+    if outputs is not None or params is not None:
+        _parse_outputs(model, req, outputs, params)
     return req
 
 

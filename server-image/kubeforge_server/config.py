@@ -50,11 +50,10 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _cgroup_dirs(controller: str) -> list[Path]:
+def _cgroup_dirs(controller: str, root: Path, proc_cgroup: Path) -> list[Path]:
     """Candidate cgroup directories of this process for a v1 controller (or v2 when '')."""
-    root = Path("/sys/fs/cgroup")
     dirs: list[Path] = []
-    text = _read(Path("/proc/self/cgroup")) or ""
+    text = _read(proc_cgroup) or ""
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -73,9 +72,11 @@ def _cgroup_dirs(controller: str) -> list[Path]:
     return dirs
 
 
-def cgroup_cpu_limit() -> float | None:
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
     """CPUs allowed by the cgroup CFS quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
-    for d in _cgroup_dirs(""):
+    for d in _cgroup_dirs("", root, proc_cgroup):
         text = _read(d / "cpu.max")
         if text:
             quota, _, period = text.partition(" ")
@@ -85,7 +86,7 @@ def cgroup_cpu_limit() -> float | None:
                 return int(quota) / int(period or "100000")
             except ValueError:
                 break
-    for d in _cgroup_dirs("cpu"):
+    for d in _cgroup_dirs("cpu", root, proc_cgroup):
         quota_s = _read(d / "cpu.cfs_quota_us")
         period_s = _read(d / "cpu.cfs_period_us")
         if quota_s is None or period_s is None:
