@@ -1,0 +1,367 @@
+"""How a TuningStudy picks its next trial and prunes running ones (pure; Optuna, no database).
+
+The operator keeps no search state of its own. Every decision starts from the study's *trial
+records* (one per child TrainingJob: parameters, state, intermediate reports, final value and the
+Optuna system attributes a sampler or pruner wrote), rebuilds an in-memory Optuna study
+(`InMemoryStorage`) from them, and asks it. Because the rebuild is a pure function of the records,
+an operator restart loses nothing.
+
+Determinism: a sampler's random generator would drift between a long-lived study and a rebuilt
+one, so each suggestion uses a fresh sampler seeded from `(algorithm.seed, trial number)`. The
+samplers whose structure depends on the seed itself (grid: the order of the points; qmc: the
+scrambled sequence) keep the study seed, and carry their progress in system attributes (grid's
+`grid_id`, qmc's sample counter) that the records restore. The result: the same records always
+give the same next suggestion, whether the study was interrupted or not.
+
+Parallel trials: running trials are added to the rebuilt study as RUNNING with their parameters,
+so TPE's constant liar (on by default) and GP see them, grid skips their points, qmc's counter
+has moved past them, and CMA-ES counts them in its generation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.storages import InMemoryStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from kubeforge.api.tuningstudy import Objective, SearchParameter, TuningStudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", module="optuna")
+
+log = logging.getLogger("kubeforge.tuningstudy")
+
+TrialStateName = Literal["running", "complete", "pruned", "failed"]
+
+_STATES: dict[str, TrialState] = {
+    "running": TrialState.RUNNING,
+    "complete": TrialState.COMPLETE,
+    "pruned": TrialState.PRUNED,
+    "failed": TrialState.FAIL,
+}
+_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.UTC)
+
+# Samplers whose structure is fixed by the study seed (kept constant across suggestions).
+_STUDY_SEEDED = ("grid", "qmc")
+
+
+@dataclass
+class TrialRecord:
+    """Everything the search needs to know about one trial (read from its TrainingJob)."""
+
+    number: int
+    params: dict[str, Any]
+    state: TrialStateName = "running"
+    reports: list[tuple[int, float]] = field(default_factory=list)
+    """Intermediate values of the objective metric, (step, value), by step."""
+    final: float | None = None
+    """The objective metric of the final metrics (None: not reported)."""
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+    """Optuna system attributes of the trial (grid_id, CMA-ES state, hyperband rungs, ...)."""
+    study_system_attrs: dict[str, Any] = field(default_factory=dict)
+    """Optuna study system attributes right after this trial was suggested (qmc's counter)."""
+
+    def value(self, objective: Objective) -> float | None:
+        """The trial's objective value by `objective.strategy` (None: none reported)."""
+        return objective_value(self.reports, self.final, objective)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A new trial: its parameters and what must be recorded with it."""
+
+    number: int
+    params: dict[str, Any]
+    system_attrs: dict[str, Any]
+    study_system_attrs: dict[str, Any]
+
+
+# --- objective -------------------------------------------------------------------------------
+
+
+def objective_value(
+    reports: Sequence[tuple[int, float]], final: float | None, objective: Objective
+) -> float | None:
+    """`last`: the final metric, else the last report; `best`: the best of all of them."""
+    finite = [v for _, v in reports if v is not None and math.isfinite(v)]
+    if objective.strategy == "best":
+        if final is not None and math.isfinite(final):
+            finite.append(final)
+        if not finite:
+            return None
+        return min(finite) if objective.direction == "minimize" else max(finite)
+    if final is not None and math.isfinite(final):
+        return final
+    return finite[-1] if finite else None
+
+
+def better(a: float, b: float | None, direction: str) -> bool:
+    """Whether value `a` is strictly better than `b` (None: anything is better)."""
+    if b is None:
+        return True
+    return a < b if direction == "minimize" else a > b
+
+
+def target_reached(value: float | None, objective: Objective) -> bool:
+    """Whether `value` reaches `objective.target` (False when no target is set)."""
+    if value is None or objective.target is None:
+        return False
+    if objective.direction == "minimize":
+        return value <= objective.target
+    return value >= objective.target
+
+
+# --- search space, sampler, pruner ---------------------------------------------------------
+
+
+def distribution(p: SearchParameter) -> BaseDistribution:
+    """The Optuna distribution of one search dimension."""
+    if p.type == "categorical":
+        return CategoricalDistribution(list(p.choices or []))
+    assert p.low is not None and p.high is not None
+    if p.type == "int":
+        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def distributions(spec: TuningStudySpec) -> dict[str, BaseDistribution]:
+    """Name → distribution, in the spec's order (which is also the sampling order)."""
+    return {name: distribution(p) for name, p in spec.search_space.items()}
+
+
+def grid_size(spec: TuningStudySpec) -> int | None:
+    """Points of the grid (algorithm grid), else None."""
+    if spec.algorithm.name != "grid":
+        return None
+    n = 1
+    for p in spec.search_space.values():
+        n *= len(p.grid_points())
+    return n
+
+
+def effective_max_trials(spec: TuningStudySpec) -> int:
+    """maxTrials, capped by the grid's size for algorithm grid (each point runs once)."""
+    size = grid_size(spec)
+    return spec.max_trials if size is None else min(spec.max_trials, size)
+
+
+def base_seed(spec: TuningStudySpec, study_key: str) -> int:
+    """algorithm.seed, or (seed null) one derived from the study's identity, stable across
+    restarts."""
+    if spec.algorithm.seed is not None:
+        return spec.algorithm.seed
+    return zlib.crc32(study_key.encode())
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of the sampler that suggests trial `number`."""
+    return zlib.crc32(f"{seed}/{number}".encode())
+
+
+def build_sampler(spec: TuningStudySpec, number: int, study_key: str = "") -> BaseSampler:
+    """The Optuna sampler that suggests trial `number` (settings passed through)."""
+    algo = spec.algorithm
+    settings = dict(algo.settings)
+    seed = base_seed(spec, study_key)
+    if algo.name not in _STUDY_SEEDED:
+        seed = trial_seed(seed, number)
+    if algo.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if algo.name == "grid":
+        grid = {name: p.grid_points() for name, p in spec.search_space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if algo.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **settings)
+    if algo.name == "cmaes":
+        settings.setdefault("warn_independent_sampling", False)
+        return optuna.samplers.CmaEsSampler(seed=seed, **settings)
+    if algo.name == "gp":
+        settings.setdefault("warn_independent_sampling", False)
+        return optuna.samplers.GPSampler(seed=seed, **settings)
+    if algo.name == "qmc":
+        settings.setdefault("warn_asynchronous_seeding", False)
+        return optuna.samplers.QMCSampler(seed=seed, **settings)
+    raise ValueError(f"unknown algorithm {algo.name!r}")
+
+
+def build_pruner(spec: TuningStudySpec) -> BasePruner:
+    """The Optuna pruner of earlyStopping (startStep is the warm-up; settings passed through)."""
+    es = spec.early_stopping
+    settings = dict(es.settings)
+    if es.name == "none":
+        return optuna.pruners.NopPruner()
+    if es.name == "median":
+        settings.setdefault("n_warmup_steps", es.start_step)
+        return optuna.pruners.MedianPruner(**settings)
+    if es.name == "percentile":
+        settings.setdefault("percentile", 50.0)
+        settings.setdefault("n_warmup_steps", es.start_step)
+        return optuna.pruners.PercentilePruner(**settings)
+    if es.name == "hyperband":
+        settings.setdefault("min_resource", max(1, es.start_step))
+        return optuna.pruners.HyperbandPruner(**settings)
+    raise ValueError(f"unknown earlyStopping {es.name!r}")
+
+
+# --- the rebuilt study -----------------------------------------------------------------------
+
+
+def _frozen(record: TrialRecord, dists: dict[str, BaseDistribution], value: float | None) -> FrozenTrial:
+    state = _STATES[record.state]
+    params = {k: v for k, v in record.params.items() if k in dists}
+    if state == TrialState.COMPLETE and value is None:
+        state = TrialState.FAIL  # finished without the objective metric: a failure to the sampler
+    start = _EPOCH + _dt.timedelta(seconds=record.number)
+    return FrozenTrial(
+        number=record.number,
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        values=None,
+        datetime_start=start,
+        datetime_complete=None if state == TrialState.RUNNING else start,
+        params=params,
+        distributions={k: dists[k] for k in params},
+        user_attrs={},
+        system_attrs=dict(record.system_attrs),
+        intermediate_values={int(s): float(v) for s, v in record.reports if v is not None},
+        trial_id=record.number,
+    )
+
+
+def _placeholder(number: int) -> FrozenTrial:
+    """A trial whose record is gone (garbage-collected): a failure that samplers ignore."""
+    start = _EPOCH + _dt.timedelta(seconds=number)
+    return FrozenTrial(
+        number=number, state=TrialState.FAIL, value=None, values=None, datetime_start=start,
+        datetime_complete=start, params={}, distributions={}, user_attrs={},
+        system_attrs={"kubeforge:missing": True}, intermediate_values={}, trial_id=number,
+    )
+
+
+class SearchState:
+    """An in-memory Optuna study rebuilt from trial records."""
+
+    def __init__(
+        self,
+        spec: TuningStudySpec,
+        records: Iterable[TrialRecord],
+        study_key: str = "study",
+        next_number: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.study_key = study_key
+        self.dists = distributions(spec)
+        self.records = sorted(records, key=lambda r: r.number)
+        self.storage = InMemoryStorage()
+        direction = spec.objective.direction
+        self.study = optuna.create_study(
+            storage=self.storage,
+            study_name=study_key,
+            direction=direction,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=build_pruner(spec),
+        )
+        self.study_id = self.study._study_id
+        self.trial_ids: dict[int, int] = {}
+        # The latest study system attributes recorded (qmc's counter) win.
+        study_attrs: dict[str, Any] = {}
+        for rec in self.records:
+            study_attrs.update(rec.study_system_attrs)
+        for key, value in study_attrs.items():
+            self.storage.set_study_system_attr(self.study_id, key, value)
+        expected = 0
+        for rec in self.records:
+            while expected < rec.number:  # keep Optuna's numbers equal to ours
+                self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
+                expected += 1
+            frozen = _frozen(rec, self.dists, rec.value(spec.objective))
+            self.trial_ids[rec.number] = self.storage.create_new_trial(
+                self.study_id, template_trial=frozen
+            )
+            expected = rec.number + 1
+        while expected < next_number:  # trials handed out whose records are gone
+            self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
+            expected += 1
+        self.next_number = expected
+
+    # --- suggestions ---
+
+    def suggest(self) -> Suggestion:
+        """The next trial (number = one past the last record)."""
+        number = self.next_number
+        self.study.sampler = build_sampler(self.spec, number, self.study_key)
+        trial = self.study.ask(fixed_distributions=None)
+        assert trial.number == number, (trial.number, number)
+        for name, dist in self.dists.items():
+            trial._suggest(name, dist)
+        frozen = self.storage.get_trial(trial._trial_id)
+        study_attrs = self.storage.get_study_system_attrs(self.study_id)
+        self.next_number += 1
+        self.trial_ids[number] = trial._trial_id
+        return Suggestion(
+            number=number,
+            params=dict(frozen.params),
+            system_attrs=dict(frozen.system_attrs),
+            study_system_attrs=dict(study_attrs),
+        )
+
+    # --- pruning ---
+
+    def should_prune(self, number: int) -> tuple[bool, dict[str, Any]]:
+        """Whether running trial `number` should be pruned now, and its system attributes after
+        the pruner looked (successive halving records the rungs a trial completed)."""
+        rec = next((r for r in self.records if r.number == number), None)
+        trial_id = self.trial_ids.get(number)
+        if rec is None or trial_id is None or rec.state != "running" or not rec.reports:
+            return False, dict(rec.system_attrs) if rec else {}
+        last_step = max(s for s, _ in rec.reports)
+        frozen = self.storage.get_trial(trial_id)
+        decision = False
+        if last_step >= self.spec.early_stopping.start_step:
+            decision = bool(self.study.pruner.prune(self.study, frozen))
+        attrs = dict(self.storage.get_trial_system_attrs(trial_id))
+        return decision, attrs
+
+    def prune_decisions(self) -> dict[int, tuple[bool, dict[str, Any]]]:
+        """should_prune for every running trial with reports."""
+        if self.spec.early_stopping.name == "none":
+            return {}
+        return {
+            r.number: self.should_prune(r.number)
+            for r in self.records
+            if r.state == "running" and r.reports
+        }
+
+
+def suggest(
+    spec: TuningStudySpec, records: Iterable[TrialRecord], study_key: str = "study"
+) -> Suggestion:
+    """Rebuild the study from `records` and suggest the next trial."""
+    return SearchState(spec, records, study_key).suggest()
+
+
+def grid_exhausted(spec: TuningStudySpec, records: Sequence[TrialRecord]) -> bool:
+    """Algorithm grid: every point has a trial already."""
+    size = grid_size(spec)
+    if size is None:
+        return False
+    next_number = max((r.number for r in records), default=-1) + 1
+    return next_number >= size
