@@ -1,0 +1,187 @@
+"""`helm lint` and `helm template` of the chart (Helm 4, and Helm 3 when `helm3` is built).
+
+Skipped without a helm binary (`make cluster-bins` builds it; `cluster/build.py --helm3` adds
+helm3). Rendering only: no cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from kubeforge_cluster.helm import CHART, Helm, HelmError, cluster_role, find_helm, rendered_env
+
+HELMS = [h for h in ("helm", "helm3") if find_helm(h) is not None] or ["helm"]
+SAMPLE = CHART / "ci" / "sample-values.yaml"
+
+
+@pytest.fixture(params=HELMS, scope="module")
+def helm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    path = find_helm(request.param)
+    if path is None:
+        pytest.skip(f"no {request.param} binary (make cluster-bins)")
+    return Helm(path, home=tmp_path_factory.mktemp(request.param))
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def test_lint_defaults_and_sample_values(helm: Helm) -> None:
+    helm("lint", str(CHART), "--strict")
+    helm("lint", str(CHART), "--strict", "--values", str(SAMPLE))
+
+
+def test_template_defaults(helm: Helm) -> None:
+    objs = helm.template()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+    ), kinds
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["metadata"]["namespace"] == "kubeforge-system"
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/kubeforge/operator:0.1.0"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert c["args"] == ["--metrics-port=8000"]
+    env = rendered_env(objs)
+    assert env["KUBEFORGE_TRAINER_IMAGE"] == "ghcr.io/kubeforge/trainer:0.1.0"
+    assert env["KUBEFORGE_ARTIFACT_STORE"] == "file:///var/lib/kubeforge/artifacts"
+    assert env["KUBEFORGE_NAMESPACES"] == ""
+    (sa,) = by_kind(objs, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"] == "kubeforge"
+    for b in by_kind(objs, "ClusterRoleBinding"):
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kubeforge", "namespace": "kubeforge-system"}
+        ]
+
+
+def test_operator_pod_is_pod_security_restricted(helm: Helm) -> None:
+    (dep,) = by_kind(helm.template(), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in pod and "hostPID" not in pod
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["runAsNonRoot"] is True
+        assert "privileged" not in sc
+
+
+def test_cluster_role_is_least_privilege(helm: Helm) -> None:
+    objs = helm.template()
+    for role in by_kind(objs, "ClusterRole"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert "*" not in rule["apiGroups"], rule
+            assert "secrets" not in rule["resources"], rule
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+            if "configmaps" in rule["resources"]:
+                pytest.fail("the operator never reads ConfigMaps; the kubelet mounts them")
+    discovery = cluster_role(objs, "kubeforge-discovery")
+    for rule in discovery["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+
+
+def test_template_sample_values(helm: Helm) -> None:
+    objs = helm.template("--values", str(SAMPLE))
+    (dep,) = by_kind(objs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+    assert c["args"] == ["--namespace=team-a", "--namespace=team-b", "--metrics-port=8000"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    env = rendered_env(objs)
+    assert env["KUBEFORGE_NAMESPACES"] == "team-a,team-b"
+    assert env["KUBEFORGE_ARTIFACT_STORE"] == "s3://ml-artifacts/kubeforge/"
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert env["KUBEFORGE_LOG_LEVEL"] == "DEBUG"
+    # Namespaced rights per watched namespace; only discovery is cluster-wide.
+    rbs = by_kind(objs, "RoleBinding")
+    assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
+    assert all(rb["roleRef"]["name"] == "kubeforge" for rb in rbs)
+    (crb,) = by_kind(objs, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == "kubeforge-discovery"
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    (sa,) = by_kind(objs, "ServiceAccount")
+    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]
+
+
+def test_toggles(helm: Helm) -> None:
+    objs = helm.template(
+        values={
+            "metrics": {"enabled": False},
+            "serviceMonitor": {"enabled": True},
+            "progressPolicy": {"enabled": False},
+            "rbac": {"create": False},
+            "serviceAccount": {"create": False, "name": "existing"},
+        }
+    )
+    assert sorted(o["kind"] for o in objs) == ["Deployment"]
+    (dep,) = objs
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["--metrics-port=0"]
+    assert [p["name"] for p in c["ports"]] == ["health"]
+
+
+def test_release_name_drives_the_names(helm: Helm) -> None:
+    objs = helm.template(release="ml")
+    names = {o["metadata"]["name"] for o in objs if o["kind"] != "ValidatingAdmissionPolicy"}
+    assert "ml-kubeforge" in names and "ml-kubeforge-metrics" in names
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"artifactStore": "ftp://host/models"}, "artifactStore"),
+        ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
+        ({"replicaCount": 3}, "replicaCount"),
+        ({"metrics": {"port": 0}}, "port"),
+        ({"metrics": {"prot": 8000}}, "prot"),
+        ({"images": {"trainer": ""}}, "trainer"),
+        ({"operator": {"concurrency": "many"}}, "concurrency"),
+        ({"operator": {"logFormat": "xml"}}, "logFormat"),
+        ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
+        ({"serviceMonitor": {"enabled": "yes"}}, "enabled"),
+        ({"image": {"digest": "latest"}}, "digest"),
+    ],
+)
+def test_bad_values_are_refused(helm: Helm, values: dict[str, Any], words: str) -> None:
+    with pytest.raises(HelmError) as err:
+        helm.template(values=values)
+    assert "schema" in err.value.stderr.lower() or "values" in err.value.stderr.lower()
+    assert words in err.value.stderr, err.value.stderr
+
+
+def test_notes_render(helm: Helm) -> None:
+    # helm template does not render NOTES; install --dry-run does (no cluster: client-only).
+    out = helm("install", "kubeforge", str(CHART), "--dry-run=client", "--namespace", "ns")
+    assert "kubectl apply --server-side --force-conflicts" in out.stdout
+    assert "pod-local" in out.stdout
+    manifest = out.stdout.split("NOTES:")[0].split("MANIFEST:")[-1]
+    docs = [d for d in yaml.safe_load_all(manifest) if d]
+    assert any(d.get("kind") == "Deployment" for d in docs)
