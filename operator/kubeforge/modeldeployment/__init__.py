@@ -1,0 +1,1 @@
+"""ModelDeployment: model source → server Deployment, Service, HPA, PDB, monitoring → status."""
