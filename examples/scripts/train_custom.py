@@ -25,5 +25,11 @@ if hp.get("write_model"):
     import torch
 
     model = torch.nn.Linear(4, 2).eval()
-    torch.onnx.export(model, (torch.zeros(1, 4),), os.path.join(output_dir(), "model.onnx"),
-                      input_names=["input"], output_names=["output"], dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 4),),
+        os.path.join(output_dir(), "model.onnx"),
+        input_names=["input"],
+        output_names=["output"],
+        dynamo=False,
+    )

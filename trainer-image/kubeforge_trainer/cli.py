@@ -25,8 +25,13 @@ def _err(msg: str) -> None:
     print(f"kubeforge-trainer: {msg}", file=sys.stderr, flush=True)
 
 
-def _finish(cfg_output: str, metrics: dict[str, Any], artifacts: dict[str, Any],
-            *, write_metrics_json: bool = True) -> None:
+def _finish(
+    cfg_output: str,
+    metrics: dict[str, Any],
+    artifacts: dict[str, Any],
+    *,
+    write_metrics_json: bool = True,
+) -> None:
     """metrics.json beside the model, and the termination message."""
     from . import storage
 
@@ -42,8 +47,11 @@ def _finish(cfg_output: str, metrics: dict[str, Any], artifacts: dict[str, Any],
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubeforge-trainer", description=__doc__.split("\n")[0])
-    p.add_argument("--job", default=None, help="TrainingJob document (YAML or JSON); "
-                   "default: the env var KUBEFORGE_JOB")
+    p.add_argument(
+        "--job",
+        default=None,
+        help="TrainingJob document (YAML or JSON); default: the env var KUBEFORGE_JOB",
+    )
     return p
 
 

@@ -86,9 +86,11 @@ def load_document(path: str | None, env: Mapping[str, str] | None = None) -> dic
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except Exception as exc:
             raise ConfigError("", f"{source} is neither JSON nor YAML: {exc}") from exc
-        docs = [d for d in docs if isinstance(d, dict) and d.get("kind", "TrainingJob") == "TrainingJob"]
+        docs = [
+            d for d in docs if isinstance(d, dict) and d.get("kind", "TrainingJob") == "TrainingJob"
+        ]
         if not docs:
-            raise ConfigError("kind", f"{source} holds no TrainingJob document")
+            raise ConfigError("kind", f"{source} holds no TrainingJob document") from None
         doc = docs[0]
     if not isinstance(doc, dict):
         raise ConfigError("", f"{source} must hold a TrainingJob object")
@@ -113,19 +115,33 @@ def _shared_validate(doc: dict[str, Any]) -> None:
         raise ConfigError(loc, str(err.get("msg", "invalid"))) from exc
 
 
-def _num(hp: Mapping[str, Any], key: str, default: float, *, lo: float | None = None,
-         hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> float:
+def _num(
+    hp: Mapping[str, Any],
+    key: str,
+    default: float,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     value = hp.get(key, default)
     try:
         if isinstance(value, bool):
             raise TypeError
         num = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"spec.hyperparameters.{key}", f"must be a number, not {value!r}") from None
+        raise ConfigError(
+            f"spec.hyperparameters.{key}", f"must be a number, not {value!r}"
+        ) from None
     if lo is not None and (num < lo or (lo_open and num == lo)):
-        raise ConfigError(f"spec.hyperparameters.{key}", f"must be {'>' if lo_open else '>='} {lo}, not {value!r}")
+        raise ConfigError(
+            f"spec.hyperparameters.{key}", f"must be {'>' if lo_open else '>='} {lo}, not {value!r}"
+        )
     if hi is not None and (num > hi or (hi_open and num == hi)):
-        raise ConfigError(f"spec.hyperparameters.{key}", f"must be {'<' if hi_open else '<='} {hi}, not {value!r}")
+        raise ConfigError(
+            f"spec.hyperparameters.{key}", f"must be {'<' if hi_open else '<='} {hi}, not {value!r}"
+        )
     return num
 
 
@@ -141,16 +157,26 @@ def _int_list(hp: Mapping[str, Any], key: str, default: list[int]) -> list[int]:
     if isinstance(value, str):
         text = value.strip()
         try:
-            value = json.loads(text) if text.startswith("[") else [int(v) for v in text.replace(",", " ").split()]
+            value = (
+                json.loads(text)
+                if text.startswith("[")
+                else [int(v) for v in text.replace(",", " ").split()]
+            )
         except ValueError:
-            raise ConfigError(f"spec.hyperparameters.{key}", f"must be an integer or a list of integers, not {value!r}") from None
+            raise ConfigError(
+                f"spec.hyperparameters.{key}",
+                f"must be an integer or a list of integers, not {value!r}",
+            ) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v >= 1
         for v in value
     ):
-        raise ConfigError(f"spec.hyperparameters.{key}", f"must be a positive integer or a list of them, not {value!r}")
+        raise ConfigError(
+            f"spec.hyperparameters.{key}",
+            f"must be a positive integer or a list of them, not {value!r}",
+        )
     return [int(v) for v in value]
 
 
@@ -168,14 +194,21 @@ def _local_validate(doc: Mapping[str, Any]) -> None:
         raise ConfigError("spec", "is required and must be an object")
     model = spec.get("model")
     if not isinstance(model, dict):
-        raise ConfigError("spec.model", "is required for the built-in trainer: {recipe: NAME} or {script: {path: P}}")
+        raise ConfigError(
+            "spec.model",
+            "is required for the built-in trainer: {recipe: NAME} or {script: {path: P}}",
+        )
     if ("recipe" in model) == ("script" in model):
         raise ConfigError("spec.model", "needs exactly one of recipe or script")
     if "recipe" in model and model["recipe"] not in RECIPES:
-        raise ConfigError("spec.model.recipe", f"must be one of {', '.join(RECIPES)}, not {model['recipe']!r}")
+        raise ConfigError(
+            "spec.model.recipe", f"must be one of {', '.join(RECIPES)}, not {model['recipe']!r}"
+        )
     if "script" in model:
         script = model["script"]
-        if not isinstance(script, dict) or (bool(script.get("path")) == bool(script.get("configMap"))):
+        if not isinstance(script, dict) or (
+            bool(script.get("path")) == bool(script.get("configMap"))
+        ):
             raise ConfigError("spec.model.script", "needs either path or configMap (with key)")
         if script.get("configMap") and not script.get("key"):
             raise ConfigError("spec.model.script.key", "is required with configMap")
@@ -185,7 +218,10 @@ def _local_validate(doc: Mapping[str, Any]) -> None:
             raise ConfigError("spec.dataset.uri", "is required for a built-in recipe")
         scheme = ds["uri"].split("://", 1)[0] if "://" in ds["uri"] else ""
         if scheme not in DATASET_SCHEMES:
-            raise ConfigError("spec.dataset.uri", f"scheme must be one of {', '.join(DATASET_SCHEMES)}, not {ds['uri']!r}")
+            raise ConfigError(
+                "spec.dataset.uri",
+                f"scheme must be one of {', '.join(DATASET_SCHEMES)}, not {ds['uri']!r}",
+            )
     hp = spec.get("hyperparameters", {})
     if not isinstance(hp, dict):
         raise ConfigError("spec.hyperparameters", "must be an object")
@@ -195,7 +231,9 @@ def _local_validate(doc: Mapping[str, Any]) -> None:
     onnx = out.get("onnx", {}) or {}
     opset = onnx.get("opset", 17)
     if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 23:
-        raise ConfigError("spec.output.onnx.opset", f"must be an integer from 7 to 23, not {opset!r}")
+        raise ConfigError(
+            "spec.output.onnx.opset", f"must be an integer from 7 to 23, not {opset!r}"
+        )
     ck = spec.get("checkpoint", {}) or {}
     every = ck.get("everyEpochs", 1)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -215,24 +253,33 @@ def resolve(doc: dict[str, Any], env: Mapping[str, str] | None = None) -> Traine
     out = spec.get("output") or {}
     onnx = out.get("onnx") or {}
     ck = spec.get("checkpoint") or {}
-    output_uri = env.get("KUBEFORGE_OUTPUT_URI") or out.get("uri") or f"file://./kubeforge-output/{name}"
+    output_uri = (
+        env.get("KUBEFORGE_OUTPUT_URI") or out.get("uri") or f"file://./kubeforge-output/{name}"
+    )
 
     script_path = None
     if "script" in model:
         script = model["script"]
-        script_path = script.get("path") or env.get("KUBEFORGE_SCRIPT_PATH") or os.path.join(
-            DEFAULT_SCRIPT_DIR, str(script.get("key"))
+        script_path = (
+            script.get("path")
+            or env.get("KUBEFORGE_SCRIPT_PATH")
+            or os.path.join(DEFAULT_SCRIPT_DIR, str(script.get("key")))
         )
     optimizer = str(hp.get("optimizer", "adam")).lower()
     if optimizer not in OPTIMIZERS:
-        raise ConfigError("spec.hyperparameters.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, not {hp['optimizer']!r}")
+        raise ConfigError(
+            "spec.hyperparameters.optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}, not {hp['optimizer']!r}",
+        )
     image_shape = _int_list(hp, "image_shape", [1]) if "image_shape" in hp else None
     target = hp.get("target")
     if target is not None and not isinstance(target, (str, int)):
         raise ConfigError("spec.hyperparameters.target", f"must be a column name, not {target!r}")
     device = str(hp.get("device", "auto")).lower()
     if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("spec.hyperparameters.device", f"must be auto, cpu or cuda, not {device!r}")
+        raise ConfigError(
+            "spec.hyperparameters.device", f"must be auto, cpu or cuda, not {device!r}"
+        )
     return TrainerConfig(
         name=name,
         namespace=str(meta.get("namespace") or env.get("KUBEFORGE_POD_NAMESPACE") or "default"),

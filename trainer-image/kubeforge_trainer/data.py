@@ -82,13 +82,18 @@ def load_table(uri: str, *, target: str | None, task: str | None) -> Dataset:
         else:
             frame = pd.read_csv(io.BytesIO(data))
     except Exception as exc:
-        raise ConfigError("spec.dataset.uri", f"cannot read {uri} as CSV or Parquet: {exc}") from exc
+        raise ConfigError(
+            "spec.dataset.uri", f"cannot read {uri} as CSV or Parquet: {exc}"
+        ) from exc
     if frame.shape[1] < 2:
-        raise ConfigError("spec.dataset.uri", f"{uri} needs at least one feature and a label column")
+        raise ConfigError(
+            "spec.dataset.uri", f"{uri} needs at least one feature and a label column"
+        )
     label = target if target is not None else str(frame.columns[-1])
     if label not in frame.columns:
         raise ConfigError(
-            "spec.hyperparameters.target", f"column {label!r} is not in {uri} (columns: {list(frame.columns)[:20]})"
+            "spec.hyperparameters.target",
+            f"column {label!r} is not in {uri} (columns: {list(frame.columns)[:20]})",
         )
     frame = frame.dropna(subset=[label])
     yser = frame[label]
@@ -98,7 +103,11 @@ def load_table(uri: str, *, target: str | None, task: str | None) -> Dataset:
     if task is None:
         numeric = pd.api.types.is_numeric_dtype(yser)
         integral = numeric and np.all(np.mod(yser.to_numpy(dtype=float), 1) == 0)
-        task = "classification" if (not numeric or (integral and yser.nunique() <= 50)) else "regression"
+        task = (
+            "classification"
+            if (not numeric or (integral and yser.nunique() <= 50))
+            else "regression"
+        )
     if task == "classification":
         codes, uniques = pd.factorize(yser, sort=True)
         y = codes.astype(np.int64)
@@ -107,7 +116,9 @@ def load_table(uri: str, *, target: str | None, task: str | None) -> Dataset:
     else:
         y = yser.to_numpy(dtype=np.float32)
         classes, n = None, 0
-    return Dataset(feats.to_numpy(dtype=np.float32), y, task, n, [str(c) for c in feats.columns], None, classes)
+    return Dataset(
+        feats.to_numpy(dtype=np.float32), y, task, n, [str(c) for c in feats.columns], None, classes
+    )
 
 
 def _read_uri(uri: str) -> bytes:
@@ -126,8 +137,10 @@ def split(ds: Dataset, val_fraction: float, seed: int) -> Split:
     """A seeded shuffle, then the last ``val_fraction`` is validation."""
     n = len(ds.y)
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
-        raise ConfigError("spec.hyperparameters.val_fraction", f"leaves no training rows ({n} rows)")
+        raise ConfigError(
+            "spec.hyperparameters.val_fraction", f"leaves no training rows ({n} rows)"
+        )
     tr, va = order[: n - n_val], order[n - n_val :]
     return Split(ds.x[tr], ds.y[tr], ds.x[va], ds.y[va])

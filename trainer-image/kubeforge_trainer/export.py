@@ -27,16 +27,29 @@ def export_onnx(model: nn.Module, sample: np.ndarray, *, opset: int, dynamic_bat
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    m, (x,), path, input_names=["input"], output_names=["output"],
-                    opset_version=opset, dynamic_axes=axes, dynamo=False,
+                    m,
+                    (x,),
+                    path,
+                    input_names=["input"],
+                    output_names=["output"],
+                    opset_version=opset,
+                    dynamic_axes=axes,
+                    dynamo=False,
                 )
         except Exception:  # fall back to the dynamo exporter
             shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    m, (x,), path, input_names=["input"], output_names=["output"],
-                    opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False,
+                    m,
+                    (x,),
+                    path,
+                    input_names=["input"],
+                    output_names=["output"],
+                    opset_version=opset,
+                    dynamic_shapes=shapes,
+                    dynamo=True,
+                    verbose=False,
                 )
         import onnx
 
@@ -59,4 +72,6 @@ def parity(model: nn.Module, onnx_bytes: bytes, x: np.ndarray) -> float:
     got = sess.run(None, {"input": xs})[0]
     if got.shape != ref.shape:
         raise ParityError(f"onnx output shape {got.shape} != torch {ref.shape}")
-    return float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    return (
+        float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    )

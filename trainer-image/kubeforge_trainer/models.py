@@ -64,8 +64,14 @@ class SmallCNN(nn.Module):
     """conv-relu-conv-relu-pool-MLP on ``(N, C*H*W)`` reshaped to ``(N, C, H, W)``."""
 
     def __init__(
-        self, x_mean: float, x_std: float, shape: list[int], channels: list[int],
-        hidden: list[int], n_out: int, dropout: float,
+        self,
+        x_mean: float,
+        x_std: float,
+        shape: list[int],
+        channels: list[int],
+        hidden: list[int],
+        n_out: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.shape = [int(s) for s in shape]
@@ -94,7 +100,7 @@ def image_shape(cfg: TrainerConfig, ds: Dataset) -> list[int]:
     shape = cfg.image_shape or ds.image_shape
     n = ds.x.shape[1]
     if shape is None:
-        side = int(math.isqrt(n))
+        side = math.isqrt(n)
         if side * side != n:
             raise ConfigError(
                 "spec.hyperparameters.image_shape",
@@ -117,8 +123,13 @@ def build(cfg: TrainerConfig, ds: Dataset, sp: Split) -> nn.Module:
     n_feat = sp.x_train.shape[1]
     if recipe == "cnn-classifier":
         return SmallCNN(
-            float(sp.x_train.mean()), float(sp.x_train.std() or 1.0), image_shape(cfg, ds),
-            cfg.channels, cfg.hidden[:1] if cfg.hidden else [], ds.num_classes, cfg.dropout,
+            float(sp.x_train.mean()),
+            float(sp.x_train.std() or 1.0),
+            image_shape(cfg, ds),
+            cfg.channels,
+            cfg.hidden[:1] if cfg.hidden else [],
+            ds.num_classes,
+            cfg.dropout,
         )
     mean = sp.x_train.mean(axis=0)
     std = sp.x_train.std(axis=0)
@@ -128,7 +139,11 @@ def build(cfg: TrainerConfig, ds: Dataset, sp: Split) -> nn.Module:
     if recipe == "mlp-regressor":
         y = sp.y_train.astype(np.float64)
         return TabularNet(
-            mean, std, mlp(n_feat, cfg.hidden, 1, cfg.dropout),
-            float(y.mean()), float(y.std() or 1.0), regression=True,
+            mean,
+            std,
+            mlp(n_feat, cfg.hidden, 1, cfg.dropout),
+            float(y.mean()),
+            float(y.std() or 1.0),
+            regression=True,
         )
     raise ConfigError("spec.model.recipe", f"unknown recipe {recipe!r}")

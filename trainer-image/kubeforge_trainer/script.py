@@ -15,8 +15,13 @@ from .report.channel import ProgressChannel
 
 
 class ScriptResult:
-    def __init__(self, code: int, metrics: dict[str, float | int], artifacts: dict[str, Any],
-                 stop_reason: str | None) -> None:
+    def __init__(
+        self,
+        code: int,
+        metrics: dict[str, float | int],
+        artifacts: dict[str, Any],
+        stop_reason: str | None,
+    ) -> None:
         self.code = code
         self.metrics = metrics
         self.artifacts = artifacts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -67,10 +68,8 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = fs_and_path(uri)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
-        try:
+        with contextlib.suppress(Exception):  # object stores have no folders
             fs.makedirs(parent, exist_ok=True)
-        except Exception:  # object stores have no folders
-            pass
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     fs.pipe_file(tmp, data)
     try:
@@ -80,10 +79,8 @@ def write_bytes(uri: str, data: bytes) -> None:
             fs.mv(tmp, path)
     except Exception:
         fs.pipe_file(path, data)
-        try:
+        with contextlib.suppress(Exception):
             fs.rm(tmp)
-        except Exception:
-            pass
 
 
 def upload_file(local: str, uri: str) -> None:

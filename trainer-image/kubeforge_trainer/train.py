@@ -19,9 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from . import _api
+from . import _api, models, storage
 from . import data as data_mod
-from . import models, storage
 from .config import TrainerConfig
 from .export import ParityError, export_onnx, parity
 from .report.channel import ProgressChannel
@@ -87,7 +86,9 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(cfg: TrainerConfig, params: Any) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -108,7 +109,9 @@ def log(msg: str) -> None:
 class Trainer:
     """One training run of a built-in recipe; ``fit()`` returns the final metrics."""
 
-    def __init__(self, cfg: TrainerConfig, channel: ProgressChannel | None, dinfo: DistInfo) -> None:
+    def __init__(
+        self, cfg: TrainerConfig, channel: ProgressChannel | None, dinfo: DistInfo
+    ) -> None:
         self.cfg = cfg
         self.channel = channel
         self.d = dinfo
@@ -163,14 +166,19 @@ class Trainer:
             err = out - self.y_val
             mse = float(torch.mean(err**2))
             var = float(torch.var(self.y_val, unbiased=False))
-            metrics.update(val_mse=mse, val_mae=float(torch.mean(err.abs())),
-                           val_r2=1.0 - mse / var if var > 0 else 0.0)
+            metrics.update(
+                val_mse=mse,
+                val_mae=float(torch.mean(err.abs())),
+                val_r2=1.0 - mse / var if var > 0 else 0.0,
+            )
         else:
             metrics["val_accuracy"] = float((out.argmax(dim=1) == self.y_val).float().mean())
         return metrics
 
     # ----------------------------------------------------------- checkpoints
-    def state(self, epoch_done: int, step_in_epoch: int, loss_sum: float, count: int) -> dict[str, Any]:
+    def state(
+        self, epoch_done: int, step_in_epoch: int, loss_sum: float, count: int
+    ) -> dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
             "fingerprint": fingerprint(self.cfg),
@@ -224,8 +232,10 @@ class Trainer:
         if self.start_step and state.get("world") == self.d.world:
             self._rng_state = state.get("rng")
         self.resumed_from = int(state["epoch"])
-        log(f"resumed from checkpoint {self.ckpt_uri} at epoch {state['epoch']}"
-            f" step {self.start_step}")
+        log(
+            f"resumed from checkpoint {self.ckpt_uri} at epoch {state['epoch']}"
+            f" step {self.start_step}"
+        )
 
     # ----------------------------------------------------------- the loop
     def _stop_flag(self, local: bool) -> bool:
@@ -243,13 +253,20 @@ class Trainer:
             reason = box[0]
         return reason
 
-    def train_epoch(self, epoch: int, start_step: int = 0, loss_sum: float = 0.0,
-                    count: int = 0) -> tuple[float, int]:
+    def train_epoch(
+        self, epoch: int, start_step: int = 0, loss_sum: float = 0.0, count: int = 0
+    ) -> tuple[float, int]:
         """One epoch; returns (sum of per-sample losses, samples) over this rank."""
         cfg, d = self.cfg, self.d
         n = len(self.x_train)
-        sampler = DistributedSampler(range(n), num_replicas=d.world, rank=d.rank,  # type: ignore[arg-type]
-                                     shuffle=True, seed=cfg.seed, drop_last=False)
+        sampler = DistributedSampler(
+            range(n),
+            num_replicas=d.world,
+            rank=d.rank,  # type: ignore[arg-type]
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=False,
+        )
         sampler.set_epoch(epoch)
         order = torch.tensor(list(iter(sampler)), device=d.device)
         b = max(1, cfg.batch_size // d.world)  # batch_size is the global batch
@@ -292,7 +309,9 @@ class Trainer:
         if d.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            self.ddp = DDP(
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+            )
         metrics: dict[str, float] = dict(self.history[-1]) if self.history else {}
         start_step, loss0, count0 = self.start_step, self.partial_loss, self.partial_count
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -323,8 +342,12 @@ class Trainer:
 
     def export(self, metrics: dict[str, float]) -> dict[str, Any]:
         """Rank 0: model.onnx + parity check; returns the artefacts."""
-        onnx_bytes = export_onnx(self.model, self.split.x_val, opset=self.cfg.onnx_opset,
-                                 dynamic_batch=self.cfg.onnx_dynamic_batch)
+        onnx_bytes = export_onnx(
+            self.model,
+            self.split.x_val,
+            opset=self.cfg.onnx_opset,
+            dynamic_batch=self.cfg.onnx_dynamic_batch,
+        )
         diff = parity(self.model, onnx_bytes, self.split.x_val)
         metrics["onnx_max_abs_diff"] = diff
         if not math.isfinite(diff) or diff > self.cfg.onnx_tolerance:
@@ -334,8 +357,12 @@ class Trainer:
             )
         model_uri = storage.join(self.cfg.output_uri, "model.onnx")
         storage.write_bytes(model_uri, onnx_bytes)
-        return {"model": model_uri, "checkpoint": self.ckpt_uri,
-                "sha256": storage.sha256(onnx_bytes), "bytes": len(onnx_bytes)}
+        return {
+            "model": model_uri,
+            "checkpoint": self.ckpt_uri,
+            "sha256": storage.sha256(onnx_bytes),
+            "bytes": len(onnx_bytes),
+        }
 
 
 def _fmt(v: float) -> str:

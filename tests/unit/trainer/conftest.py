@@ -21,9 +21,16 @@ except ImportError:  # pragma: no cover - the trainer extra is not installed
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def job(tmp: Path, *, recipe: str | None = "mlp-classifier", dataset: str = "builtin://digits",
-        hp: dict[str, Any] | None = None, name: str = "t", script: str | None = None,
-        **spec: Any) -> dict[str, Any]:
+def job(
+    tmp: Path,
+    *,
+    recipe: str | None = "mlp-classifier",
+    dataset: str = "builtin://digits",
+    hp: dict[str, Any] | None = None,
+    name: str = "t",
+    script: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     model: dict[str, Any] = {"script": {"path": script}} if script else {"recipe": recipe}
     doc = {
         "apiVersion": "kubeforge.io/v1alpha1",
@@ -32,8 +39,14 @@ def job(tmp: Path, *, recipe: str | None = "mlp-classifier", dataset: str = "bui
         "spec": {
             "model": model,
             "dataset": {"uri": dataset},
-            "hyperparameters": {"lr": 0.01, "epochs": 2, "batch_size": 64, "hidden": [32],
-                                "seed": 0, **(hp or {})},
+            "hyperparameters": {
+                "lr": 0.01,
+                "epochs": 2,
+                "batch_size": 64,
+                "hidden": [32],
+                "seed": 0,
+                **(hp or {}),
+            },
             "output": {"uri": f"file://{tmp / 'out'}"},
             **spec,
         },
@@ -79,8 +92,14 @@ def run_inprocess(monkeypatch: pytest.MonkeyPatch):
 
     def _run(tmp: Path, doc: dict[str, Any], env: dict[str, str] | None = None) -> Run:
         tmp.mkdir(parents=True, exist_ok=True)
-        for key in ("KUBERNETES_SERVICE_HOST", "KUBEFORGE_POD_NAME", "KUBEFORGE_OUTPUT_URI",
-                    "KUBEFORGE_JOB", "RANK", "WORLD_SIZE"):
+        for key in (
+            "KUBERNETES_SERVICE_HOST",
+            "KUBEFORGE_POD_NAME",
+            "KUBEFORGE_OUTPUT_URI",
+            "KUBEFORGE_JOB",
+            "RANK",
+            "WORLD_SIZE",
+        ):
             monkeypatch.delenv(key, raising=False)
         for key, value in {**channel_env(tmp), **(env or {})}.items():
             monkeypatch.setenv(key, value)
@@ -92,19 +111,32 @@ def run_inprocess(monkeypatch: pytest.MonkeyPatch):
     return _run
 
 
-def popen_trainer(tmp: Path, doc: dict[str, Any], env: dict[str, str] | None = None,
-                  torchrun_procs: int = 0) -> subprocess.Popen[bytes]:
+def popen_trainer(
+    tmp: Path, doc: dict[str, Any], env: dict[str, str] | None = None, torchrun_procs: int = 0
+) -> subprocess.Popen[bytes]:
     tmp.mkdir(parents=True, exist_ok=True)
     path = write_job(tmp, doc)
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("KUBERNETES_SERVICE_HOST", "KUBEFORGE_POD_NAME", "KUBEFORGE_JOB")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KUBERNETES_SERVICE_HOST", "KUBEFORGE_POD_NAME", "KUBEFORGE_JOB")
+    }
     full_env.update(SUBPROCESS_ENV)
     full_env.update(channel_env(tmp))
     full_env.update(env or {})
     if torchrun_procs:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(torchrun_procs), "-m", "kubeforge_trainer.cli",
-               "--job", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(torchrun_procs),
+            "-m",
+            "kubeforge_trainer.cli",
+            "--job",
+            str(path),
+        ]
     else:
         cmd = [sys.executable, "-m", "kubeforge_trainer.cli", "--job", str(path)]
     return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from kubeforge_trainer.report import build as zipbuild
 from kubeforge_trainer.report.channel import (
     ProgressChannel,
@@ -45,7 +44,9 @@ def test_text_katib_lines_with_noise() -> None:
 
 def test_text_all_metrics_and_step_from_sequence() -> None:
     p = MetricParser()
-    reps = p.feed_lines(["loss=1.5", "no metrics here", "loss=0.5 val_loss=0.7", "step=10 loss=0.25"])
+    reps = p.feed_lines(
+        ["loss=1.5", "no metrics here", "loss=0.5 val_loss=0.7", "step=10 loss=0.25"]
+    )
     assert [r.step for r in reps] == [1, 2, 10]
     assert p.final_metrics() == {"loss": 0.25, "val_loss": 0.7}
 
@@ -59,12 +60,14 @@ def test_objective_decides_what_is_a_report() -> None:
 
 def test_json_lines() -> None:
     p = MetricParser(format="json")
-    reps = p.feed_lines([
-        '{"epoch": 1, "val_loss": 0.5, "name": "x", "ok": true}',
-        "not json loss=3",
-        '{"step": 7, "metrics": {"val_loss": 0.25}}',
-        "[1, 2]",
-    ])
+    reps = p.feed_lines(
+        [
+            '{"epoch": 1, "val_loss": 0.5, "name": "x", "ok": true}',
+            "not json loss=3",
+            '{"step": 7, "metrics": {"val_loss": 0.25}}',
+            "[1, 2]",
+        ]
+    )
     assert [(r.step, r.metrics) for r in reps] == [(1, {"val_loss": 0.5}), (7, {"val_loss": 0.25})]
 
 
@@ -86,9 +89,11 @@ def test_split_line_across_writes() -> None:
 
 
 def test_termination_message_under_4k() -> None:
-    text = termination_message({f"metric_with_a_long_name_{i}": i * 0.5 for i in range(400)}
-                               | {"loss": float("nan"), "acc": 0.9},
-                               {"model": "s3://b/m/model.onnx", "sha256": "0" * 64})
+    text = termination_message(
+        {f"metric_with_a_long_name_{i}": i * 0.5 for i in range(400)}
+        | {"loss": float("nan"), "acc": 0.9},
+        {"model": "s3://b/m/model.onnx", "sha256": "0" * 64},
+    )
     obj = json.loads(text)
     assert len(text.encode()) < 4096 and obj["metrics"]["acc"] == 0.9
     assert "loss" not in obj["metrics"] and obj["artifacts"]["model"] == "s3://b/m/model.onnx"
@@ -102,11 +107,16 @@ def test_termination_log_default_skipped_outside_pod(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ running commands
 def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KUBERNETES_SERVICE_HOST", "KUBEFORGE_POD_NAME")}
-    env.update(KUBEFORGE_TERMINATION_LOG=str(tmp / "term.json"),
-               KUBEFORGE_PROGRESS_FILE=str(tmp / "progress.jsonl"),
-               KUBEFORGE_STOP_FILE=str(tmp / "stop"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KUBERNETES_SERVICE_HOST", "KUBEFORGE_POD_NAME")
+    }
+    env.update(
+        KUBEFORGE_TERMINATION_LOG=str(tmp / "term.json"),
+        KUBEFORGE_PROGRESS_FILE=str(tmp / "progress.jsonl"),
+        KUBEFORGE_STOP_FILE=str(tmp / "stop"),
+    )
     return env
 
 
@@ -151,12 +161,27 @@ def test_file_collector_tails(tmp_path: Path) -> None:
         "        f.write(json.dumps({'epoch': e, 'val_loss': 1 / e}) + '\\n')\n"
         "    time.sleep(0.25)\n"
     )
-    rc = run(["--collector", "file", "--path", str(log), "--format", "json", "--poll", "0.05",
-              "--", PY, str(script)], env=_env(tmp_path))
+    rc = run(
+        [
+            "--collector",
+            "file",
+            "--path",
+            str(log),
+            "--format",
+            "json",
+            "--poll",
+            "0.05",
+            "--",
+            PY,
+            str(script),
+        ],
+        env=_env(tmp_path),
+    )
     assert rc == 0
     assert [p["epoch"] for p in _progress(tmp_path)] == [1, 2, 3]
     assert json.loads((tmp_path / "term.json").read_text())["metrics"] == {
-        "val_loss": pytest.approx(1 / 3)}
+        "val_loss": pytest.approx(1 / 3)
+    }
 
 
 def test_stop_request_terminates_command_and_exits_3(tmp_path: Path) -> None:
@@ -192,8 +217,14 @@ def test_real_run_with_zipapp(tmp_path: Path) -> None:
     )
     env = _env(tmp_path)
     env["PYTHONPATH"] = ""  # the zipapp needs nothing installed
-    proc = subprocess.run(["python3", str(pyz), "--", "python3", str(script), "--lr", "0.1"],
-                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        ["python3", str(pyz), "--", "python3", str(script), "--lr", "0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch=3 accuracy=0.80" in proc.stdout
     term = json.loads((tmp_path / "term.json").read_text())
@@ -212,7 +243,7 @@ class FakeApiServer(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: FakeApiServer
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.patches.append((self.path, self.headers["Content-Type"], body))
         ann = dict(body["metadata"]["annotations"])
@@ -235,9 +266,13 @@ def test_in_cluster_patch_rate_limit_and_stop(tmp_path: Path) -> None:
     try:
         (tmp_path / "token").write_text("tok")
         ch = ProgressChannel(
-            env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBEFORGE_POD_NAME": "p-0",
-                 "KUBEFORGE_POD_NAMESPACE": "ns"},
-            sa_dir=str(tmp_path), min_interval=60,
+            env={
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBEFORGE_POD_NAME": "p-0",
+                "KUBEFORGE_POD_NAMESPACE": "ns",
+            },
+            sa_dir=str(tmp_path),
+            min_interval=60,
         )
         ch.api_url = f"http://127.0.0.1:{srv.server_address[1]}"
         for e in range(1, 6):

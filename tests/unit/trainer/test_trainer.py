@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from conftest import Run, job, popen_trainer  # noqa: E402
-
 from kubeforge_trainer import storage  # noqa: E402
 from kubeforge_trainer.config import ConfigError, resolve  # noqa: E402
 
@@ -23,15 +22,25 @@ from kubeforge_trainer.config import ConfigError, resolve  # noqa: E402
 @pytest.mark.parametrize(
     ("recipe", "dataset", "hp", "check"),
     [
-        ("mlp-classifier", "builtin://digits", {"epochs": 3},
-         lambda m: m["val_accuracy"] > 0.9),
-        ("cnn-classifier", "builtin://digits", {"epochs": 4, "channels": [8, 16], "hidden": [32],
-                                                "lr": 0.005},
-         lambda m: m["val_accuracy"] > 0.9),
-        ("mlp-classifier", "builtin://iris", {"epochs": 30, "batch_size": 16},
-         lambda m: m["val_accuracy"] > 0.8),  # majority class: ~0.33
-        ("mlp-regressor", "builtin://diabetes", {"epochs": 20, "batch_size": 32},
-         lambda m: m["val_r2"] > 0.2),  # predicting the mean: r2 = 0
+        ("mlp-classifier", "builtin://digits", {"epochs": 3}, lambda m: m["val_accuracy"] > 0.9),
+        (
+            "cnn-classifier",
+            "builtin://digits",
+            {"epochs": 4, "channels": [8, 16], "hidden": [32], "lr": 0.005},
+            lambda m: m["val_accuracy"] > 0.9,
+        ),
+        (
+            "mlp-classifier",
+            "builtin://iris",
+            {"epochs": 30, "batch_size": 16},
+            lambda m: m["val_accuracy"] > 0.8,
+        ),  # majority class: ~0.33
+        (
+            "mlp-regressor",
+            "builtin://diabetes",
+            {"epochs": 20, "batch_size": 32},
+            lambda m: m["val_r2"] > 0.2,
+        ),  # predicting the mean: r2 = 0
     ],
     ids=["mlp-digits", "cnn-digits", "mlp-iris", "mlp-regressor-diabetes"],
 )
@@ -138,8 +147,14 @@ def test_csv_parquet_and_pvc(tmp_path: Path, run_inprocess, monkeypatch) -> None
     assert storage.pvc_path("pvc://data/wine.csv") == str(pvc / "wine.csv")
     assert storage.pvc_path("pvc://claim/a/b", root="/mnt/pvc") == "/mnt/pvc/claim/a/b"
     for uri in ("pvc://data/wine.csv", f"file://{pvc}/wine.parquet"):
-        r = run_inprocess(tmp_path / uri[-7:], job(tmp_path / uri[-7:], dataset=uri,
-                          hp={"epochs": 15, "batch_size": 16, "target": "label"}))
+        r = run_inprocess(
+            tmp_path / uri[-7:],
+            job(
+                tmp_path / uri[-7:],
+                dataset=uri,
+                hp={"epochs": 15, "batch_size": 16, "target": "label"},
+            ),
+        )
         assert r.rc == 0 and r.metrics["val_accuracy"] > 0.85, r.metrics
 
 
@@ -169,7 +184,6 @@ RESUME_HP = {"epochs": 4, "batch_size": 128, "hidden": [32], "dropout": 0.1}
 def reference(tmp_path_factory) -> dict[str, float]:
     """The uninterrupted run the resumed ones must match."""
     from conftest import channel_env
-
     from kubeforge_trainer import _api, cli
 
     tmp = tmp_path_factory.mktemp("ref")
@@ -197,8 +211,12 @@ def _wait_for_progress(tmp: Path, proc, epoch: int, timeout: float = 120) -> Non
     raise AssertionError("no progress")
 
 
-def _same(a: dict[str, float], b: dict[str, float], keys=("train_loss", "val_loss",
-          "val_accuracy"), tol: float = 1e-5) -> None:
+def _same(
+    a: dict[str, float],
+    b: dict[str, float],
+    keys=("train_loss", "val_loss", "val_accuracy"),
+    tol: float = 1e-5,
+) -> None:
     for key in keys:
         assert abs(a[key] - b[key]) <= tol, (key, a[key], b[key])
 
@@ -210,8 +228,9 @@ def test_killed_then_rerun_resumes(tmp_path: Path, run_inprocess, reference) -> 
     _wait_for_progress(tmp_path, proc, 2)
     proc.kill()
     proc.wait()
-    state = torch.load(io.BytesIO((tmp_path / "out" / "checkpoint.pt").read_bytes()),
-                       weights_only=False)
+    state = torch.load(
+        io.BytesIO((tmp_path / "out" / "checkpoint.pt").read_bytes()), weights_only=False
+    )
     assert 2 <= state["epoch"] < 4
     (tmp_path / "progress.jsonl").unlink()
     r = run_inprocess(tmp_path, doc)
@@ -244,7 +263,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path, run_inprocess) -> None
     hp = {"epochs": 3, "batch_size": 64, "hidden": [32], "lr": 0.01}
     one = run_inprocess(tmp_path / "one", job(tmp_path / "one", hp=hp))
     proc = popen_trainer(tmp_path / "two", job(tmp_path / "two", hp=hp), torchrun_procs=2)
-    out, err = proc.communicate(timeout=240)
+    _out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err.decode()[-3000:]
     two = Run(tmp_path / "two", 0)
     assert one.rc == 0

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import job  # noqa: E402
+from conftest import job
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "scripts" / "train_custom.py"
 
@@ -35,7 +35,9 @@ def test_script_honours_should_stop(tmp_path: Path, run_inprocess) -> None:
 def test_script_exit_code_and_missing_path(tmp_path: Path, run_inprocess) -> None:
     script = tmp_path / "fail.py"
     tmp_path.mkdir(exist_ok=True)
-    script.write_text("from kubeforge_trainer import report\nreport(1, loss=2.0)\nraise SystemExit(4)\n")
+    script.write_text(
+        "from kubeforge_trainer import report\nreport(1, loss=2.0)\nraise SystemExit(4)\n"
+    )
     r = run_inprocess(tmp_path, job(tmp_path, script=str(script)))
     assert r.rc == 4 and r.metrics == {"loss": 2.0}
     r = run_inprocess(tmp_path, job(tmp_path, script=str(tmp_path / "nope.py")))

@@ -45,9 +45,7 @@ def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
                 value = value.item()
             except (TypeError, ValueError):
                 continue
-        if isinstance(value, int):
-            out[str(key)] = value
-        elif isinstance(value, float) and math.isfinite(value):
+        if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
             out[str(key)] = value
     return out
 

@@ -14,6 +14,7 @@ the command's own (128+N when it died of signal N). Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -136,10 +137,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
 
 
 def _local_path(uri: str) -> str | None:
@@ -177,8 +176,10 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        print("kubeforge-report: no command given (usage: kubeforge-report [opts] -- CMD ARGS...)",
-              file=sys.stderr)
+        print(
+            "kubeforge-report: no command given (usage: kubeforge-report [opts] -- CMD ARGS...)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_CONFIG
     if args.collector == "file" and not args.path:
         print("kubeforge-report: --collector file needs --path", file=sys.stderr)
@@ -230,8 +231,11 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
             if stop_reason is None:
                 stop_reason = channel.stop_requested()
                 if stop_reason is not None:
-                    print(f"kubeforge-report: stop requested ({stop_reason}); sending SIGTERM",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"kubeforge-report: stop requested ({stop_reason}); sending SIGTERM",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     _signal_group(proc, signal.SIGTERM)
                     killed_at = time.monotonic()
             elif killed_at is not None and time.monotonic() - killed_at > args.grace:
