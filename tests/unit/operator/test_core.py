@@ -1,0 +1,132 @@
+"""apply.merge_patch, conditions, settings, the controller's queue, events."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubeforge.apply import manifest_hash, merge_patch, plural, resource_path
+from kubeforge.conditions import set_condition
+from kubeforge.controller import Controller
+from kubeforge.events import build_event
+from kubeforge.settings import Settings
+
+
+def test_merge_patch() -> None:
+    assert merge_patch({"a": 1}, {"a": 1}) is None
+    assert merge_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
+    assert merge_patch({"n": {"x": 1, "y": 2}}, {"n": {"x": 1, "y": 3}}) == {"n": {"y": 3}}
+    assert merge_patch({"n": {"x": 1}}, {"n": {}}) == {"n": {"x": None}}
+    assert merge_patch({"l": [1, 2]}, {"l": [1]}) == {"l": [1]}
+    assert merge_patch({}, {"a": {"b": 1}}) == {"a": {"b": 1}}
+
+
+def test_paths_and_hash() -> None:
+    assert plural("TrainingJob") == "trainingjobs" and plural("Service") == "services"
+    assert plural("Policy") == "policies"
+    assert resource_path("batch/v1", "Job", "ns", "j") == "/apis/batch/v1/namespaces/ns/jobs/j"
+    assert resource_path("v1", "Pod", "ns") == "/api/v1/namespaces/ns/pods"
+    assert resource_path("kubeforge.io/v1alpha1", "TrainingJob", "n", "x", "status").endswith("/trainingjobs/x/status")
+    assert manifest_hash({"a": 1, "b": 2}) == manifest_hash({"b": 2, "a": 1})
+
+
+def test_set_condition_preserves_transition_time() -> None:
+    conds: list[dict[str, Any]] = []
+    set_condition(conds, "Running", True, "A", "m", now="t1")
+    set_condition(conds, "Running", True, "B", "other", now="t2")
+    assert conds[0]["lastTransitionTime"] == "t1" and conds[0]["reason"] == "B"
+    set_condition(conds, "Running", False, "C", now="t3", observed_generation=2)
+    assert conds[0]["lastTransitionTime"] == "t3" and conds[0]["observedGeneration"] == 2
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env({"KUBEFORGE_TRAINER_IMAGE": "t:1", "KUBEFORGE_CONCURRENCY": "4",
+                           "KUBEFORGE_NAMESPACES": "a, b", "KUBEFORGE_RESYNC_SECONDS": "10",
+                           "KUBEFORGE_KUEUE_WORKLOADS": "false"}, metrics_port=9)
+    assert (s.trainer_image, s.concurrency, s.namespaces, s.resync_seconds) == ("t:1", 4, ("a", "b"), 10.0)
+    assert s.metrics_port == 9 and s.kueue_workloads is False
+    assert s.output_uri("ns", "j") == "file:///var/lib/kubeforge/artifacts/ns/j/"
+    assert Settings(artifact_store="pvc://store/").output_uri("n", "j") == "pvc://store/n/j/"
+
+
+def test_event_shape() -> None:
+    ev = build_event({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+                      "metadata": {"name": "j", "namespace": "n", "uid": "u"}},
+                     "Warning", "Failed", "boom", "kubeforge-operator", "t")
+    assert ev["involvedObject"]["uid"] == "u" and ev["metadata"]["namespace"] == "n"
+    assert ev["type"] == "Warning" and ev["reason"] == "Failed"
+
+
+def test_controller_dedupes_and_never_overlaps_one_key() -> None:
+    calls: list[str] = []
+    active: set[str] = set()
+    overlap = threading.Event()
+    lock = threading.Lock()
+
+    def reconcile(key: tuple[str, str], snap: str) -> None:
+        with lock:
+            if key[1] in active:
+                overlap.set()
+            active.add(key[1])
+        time.sleep(0.02)
+        calls.append(key[1])
+        with lock:
+            active.discard(key[1])
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
+                                          pool=ThreadPoolExecutor(4), workers=4)
+        ctl.start()
+        for _ in range(10):
+            ctl.enqueue(("n", "a"))  # folds into one
+        ctl.enqueue(("n", "b"))
+        await asyncio.sleep(0.005)
+        ctl.enqueue(("n", "a"))  # while running: exactly one more run
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ctl.pending == 0:
+                break
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert not overlap.is_set()
+    assert calls.count("a") == 2 and calls.count("b") == 1
+
+
+def test_controller_retries_with_backoff() -> None:
+    attempts: list[float] = []
+
+    def reconcile(key: tuple[str, str], snap: str) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 2:
+            raise RuntimeError("apiserver hiccup")
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
+                                          pool=ThreadPoolExecutor(1), workers=1)
+        ctl.start()
+        ctl.enqueue(("n", "a"))
+        await asyncio.sleep(0.8)
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert len(attempts) == 2 and attempts[1] - attempts[0] >= 0.45
+
+
+def test_snapshot_none_means_gone() -> None:
+    ran: list[int] = []
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: None,
+                                          reconcile=lambda k, s: ran.append(1),  # type: ignore[func-returns-value]
+                                          pool=ThreadPoolExecutor(1), workers=1)
+        ctl.start()
+        ctl.enqueue(("n", "gone"))
+        await asyncio.sleep(0.05)
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert ran == []

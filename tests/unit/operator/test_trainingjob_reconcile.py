@@ -1,0 +1,142 @@
+"""The reconcile against a fake API: what it writes, and that it writes nothing twice."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kf_operator_helpers import tj, with_spec
+
+from kubeforge.apply import ApiError, resource_path
+from kubeforge.context import OperatorContext
+from kubeforge.settings import Settings
+from kubeforge.trainingjob.handlers import Snapshot, TrainingJobReconciler, slim_child
+
+
+class FakeKube:
+    field_manager = "kubeforge"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, Any]] = []
+
+    def _path(self, obj: dict[str, Any]) -> str:
+        m = obj["metadata"]
+        return resource_path(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])
+
+    def get(self, api_version: str, kind: str, ns: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get(resource_path(api_version, kind, ns, name))
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        path = self._path(obj)
+        if path in self.objects:
+            raise ApiError(409, "Conflict")
+        self.writes.append(("POST", path, obj))
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["uid"] = "uid-" + obj["metadata"]["name"]
+        self.objects[path] = stored
+        return stored
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        path = self._path(obj)
+        self.writes.append(("APPLY", path, obj))
+        old = self.objects.get(path, {})
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["uid"] = old.get("metadata", {}).get("uid", "uid-x")
+        if "suspend" not in obj.get("spec", {}) and "suspend" in old.get("spec", {}):
+            stored["spec"]["suspend"] = old["spec"]["suspend"]  # owned by someone else: kept
+        self.objects[path] = stored
+        return stored
+
+    def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: Any) -> Any:
+        self.writes.append(("STATUS", name, patch))
+        return {}
+
+    def tj_writes(self) -> list[tuple[str, str, Any]]:
+        return [w for w in self.writes if "/roles" not in w[1] and "/rolebindings" not in w[1]
+                and "/serviceaccounts" not in w[1] and "/events" not in w[1]]
+
+
+def setup(spec: dict[str, Any]) -> tuple[FakeKube, TrainingJobReconciler, dict[str, Any]]:
+    kube = FakeKube()
+    ctx = OperatorContext(settings=Settings(), kube=kube)  # type: ignore[arg-type]
+    return kube, TrainingJobReconciler(ctx), tj(spec)
+
+
+def snap(obj: dict[str, Any], job: dict[str, Any] | None = None, pods: list[Any] | None = None) -> Snapshot:
+    return Snapshot(tj=obj, job=job, pods=pods or [], service=None, workload=None)
+
+
+def test_two_writes_to_created_then_none() -> None:
+    kube, rec, obj = setup(with_spec())
+    key = ("ml", "digits")
+    rec(key, snap(obj))
+    rbac = [w for w in kube.writes if w not in kube.tj_writes()]
+    assert [w[0] for w in rbac] == ["POST", "POST", "POST"]  # SA, Role, RoleBinding (once per ns)
+    writes = kube.tj_writes()
+    assert [w[0] for w in writes] == ["POST", "STATUS"]
+    assert writes[1][2]["phase"] == "Pending"
+    # the watch has not caught up yet: same snapshot again → nothing written
+    rec(key, snap(obj))
+    assert len(kube.tj_writes()) == 2
+    # the watch caught up (Job in the index, status written) → still nothing
+    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    obj2 = {**obj, "status": writes[1][2]}
+    rec(key, snap(obj2, live_job))
+    assert len(kube.tj_writes()) == 2
+    # a fresh operator (restart) with a current view writes nothing either
+    kube2 = kube
+    rec2 = TrainingJobReconciler(OperatorContext(settings=Settings(), kube=kube2))  # type: ignore[arg-type]
+    rec2(key, snap(obj2, live_job))
+    assert len(kube.writes) == 5
+
+
+def test_kueue_flip_is_not_reverted() -> None:
+    kube, rec, obj = setup(with_spec(scheduling={"queueName": "team-a"}))
+    key = ("ml", "digits")
+    rec(key, snap(obj))
+    post = kube.tj_writes()[0]
+    assert post[0] == "POST" and post[2]["spec"]["suspend"] is True
+    live = kube.get("batch/v1", "Job", "ml", "digits")
+    assert live is not None
+    obj["status"] = kube.tj_writes()[1][2]
+    st = rec.written_status[key]
+    assert st["phase"] == "Queued"
+    # Kueue admits: merge-patches suspend=false on the Job; pods start
+    live["spec"]["suspend"] = False
+    live["status"] = {"active": 1}
+    pod = {"metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+           "status": {"phase": "Running", "containerStatuses": []}}
+    rec(key, snap(obj, slim_child(live), [pod]))
+    writes = kube.tj_writes()
+    assert [w[0] for w in writes] == ["POST", "STATUS", "STATUS"]  # no Job write at all
+    assert writes[-1][2]["phase"] == "Running"
+    assert live["spec"]["suspend"] is False
+
+
+def test_user_suspend_applies_only_that() -> None:
+    kube, rec, obj = setup(with_spec())
+    key = ("ml", "digits")
+    rec(key, snap(obj))
+    live = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    obj = {**obj, "spec": {**obj["spec"], "suspend": True}, "status": rec.written_status[key]}
+    rec(key, snap(obj, live))
+    applied = [w for w in kube.tj_writes() if w[0] == "APPLY"]
+    assert len(applied) == 1 and applied[0][2]["spec"]["suspend"] is True
+
+
+def test_finished_job_gone_is_not_rerun() -> None:
+    kube, rec, obj = setup(with_spec())
+    obj["status"] = {"phase": "Succeeded", "conditions": []}
+    rec(("ml", "digits"), snap(obj))
+    assert kube.tj_writes() == []
+
+
+def test_invalid_spec_fails_with_reason_once() -> None:
+    kube, rec, obj = setup({"model": {"recipe": "mlp-classifier"}})  # no dataset
+    rec(("ml", "digits"), snap(obj))
+    writes = kube.tj_writes()
+    assert len(writes) == 1 and writes[0][2]["phase"] == "Failed"
+    assert "dataset" in writes[0][2]["message"]
+    rec(("ml", "digits"), snap(obj))
+    assert len(kube.tj_writes()) == 1
