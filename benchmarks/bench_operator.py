@@ -1,0 +1,215 @@
+"""Operator throughput and cost: N TrainingJobs applied at once (16 client threads).
+
+For each N (100, 1,000) on a fresh local control plane (etcd + apiserver + controller-manager
+with --kube-api-qps 500 + scheduler + kwok):
+  1. a bare Python client (16 threads) makes the writes no operator can avoid — create the
+     TrainingJob, create its Job, patch its status — in namespace bare-N (not watched);
+  2. the operator (a real `kubeforge-operator` process watching op-N) gets N TrainingJobs
+     created by the same 16 threads.
+Reported: time until all Jobs exist (both), the ratio, operator API writes per TrainingJob to
+reach Running (operator's own counter, cross-checked with apiserver_request_total), operator
+CPU per object, peak RSS, and writes over 10 idle seconds.
+
+Run: .venv/bin/python benchmarks/bench_operator.py [--sizes 100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "trainingjob"))
+
+from conftest import OperatorProcess  # noqa: E402
+from kubeforge.api.trainingjob import TrainingJobSpec  # noqa: E402
+from kubeforge.apply import Kube, make_kube  # noqa: E402
+from kubeforge.settings import Settings  # noqa: E402
+from kubeforge.trainingjob.build import build  # noqa: E402
+from kubeforge.trainingjob.status import compute_status  # noqa: E402
+
+THREADS = 16
+TJ_PATH = "/apis/kubeforge.io/v1alpha1/namespaces/{ns}/trainingjobs"
+SPEC = {
+    "model": {"recipe": "mlp-classifier"},
+    "dataset": {"uri": "builtin://digits"},
+    "hyperparameters": {"lr": 0.01},
+    "resources": {"cpu": "10m", "memory": "16Mi", "shmSize": ""},
+}
+
+
+def tj(ns: str, i: int) -> dict[str, Any]:
+    return {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": f"tj-{i:05d}", "namespace": ns}, "spec": SPEC}
+
+
+def make_namespace(kube: Kube, ns: str) -> None:
+    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    deadline = time.monotonic() + 30
+    while kube.get("v1", "ServiceAccount", ns, "default") is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("default ServiceAccount")
+        time.sleep(0.1)
+
+
+def count_jobs(kube: Kube, ns: str) -> int:
+    return len(kube.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs", query={"resourceVersion": "0"})["items"])
+
+
+def wait_jobs(kube: Kube, ns: str, n: int, t0: float, timeout: float = 300) -> float:
+    while True:
+        if count_jobs(kube, ns) >= n:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{ns}: jobs")
+        time.sleep(0.05)
+
+
+def bare_client(kube: Kube, ns: str, n: int, settings: Settings) -> float:
+    """create TrainingJob + create Job + patch status, per object, 16 threads."""
+    spec = TrainingJobSpec.model_validate(SPEC)
+
+    def one(i: int) -> None:
+        created = kube.request("POST", TJ_PATH.format(ns=ns), body=tj(ns, i), resource="trainingjobs")
+        desired = build(created, spec, settings)
+        kube.create(desired.job_for_create())
+        status = compute_status(created, spec, desired.job, [], now="2026-01-01T00:00:00Z")
+        kube.patch_status("kubeforge.io/v1alpha1", "TrainingJob", ns, created["metadata"]["name"], status)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, range(n)))
+    return wait_jobs(kube, ns, n, t0)
+
+
+def apiserver_writes(kube: Kube) -> dict[str, float]:
+    """apiserver_request_total of writes, by resource[/subresource]."""
+    headers = {"User-Agent": "bench"}
+    kube.api_client.update_params_for_auth(headers, [], ["BearerToken"], "/metrics", "GET", None)
+    r = kube.pool.request("GET", kube.config.host + "/metrics", headers=headers)
+    out: dict[str, float] = {}
+    for line in r.data.decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+        verb = labels.get("verb", "").strip('"')
+        if verb not in ("POST", "PUT", "PATCH", "DELETE", "APPLY"):
+            continue
+        res = labels.get("resource", "").strip('"')
+        sub = labels.get("subresource", "").strip('"')
+        key = f"{verb} {res}{'/' + sub if sub else ''}"
+        out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def count_running(kube: Kube, ns: str) -> int:
+    items = kube.request("GET", TJ_PATH.format(ns=ns), query={"resourceVersion": "0"})["items"]
+    return sum(1 for o in items if (o.get("status") or {}).get("phase") == "Running")
+
+
+def run_size(n: int) -> dict[str, Any]:
+    from kubeforge_cluster.cluster import LocalCluster
+
+    nodes = max(2, math.ceil(2 * n / 100) + 1)
+    with LocalCluster(name=f"bench-op-{n}", cpu_nodes=nodes, gpu_nodes=0, verbose=False) as cluster:
+        subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "apply",
+                        "--server-side", "-f", str(ROOT / "crds")], check=True, capture_output=True)
+        subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "wait",
+                        "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubeforge.io"],
+                       check=True, capture_output=True)
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+        kube = make_kube("bench", pool_size=THREADS)
+        settings = Settings()
+        bare_ns, op_ns = f"bare-{n}", f"op-{n}"
+        make_namespace(kube, bare_ns)
+        make_namespace(kube, op_ns)
+
+        bare_s = bare_client(kube, bare_ns, n, settings)
+        time.sleep(2)
+
+        log = Path(cluster.run_dir) / "operator.log"
+        op = OperatorProcess(str(cluster.kubeconfig), log, KUBEFORGE_CONCURRENCY=str(THREADS),
+                             KUBEFORGE_RESYNC_SECONDS="5", KUBEFORGE_LOG_LEVEL="WARNING")
+        op.env["KUBEFORGE_NAMESPACES"] = op_ns
+        op.start()
+        assert op.proc is not None
+        pid = op.proc.pid
+        time.sleep(1)
+        api0, opw0, cpu0 = apiserver_writes(kube), op.writes(), proc_cpu(pid)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(lambda i: kube.request("POST", TJ_PATH.format(ns=op_ns), body=tj(op_ns, i), resource="trainingjobs"), range(n)))
+        op_s = wait_jobs(kube, op_ns, n, t0)
+        deadline = time.monotonic() + 300
+        while count_running(kube, op_ns) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("Running")
+            time.sleep(0.5)
+        running_s = time.monotonic() - t0
+        time.sleep(3)  # settle
+        api1, opw1, cpu1 = apiserver_writes(kube), op.writes(), proc_cpu(pid)
+        time.sleep(12)  # idle: two resyncs
+        api2, opw2 = apiserver_writes(kube), op.writes()
+        rss = peak_rss_mb(pid)
+        op.stop()
+        api_delta = diff(api0, api1)
+        op_api = sum(v for k, v in api_delta.items() if k in (
+            "PATCH trainingjobs/status", "POST jobs", "PATCH jobs", "APPLY jobs", "POST serviceaccounts",
+            "POST roles", "POST rolebindings"))
+        idle_api = diff(api1, api2)
+        return {
+            "n": n, "bare_s": bare_s, "op_s": op_s, "ratio": op_s / bare_s, "running_s": running_s,
+            "writes_per_tj": (opw1 - opw0) / n, "apiserver_op_writes_per_tj": op_api / n,
+            "cpu_ms": (cpu1 - cpu0) * 1000 / n, "rss_mb": rss, "idle_writes": opw2 - opw1,
+            "idle_api_tj": sum(v for k, v in idle_api.items() if "trainingjobs" in k or k.endswith(" jobs")),
+            "api_delta": api_delta,
+        }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100,1000")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    rows = [run_size(int(s)) for s in args.sizes.split(",")]
+    print()
+    print("| N | bare client: all Jobs (s) | operator: all Jobs (s) | ratio | all Running (s) | "
+          "operator writes/TJ to Running | (apiserver view) | CPU ms/object | peak RSS MB | idle writes (12 s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']} | {r['bare_s']:.2f} | {r['op_s']:.2f} | {r['ratio']:.2f}x | {r['running_s']:.1f} | "
+              f"{r['writes_per_tj']:.2f} | {r['apiserver_op_writes_per_tj']:.2f} | {r['cpu_ms']:.2f} | "
+              f"{r['rss_mb']:.0f} | {r['idle_writes']:.0f} (+{r['idle_api_tj']:.0f} apiserver) |")
+    for r in rows:
+        print(f"N={r['n']} apiserver writes during the operator run: {json.dumps(r['api_delta'], sort_keys=True)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

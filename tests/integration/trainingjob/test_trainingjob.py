@@ -1,0 +1,161 @@
+"""TrainingJob on the real control plane, the pod driver playing the trainer."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+RESULT = {"metrics": {"accuracy": 0.97, "val_loss": 0.08},
+          "artifacts": {"model": "file:///out/model.onnx", "checkpoint": "file:///out/ckpt.pt",
+                        "sha256": "ab" * 32, "bytes": 2048}}
+
+
+def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"recipe": "mlp-classifier"},
+        "dataset": {"uri": "builtin://digits"},
+        "hyperparameters": {"lr": 0.01, "epochs": 2},
+        "resources": {"cpu": "100m", "memory": "128Mi", "shmSize": "64Mi"},
+    }
+    base.update(spec)
+    return {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name}, "spec": base}
+
+
+def apply(kubectl: Any, namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def get_tj(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = kube.get(f"/apis/kubeforge.io/v1alpha1/namespaces/{namespace}/trainingjobs/{name}")
+    return result
+
+
+def wait_phase(kube: Any, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    result: dict[str, Any] = kube.wait_for(
+        f"TrainingJob {name} phase {phase}",
+        lambda: (o := get_tj(kube, namespace, name)).get("status", {}).get("phase") == phase and o,
+        timeout=timeout,
+    )
+    return result
+
+
+def test_apply_to_succeeded(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
+    apply(kubectl, namespace, trainingjob("digits", resources={"nodes": 2, "cpu": "100m",
+                                                                "memory": "128Mi", "shmSize": "64Mi"}))
+    job = kube.wait_for("Job", lambda: kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/digits"), timeout=30)
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["completionMode"]) == (2, 2, "Indexed")
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "TrainingJob" and owner["controller"] is True
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "digits" and pod["securityContext"]["runAsNonRoot"] is True
+    cmd = pod["containers"][0]["command"]
+    assert cmd[:2] == ["torchrun", "--nnodes"] and "digits-0.digits" in cmd
+    svc = kube.wait_for("Service", lambda: kube.get(f"/api/v1/namespaces/{namespace}/services/digits"), timeout=30)
+    assert svc["spec"]["clusterIP"] == "None"
+    pods = pod_driver.wait_pods("kubeforge.io/trainingjob=digits", count=2, phase="Running")
+    wait_phase(kube, namespace, "digits", "Running")
+    # rank 0 reports progress on its own pod, as the trainer does
+    rank0 = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+    kube.patch(f"/api/v1/namespaces/{namespace}/pods/{rank0['metadata']['name']}",
+               {"metadata": {"annotations": {"kubeforge.io/progress": json.dumps(
+                   {"seq": 1, "epoch": 1, "step": 10, "metrics": {"loss": 0.3}, "time": time.time()})}}})
+    kube.wait_for("progress", lambda: get_tj(kube, namespace, "digits").get("status", {}).get("progress", {}).get("epoch") == 1, timeout=20)
+    for p in pods:
+        pod_driver.succeed(p, message=json.dumps(RESULT if p is rank0 else {"metrics": {}}))
+    out = kubectl.result("wait", "-n", namespace, "--for=condition=Succeeded", "trainingjob/digits", "--timeout=30s")
+    assert out.returncode == 0, out.stderr
+    st = get_tj(kube, namespace, "digits")["status"]
+    assert st["phase"] == "Succeeded"
+    assert st["metrics"] == RESULT["metrics"] and st["artifacts"] == RESULT["artifacts"]
+    assert st["nodes"]["succeeded"] == 2 and st["completionTime"]
+    assert st["observedGeneration"] == 1
+    # the user sees it
+    evs = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    assert any(e["reason"] == "Succeeded" and e["involvedObject"]["name"] == "digits" for e in evs)
+    # the progress permission exists for the default trainer identity
+    assert kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/kubeforge-progress-kubeforge-trainer")
+    # no kopf bookkeeping on our objects
+    ann = get_tj(kube, namespace, "digits")["metadata"].get("annotations", {})
+    assert not any("last-handled-configuration" in k for k in ann)
+    assert not get_tj(kube, namespace, "digits")["metadata"].get("finalizers")
+
+
+def test_failing_pod_fails_with_reason(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
+    apply(kubectl, namespace, trainingjob("bad"))
+    (p,) = pod_driver.wait_pods("kubeforge.io/trainingjob=bad", count=1, phase="Running")
+    pod_driver.fail(p, exit_code=2, message="spec.hyperparameters.optimizer: must be one of adam, sgd")
+    out = kubectl.result("wait", "-n", namespace, "--for=condition=Failed", "trainingjob/bad", "--timeout=30s")
+    assert out.returncode == 0, out.stderr
+    st = get_tj(kube, namespace, "bad")["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BadConfiguration"
+    assert "exit code 2" in failed["message"] and "optimizer" in failed["message"]
+    assert st["phase"] == "Failed"
+    # failed at once: no retry despite backoffLimit 3
+    assert len(pod_driver.pods("kubeforge.io/trainingjob=bad")) == 1
+
+
+def test_admitted_under_pss_restricted(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest", "--overwrite")
+    byo = trainingjob("strict", image="example/katib-mnist:1", command=["python3", "/opt/m.py"],
+                      args=["--lr=$(HP_LR)"], metricsCollector={"kind": "StdOut"},
+                      pod={"volumes": [{"name": "scratch", "mountPath": "/scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+                           "annotations": {"sidecar.istio.io/inject": "false"}})
+    del byo["spec"]["model"], byo["spec"]["dataset"]
+    apply(kubectl, namespace, byo)
+    pods = pod_driver.wait_pods("kubeforge.io/trainingjob=strict", count=1, timeout=30)
+    assert pods[0]["spec"]["initContainers"][0]["name"] == "kubeforge-report"
+    wait_phase(kube, namespace, "strict", "Running")
+
+
+def test_suspend_and_resume(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
+    apply(kubectl, namespace, trainingjob("pause", suspend=True))
+    wait_phase(kube, namespace, "pause", "Suspended")
+    assert pod_driver.pods("kubeforge.io/trainingjob=pause") == []
+    kubectl("patch", "-n", namespace, "trainingjob/pause", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    pod_driver.wait_pods("kubeforge.io/trainingjob=pause", count=1, phase="Running")
+    wait_phase(kube, namespace, "pause", "Running")
+
+
+def _apiserver_writes(kubectl: Any, resources: set[str]) -> float:
+    text = kubectl("get", "--raw", "/metrics", timeout=30)
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+        verb = labels.get("verb", "").strip('"')
+        res = labels.get("resource", "").strip('"')
+        if verb in ("POST", "PUT", "PATCH", "DELETE", "APPLY") and res in resources:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_idle_operator_writes_nothing(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
+    """With nothing changing, no API writes. 25 s is enough: the test operator resyncs every
+    10 s (so every object is reconciled at least twice in the window), and reconciles are the
+    only source of writes; kopf itself writes nothing (no change-detection handlers)."""
+    apply(kubectl, namespace, trainingjob("idle-run"))
+    apply(kubectl, namespace, trainingjob("idle-done"))
+    pod_driver.wait_pods("kubeforge.io/trainingjob=idle-run", count=1, phase="Running")
+    (p,) = pod_driver.wait_pods("kubeforge.io/trainingjob=idle-done", count=1, phase="Running")
+    pod_driver.succeed(p, message=json.dumps(RESULT))
+    wait_phase(kube, namespace, "idle-run", "Running")
+    wait_phase(kube, namespace, "idle-done", "Succeeded")
+    time.sleep(2)  # let the last events settle
+    ours = {"trainingjobs", "jobs", "pods", "services", "events", "serviceaccounts", "roles", "rolebindings"}
+    before_api, before_op = _apiserver_writes(kubectl, ours), operator.writes()
+    time.sleep(25)
+    after_api, after_op = _apiserver_writes(kubectl, ours), operator.writes()
+    assert after_op - before_op == 0, operator.logs()
+    assert after_api - before_api == 0
