@@ -6,11 +6,9 @@ import json
 from typing import Any
 
 import pytest
-
+from kf_operator_helpers import SETTINGS, parsed, tj, with_spec
 from kubeforge.pod import expand_env_refs, restricted_violations
 from kubeforge.trainingjob.build import CONTAINER, QUEUE_LABEL, build
-
-from kf_operator_helpers import SETTINGS, parsed, tj, with_spec
 
 
 def _build(spec: dict[str, Any]) -> Any:

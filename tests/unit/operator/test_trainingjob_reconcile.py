@@ -6,7 +6,6 @@ import copy
 from typing import Any
 
 from kf_operator_helpers import tj, with_spec
-
 from kubeforge.apply import ApiError, resource_path
 from kubeforge.context import OperatorContext
 from kubeforge.settings import Settings

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from kf_operator_helpers import SETTINGS, parsed, tj, with_spec
-
 from kubeforge.api.trainingjob import TrainingJobStatus
 from kubeforge.apply import merge_patch
 from kubeforge.conditions import get_condition
