@@ -44,7 +44,6 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     )
     ks.posting.enabled = False
     ks.execution.max_workers = settings.concurrency
-    ks.batching.batch_window = 0.05
     ks.networking.request_timeout = 60
     ks.watching.server_timeout = 600
     ks.watching.client_timeout = 660
