@@ -118,6 +118,7 @@ class TrainingJobReconciler:
         self.recent_svc: dict[Key, str] = {}
         self.written_status: dict[Key, JSON] = {}
         self.rejected: dict[Key, str] = {}
+        self.built: dict[Key, tuple[Any, TrainingJobSpec, tjbuild.Desired]] = {}
         self.phases = PhaseTracker(KIND)
 
     # --- bookkeeping (event loop) -----------------------------------------------------------
@@ -141,6 +142,7 @@ class TrainingJobReconciler:
             self.recent_svc.pop(key, None)
             self.written_status.pop(key, None)
             self.rejected.pop(key, None)
+            self.built.pop(key, None)
         self.phases.forget(key)
 
     def job_gone(self, key: Key) -> None:
@@ -163,16 +165,23 @@ class TrainingJobReconciler:
         base_status = self.written_status.get(key) or tj.get("status") or {}
         tj = {**tj, "status": base_status}
 
-        try:
-            spec = TrainingJobSpec.model_validate(tj["spec"])
-        except ValidationError as exc:
-            self._invalid(key, tj, exc, now)
-            return None
+        # the spec changes only with the generation: validate and build once per generation
+        version = (meta.get("uid"), meta.get("generation"))
+        cached = self.built.get(key)
+        if cached is not None and cached[0] == version:
+            spec, desired = cached[1], cached[2]
+        else:
+            try:
+                spec = TrainingJobSpec.model_validate(tj["spec"])
+            except ValidationError as exc:
+                self._invalid(key, tj, exc, now)
+                return None
+            desired = tjbuild.build(tj, spec, self.settings)
+            self.built[key] = (version, spec, desired)
 
         if snap.job is None and base_status.get("phase") in ("Succeeded", "Failed"):
             return None  # finished, and its Job is gone (ttlSecondsAfterFinished): never rerun
 
-        desired = tjbuild.build(tj, spec, self.settings)
         assert self.ctx.progress is not None
         sa = spec.pod.service_account_name or self.settings.trainer_service_account
         self.ctx.progress.ensure(namespace, sa)

@@ -118,7 +118,8 @@ def test_user_suspend_applies_only_that() -> None:
     key = ("ml", "digits")
     rec(key, snap(obj))
     live = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
-    obj = {**obj, "spec": {**obj["spec"], "suspend": True}, "status": rec.written_status[key]}
+    obj = {**obj, "spec": {**obj["spec"], "suspend": True}, "status": rec.written_status[key],
+           "metadata": {**obj["metadata"], "generation": 2}}
     rec(key, snap(obj, live))
     applied = [w for w in kube.tj_writes() if w[0] == "APPLY"]
     assert len(applied) == 1 and applied[0][2]["spec"]["suspend"] is True
