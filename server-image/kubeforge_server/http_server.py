@@ -71,6 +71,8 @@ class HttpApp:
         self.max_request_bytes = max_request_bytes
         self.connections: set[HttpProtocol] = set()
         self.draining = False
+        self.drain_started = 0.0
+        self.accepted = 0  # infer requests read completely
         self.served = 0  # infer requests answered (any status)
         self._infer_paths: dict[bytes, ModelEntry] = {}
 
@@ -84,11 +86,15 @@ class HttpApp:
     # -- draining ---------------------------------------------------------------------------------
     def start_draining(self) -> None:
         self.draining = True
+        self.drain_started = _now()
 
     def close_idle(self, idle_for: float) -> None:
+        """Close connections quiet for ``idle_for`` seconds since draining began (or since their last
+        request): a client between two requests gets the chance to send one more and read its
+        ``connection: close`` answer instead of racing a silent close."""
         now = _now()
         for conn in list(self.connections):
-            if conn.is_idle() and now - conn.last_activity >= idle_for:
+            if conn.is_idle() and now - max(conn.last_activity, self.drain_started) >= idle_for:
                 conn.close()
 
     # -- dispatch ---------------------------------------------------------------------------------
@@ -160,6 +166,7 @@ class HttpApp:
     # -- inference ----------------------------------------------------------------------------------
     def infer(self, conn: HttpProtocol, seq: int, entry: ModelEntry, body: bytes,
               header_length: bytes | None, t0: float) -> None:
+        self.accepted += 1
         try:
             hl = None
             if header_length is not None:

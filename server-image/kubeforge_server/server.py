@@ -134,8 +134,10 @@ class Server:
         if grpc_stop is not None:
             await grpc_stop
         grpc_served = self._grpc_servicer.served if self._grpc_servicer is not None else 0
-        log.info("drained: %d http and %d grpc inference requests served; %d connections cut at the deadline",
-                 self.http.served, grpc_served, left)
+        log.info(
+            "drained: http inference requests accepted=%d answered=%d; grpc answered=%d; "
+            "%d connections cut at the deadline", self.http.accepted, self.http.served, grpc_served, left,
+        )
 
 
 def run_server(cfg: ServerConfig) -> int:
