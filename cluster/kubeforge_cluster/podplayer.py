@@ -1,0 +1,478 @@
+"""The pod player: plays the kubelet for kubeforge's pods on kwok nodes, honestly.
+
+kwok nodes run nothing, so the player runs the REAL programs the pods name, as local processes:
+
+- a training pod (container command `kubeforge-trainer`, possibly under torchrun with one node):
+  `kubeforge-trainer` with the pod's own environment (`KUBEFORGE_JOB`, `KUBEFORGE_OUTPUT_URI`,
+  `HP_*`, ...). The trainer is outside a pod, so its progress goes to `KUBEFORGE_PROGRESS_FILE`;
+  the player copies each report into the pod's `kubeforge.io/progress` annotation (a merge patch,
+  the same one the trainer makes in a real pod, sent with the player's credentials), and turns
+  the pod's `kubeforge.io/stop` annotation into `KUBEFORGE_STOP_FILE`. When the trainer exits,
+  the player ends the pod (Succeeded on 0, else Failed) with the trainer's exit code and its
+  termination message, through the pod's status subresource, as a kubelet does.
+- a serving pod (command `kubeforge-server`): `kubeforge-server` with the pod's arguments on a
+  free 127.0.0.1 port; the pod is not Ready until the server's `/v2/health/ready` says so.
+
+Other containers (your own images) cannot run here: such a pod is failed with a message saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .client import ApiError, KubeClient
+from .cluster import free_port
+
+JSON = dict[str, Any]
+PROGRESS = "kubeforge.io/progress"
+STOP = "kubeforge.io/stop"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bin(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else (shutil.which(name) or name)
+
+
+def program_of(container: JSON) -> str | None:
+    """'trainer', 'server' or None (a container the player cannot run)."""
+    cmd = [*(container.get("command") or []), *(container.get("args") or [])]
+    if "kubeforge-server" in cmd[:1]:
+        return "server"
+    if "kubeforge-trainer" in cmd:
+        i = cmd.index("kubeforge-trainer")
+        if i == 0 or cmd[0] == "torchrun":
+            return "trainer"
+    return None
+
+
+def pod_env(pod: JSON, container: JSON) -> dict[str, str]:
+    """The container's environment as the kubelet would make it (plain values + downward API)."""
+    meta = pod["metadata"]
+    env: dict[str, str] = {}
+    for e in container.get("env") or []:
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+            continue
+        ref = (e.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath", "")
+        value = {
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "spec.nodeName": pod.get("spec", {}).get("nodeName", ""),
+            "spec.serviceAccountName": pod.get("spec", {}).get("serviceAccountName", ""),
+            "status.podIP": pod.get("status", {}).get("podIP", ""),
+        }.get(ref)
+        if value is None and ref.startswith("metadata.annotations['"):
+            value = meta.get("annotations", {}).get(ref.split("'")[1], "")
+        if value is None and ref.startswith("metadata.labels['"):
+            value = meta.get("labels", {}).get(ref.split("'")[1], "")
+        if value is not None:
+            env[e["name"]] = value
+    return env
+
+
+@dataclass
+class Played:
+    """One pod the player runs a process for."""
+
+    namespace: str
+    name: str
+    program: str
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    ready: bool = False
+    progress_offset: int = 0
+    stop_sent: bool = False
+    done: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    ready_seconds: float | None = None
+    exit_code: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class PodPlayer:
+    """Watches pods (polling) in `namespaces` and plays them; `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        workdir: Path,
+        namespaces: list[str],
+        *,
+        interval: float = 0.5,
+        say: Callable[[str], None] | None = None,
+        threads_per_process: int = 1,
+    ) -> None:
+        self.client = client
+        self.workdir = workdir
+        self.namespaces = namespaces
+        self.interval = interval
+        self.say = say or (lambda msg: None)
+        self.threads = threads_per_process
+        self.played: dict[tuple[str, str], Played] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def start(self) -> PodPlayer:
+        self._thread = threading.Thread(target=self._loop, name="pod-player", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for p in list(self.played.values()):
+            self._kill(p)
+
+    def servers(self, labels: dict[str, str] | None = None) -> list[Played]:
+        """Ready server processes (optionally only pods with these labels)."""
+        with self._lock:
+            return [
+                p
+                for p in self.played.values()
+                if p.program == "server"
+                and p.ready
+                and not p.done
+                and all(p.labels.get(k) == v for k, v in (labels or {}).items())
+            ]
+
+    # ---------------------------------------------------------------------------- the loop
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # keep playing; report once per distinct error
+                msg = f"{type(exc).__name__}: {exc}"
+                if msg not in self.errors:
+                    self.errors.append(msg)
+                    self.say(f"pod player: {msg}")
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for ns in self.namespaces:
+            pods = self.client.get(f"/api/v1/namespaces/{ns}/pods")["items"]
+            for pod in pods:
+                key = (ns, pod["metadata"]["name"])
+                seen.add(key)
+                self._play(key, pod)
+        for key, p in list(self.played.items()):
+            if key not in seen and not p.done:
+                self._kill(p)  # the pod is gone (deleted, pruned trial, scaled down)
+                p.done = True
+
+    def _play(self, key: tuple[str, str], pod: JSON) -> None:
+        status = pod.get("status") or {}
+        phase = status.get("phase")
+        containers = pod["spec"]["containers"]
+        p = self.played.get(key)
+        if pod["metadata"].get("deletionTimestamp"):
+            if p is not None and not p.done:
+                self._kill(p)
+                p.done = True
+            return
+        if p is None:
+            if phase != "Running" or not pod["spec"].get("nodeName"):
+                return  # kwok has not started it yet (or it already ended)
+            if any(
+                "terminated" in (cs.get("state") or {})
+                for cs in status.get("containerStatuses") or []
+            ):
+                return
+            program = program_of(containers[0])
+            p = Played(
+                key[0],
+                key[1],
+                program or "none",
+                self.workdir / "pods" / f"{key[0]}.{key[1]}",
+                labels=dict(pod["metadata"].get("labels") or {}),
+            )
+            p.dir.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self.played[key] = p
+            if program == "trainer":
+                self._start_trainer(p, pod, containers[0])
+            elif program == "server":
+                self._start_server(p, pod, containers[0])
+            else:
+                self._terminate(
+                    pod,
+                    "Failed",
+                    126,
+                    "NotPlayable",
+                    "the local pod player runs only kubeforge's own trainer and server "
+                    "(this container needs a real kubelet)",
+                )
+                p.done = True
+            return
+        if p.done:
+            return
+        if p.program == "trainer":
+            self._follow_trainer(p, pod)
+        elif p.program == "server":
+            self._follow_server(p, pod)
+
+    # ---------------------------------------------------------------------------- trainer
+    def _start_trainer(self, p: Played, pod: JSON, container: JSON) -> None:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("KUBEFORGE_", "HP_"))},
+            **pod_env(pod, container),
+            "KUBEFORGE_PROGRESS_FILE": str(p.dir / "progress.jsonl"),
+            "KUBEFORGE_STOP_FILE": str(p.dir / "stop"),
+            "KUBEFORGE_TERMINATION_LOG": str(p.dir / "termination-log"),
+            "OMP_NUM_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for var in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
+            env.pop(var, None)
+        self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-trainer locally")
+        with open(p.dir / "log", "ab") as log:
+            p.proc = subprocess.Popen(
+                [_bin("kubeforge-trainer")],
+                env=env,
+                cwd=p.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _follow_trainer(self, p: Played, pod: JSON) -> None:
+        assert p.proc is not None
+        self._forward_progress(p)
+        reason = (pod["metadata"].get("annotations") or {}).get(STOP)
+        if reason and not p.stop_sent:
+            (p.dir / "stop").write_text(reason)
+            p.stop_sent = True
+            self.say(f"pod {p.namespace}/{p.name}: stop requested ({reason})")
+        code = p.proc.poll()
+        if code is None:
+            return
+        self._forward_progress(p)
+        p.exit_code = code
+        term = p.dir / "termination-log"
+        message = term.read_text(errors="replace")[:4096] if term.exists() else ""
+        if not message:
+            message = _tail(p.dir / "log", 20)[-4096:]
+        if code == 0:
+            self._terminate(pod, "Succeeded", 0, "Completed", message)
+        else:
+            self._terminate(pod, "Failed", code, "Error", message)
+        p.done = True
+        self.say(f"pod {p.namespace}/{p.name}: trainer exited {code}")
+
+    def _forward_progress(self, p: Played) -> None:
+        f = p.dir / "progress.jsonl"
+        if not f.exists():
+            return
+        with open(f, "rb") as fh:
+            fh.seek(p.progress_offset)
+            data = fh.read()
+        lines = data.split(b"\n")
+        complete, rest = lines[:-1], lines[-1]
+        p.progress_offset += len(data) - len(rest)
+        if not complete:
+            return
+        latest = complete[-1].decode().strip()
+        if not latest:
+            return
+        with contextlib.suppress(ApiError):
+            self.client.patch(
+                f"/api/v1/namespaces/{p.namespace}/pods/{p.name}",
+                {"metadata": {"annotations": {PROGRESS: latest}}},
+            )
+
+    # ---------------------------------------------------------------------------- server
+    def _start_server(self, p: Played, pod: JSON, container: JSON) -> None:
+        # Not Ready until the real server says so (kwok marks pods Ready at once).
+        self._set_ready(pod, False)
+        args = list(container.get("args") or [])
+        p.port = free_port()
+        grpc = free_port()
+        for flag, value in (
+            ("--http-port", p.port),
+            ("--grpc-port", grpc),
+            ("--host", "127.0.0.1"),
+        ):
+            if flag in args:
+                args[args.index(flag) + 1] = str(value)
+            else:
+                args += [flag, str(value)]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KUBEFORGE_")},
+            **pod_env(pod, container),
+            "KUBEFORGE_TERMINATION_LOG": str(p.dir / "termination-log"),
+            "KUBEFORGE_HOST": "127.0.0.1",
+            "OMP_NUM_THREADS": str(self.threads),
+        }
+        self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-server on {p.url}")
+        with open(p.dir / "log", "ab") as log:
+            p.proc = subprocess.Popen(
+                [_bin("kubeforge-server"), *args],
+                env=env,
+                cwd=p.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _follow_server(self, p: Played, pod: JSON) -> None:
+        assert p.proc is not None
+        code = p.proc.poll()
+        if code is not None:
+            p.exit_code = code
+            msg = _tail(p.dir / "log", 10)[-1024:]
+            self._crashloop(pod, code, msg)
+            p.done = True
+            self.say(f"pod {p.namespace}/{p.name}: server exited {code}")
+            return
+        if p.ready:
+            return
+        try:
+            with urllib.request.urlopen(f"http://{p.url}/v2/health/ready", timeout=1) as r:
+                ok = r.status == 200
+        except OSError:
+            ok = False
+        if ok:
+            self._set_ready(pod, True)
+            p.ready = True
+            p.ready_seconds = time.monotonic() - p.started
+            self.say(f"pod {p.namespace}/{p.name}: server ready ({p.ready_seconds:.1f}s)")
+
+    # ---------------------------------------------------------------------------- kubelet
+    def _status_patch(self, pod: JSON, status: JSON) -> None:
+        meta = pod["metadata"]
+        self.client.patch(
+            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+            {"status": status},
+        )
+
+    def _set_ready(self, pod: JSON, ready: bool) -> None:
+        st = pod.get("status") or {}
+        s = "True" if ready else "False"
+        conds = [
+            c for c in st.get("conditions") or [] if c["type"] not in ("Ready", "ContainersReady")
+        ]
+        conds += [
+            {"type": t, "status": s, "lastTransitionTime": _now()}
+            for t in ("Ready", "ContainersReady")
+        ]
+        cs = [dict(c, ready=ready) for c in st.get("containerStatuses") or []]
+        self._status_patch(pod, {"conditions": conds, "containerStatuses": cs})
+
+    def _terminate(self, pod: JSON, phase: str, code: int, reason: str, message: str) -> None:
+        now = _now()
+        statuses = []
+        for c in pod["spec"]["containers"]:
+            term: JSON = {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now}
+            if message:
+                term["message"] = message
+            statuses.append(
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"terminated": term},
+                }
+            )
+        conds = [
+            c
+            for c in (pod.get("status") or {}).get("conditions") or []
+            if c["type"] not in ("Ready", "ContainersReady")
+        ]
+        conds += [
+            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+            for t in ("Ready", "ContainersReady")
+        ]
+        self._status_patch(
+            pod, {"phase": phase, "conditions": conds, "containerStatuses": statuses}
+        )
+
+    def _crashloop(self, pod: JSON, code: int, message: str) -> None:
+        now = _now()
+        statuses = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 1,
+                "started": False,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Error",
+                        "message": message,
+                        "startedAt": now,
+                        "finishedAt": now,
+                    }
+                },
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        self._status_patch(pod, {"containerStatuses": statuses})
+        self._set_ready(
+            self.client.get(
+                f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}"
+            ),
+            False,
+        )
+
+    def _kill(self, p: Played) -> None:
+        proc = p.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def progress_line(text: str) -> JSON | None:
+    try:
+        out = json.loads(text)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
