@@ -134,8 +134,16 @@ def apt_install(pkgs: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
-        ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq",
-         "--no-install-recommends", *pkgs],
+        [
+            "apt-get",
+            "-o",
+            "DPkg::Lock::Timeout=300",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            *pkgs,
+        ],
         check=True,
         env=env,
     )
@@ -228,8 +236,7 @@ def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False
             _log(f"missing Debian packages: {' '.join(sysmiss)} (re-run with --apt)")
     todo = [n for n in NODE_BINARIES if force or not version_ok(n, d / n)]
     if not todo:
-        _log(f"all node binaries present in {d}: nothing to do "
-             f"({time.monotonic() - t_start:.1f}s)")
+        _log(f"all node binaries present in {d}: nothing to do ({time.monotonic() - t_start:.1f}s)")
         return d
     times: dict[str, float] = {}
     with cp_binaries._locked(d):
@@ -238,42 +245,84 @@ def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False
             (d / "pause.c").write_text(PAUSE_C)
             times["pause"] = _run(
                 ["gcc", "-static", "-Os", "-s", "-o", str(d / "pause"), str(d / "pause.c")],
-                dict(os.environ), d, "gcc pause",
+                dict(os.environ),
+                d,
+                "gcc pause",
             )
         if {"containerd", "containerd-shim-runc-v2", "ctr"} & set(todo):
-            ld = f"-s -w -X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}"
+            ld = (
+                f"-s -w -X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}"
+            )
             pkgs = [
                 f"github.com/containerd/containerd/v2/cmd/{c}@{CONTAINERD_VERSION}"
                 for c in ("containerd", "containerd-shim-runc-v2", "ctr")
             ]
             times["containerd"] = _run(
                 [go, "install", "-tags", "no_btrfs,no_devmapper,no_zfs", "-ldflags", ld, *pkgs],
-                _go_env(d), Path("/"), f"go install containerd {CONTAINERD_VERSION}",
+                _go_env(d),
+                Path("/"),
+                f"go install containerd {CONTAINERD_VERSION}",
             )
         if "crictl" in todo:
             ld = f"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version={CRICTL_VERSION}"
             times["crictl"] = _run(
-                [go, "install", "-ldflags", ld, f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}"],
-                _go_env(d), Path("/"), f"go install crictl {CRICTL_VERSION}",
+                [
+                    go,
+                    "install",
+                    "-ldflags",
+                    ld,
+                    f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}",
+                ],
+                _go_env(d),
+                Path("/"),
+                f"go install crictl {CRICTL_VERSION}",
             )
         if "coredns" in todo:
             times["coredns"] = _run(
-                [go, "install", "-ldflags", "-s -w", f"github.com/coredns/coredns@{COREDNS_VERSION}"],
-                _go_env(d), Path("/"), f"go install coredns {COREDNS_VERSION}",
+                [
+                    go,
+                    "install",
+                    "-ldflags",
+                    "-s -w",
+                    f"github.com/coredns/coredns@{COREDNS_VERSION}",
+                ],
+                _go_env(d),
+                Path("/"),
+                f"go install coredns {COREDNS_VERSION}",
             )
         kpkgs = [f"k8s.io/kubernetes/cmd/{n}" for n in ("kubelet", "kube-proxy") if n in todo]
         if kpkgs:
             times["kubelet+kube-proxy"] = _run(
-                [go, "build", "-tags", "selinux,notest", "-ldflags", _k8s_node_ldflags(),
-                 "-o", str(d) + "/", *kpkgs],
-                _go_env(), cp_binaries.GO_MODULE_DIR, f"go build {' '.join(kpkgs)} {K8S_VERSION}",
+                [
+                    go,
+                    "build",
+                    "-tags",
+                    "selinux,notest",
+                    "-ldflags",
+                    _k8s_node_ldflags(),
+                    "-o",
+                    str(d) + "/",
+                    *kpkgs,
+                ],
+                _go_env(),
+                cp_binaries.GO_MODULE_DIR,
+                f"go build {' '.join(kpkgs)} {K8S_VERSION}",
             )
         bad = [n for n in todo if not version_ok(n, d / n)]
         if bad:
             raise SystemExit(f"[node-bins] built but version check failed: {', '.join(bad)}")
-        (d / "manifest.json").write_text(json.dumps({
-            "containerd": CONTAINERD_VERSION, "crictl": CRICTL_VERSION,
-            "coredns": COREDNS_VERSION, "kubernetes": K8S_VERSION,
-            "last_build_seconds": times}, indent=2) + "\n")
+        (d / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "containerd": CONTAINERD_VERSION,
+                    "crictl": CRICTL_VERSION,
+                    "coredns": COREDNS_VERSION,
+                    "kubernetes": K8S_VERSION,
+                    "last_build_seconds": times,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     _log(f"done in {time.monotonic() - t_start:.0f}s: {d}")
     return d

@@ -1,0 +1,62 @@
+"""The control plane for a real node: LocalCluster with its API server on the bridge address.
+
+Differences from a plain LocalCluster (REALPODS.md §3, §9): the API server binds and advertises
+10.88.0.1 (so the ``kubernetes`` Service's endpoint is that address and pods reach it through
+kube-proxy), its serving cert has that IP as a SAN, it has a client cert for the kubelets (logs,
+exec, port-forward) and dials them by InternalIP only (a hostname lookup would leave the
+machine), and the endpoint reconciler is on (it is off on loopback clusters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import pki
+from ..cluster import LocalCluster
+from . import net
+
+
+class NodeControlPlane(LocalCluster):
+    def __init__(self, *args: Any, bind_address: str = net.NODE_IP, **kw: Any) -> None:
+        self.bind_address = bind_address
+        extra = list(kw.pop("extra_apiserver_args", ()))
+        super().__init__(*args, **kw)
+        d = self.pki_dir
+        self.extra_apiserver_args = [
+            f"--bind-address={bind_address}",
+            f"--advertise-address={bind_address}",
+            "--endpoint-reconciler-type=lease",
+            f"--kubelet-client-certificate={d / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={d / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            *extra,
+        ]
+
+    @property
+    def server(self) -> str:
+        return f"https://{self.bind_address}:{self.ports['apiserver']}"
+
+    def _make_pki(self) -> None:
+        super()._make_pki()
+        d = self.pki_dir
+        ca = self._ca
+        ca.issue(
+            d / "apiserver",
+            "kube-apiserver",
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ips=("127.0.0.1", "10.96.0.1", self.bind_address),
+            server=True,
+        )
+        ca.issue(
+            d / "kubelet-client",
+            "kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+            client=True,
+        )
+        pki.write_kubeconfig(self.kubeconfig, self.server, ca.pem, d / "admin.crt", d / "admin.key")
