@@ -228,8 +228,8 @@ class TrainingJobSpec(KubeModel):
     model_config = {**KubeModel.model_config, "json_schema_extra": cel(
         rule("has(self.model) != (size(self.command) > 0)",
              "set spec.model (the built-in trainer) or spec.command (your own program): one of them"),
-        rule("!has(self.model) || has(self.dataset)",
-             "spec.dataset is required for the built-in trainer", field_path=".dataset"),
+        rule("!has(self.model) || !has(self.model.recipe) || has(self.dataset)",
+             "spec.dataset is required for a built-in recipe", field_path=".dataset"),
         rule("size(self.args) == 0 || size(self.command) > 0",
              "spec.args needs spec.command", field_path=".args"),
         *[
@@ -312,8 +312,8 @@ class TrainingJobSpec(KubeModel):
                 "set spec.model (the built-in trainer) or spec.command (your own program): "
                 "one of them"
             )
-        if self.model is not None and self.dataset is None:
-            raise ValueError("spec.dataset is required for the built-in trainer")
+        if self.model is not None and self.model.recipe is not None and self.dataset is None:
+            raise ValueError("spec.dataset is required for a built-in recipe")
         if self.args and not self.command:
             raise ValueError("spec.args needs spec.command")
         return self
