@@ -50,11 +50,19 @@ crds: venv ## regenerate crds/ (and the chart's copy) from the pydantic models
 cluster-bins: venv ## build (once, cached outside the repo) or find the control-plane binaries
 	$(BIN)/python cluster/build.py
 
-cluster: cluster-bins ## start the local control plane and print the KUBECONFIG line
-	$(BIN)/python -m kubeforge_cluster up
+# NODES=real (root): + one real node (containerd, runc, kubelet, kube-proxy, CoreDNS) on a guarded
+# pod network; its binaries are built once (cached). NODES=kwok (default): fake nodes only.
+NODES ?= kwok
+cluster: cluster-bins ## start the local control plane (NODES=real: with a real node) and print the KUBECONFIG line
+	@if [ "$(NODES)" = real ]; then $(BIN)/python -m kubeforge_cluster.realnode build --apt && \
+	  $(BIN)/python -m kubeforge_cluster.realnode up; else $(BIN)/python -m kubeforge_cluster up; fi
 
-cluster-down: venv ## stop the local control plane
-	$(BIN)/python -m kubeforge_cluster down
+cluster-down: venv ## stop the local control plane (NODES=real: and the real node)
+	@if [ "$(NODES)" = real ]; then $(BIN)/python -m kubeforge_cluster.realnode down; \
+	  else $(BIN)/python -m kubeforge_cluster down; fi
+
+images: venv ## operator/trainer/server images without Docker (cluster/images/out; loaded into a running real node)
+	$(BIN)/python cluster/images/build.py --import-if-running
 
 kind: ## a kind cluster, for machines with Docker (not this one; there use `make cluster`)
 	cluster/kind-up.sh

@@ -437,7 +437,9 @@ def deps_site_of(store: oci.BlobStore, blob: oci.Blob, tmp: Path) -> Path:
     return out
 
 
-def build(names: list[str], out_dir: Path, do_import: bool) -> list[Path]:
+def build(
+    names: list[str], out_dir: Path, do_import: bool, import_if_running: bool = False
+) -> list[Path]:
     t_all = time.monotonic()
     store = oci.BlobStore(cache_dir() / "blobs")
     base = base_rootfs()
@@ -472,6 +474,13 @@ def build(names: list[str], out_dir: Path, do_import: bool) -> list[Path]:
     if do_import:
         from kubeforge_cluster.realnode import RealNode, default_run_dir
 
+        run_dir = default_run_dir(os.environ.get("KUBEFORGE_NODE_NAME", "dev"))
+        if import_if_running and not (run_dir / "node-state.json").exists():
+            log(
+                f"no real node running ({run_dir}): images not imported (`make cluster "
+                "NODES=real` imports them at start)"
+            )
+            return archives
         node = RealNode(default_run_dir(os.environ.get("KUBEFORGE_NODE_NAME", "dev")), verbose=True)
         node.attach()
         t = time.monotonic()

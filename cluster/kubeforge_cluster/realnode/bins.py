@@ -15,11 +15,14 @@ Heavy builds run under ``nice -n 19`` (shared machine). A warm run does no work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import binaries as cp_binaries
@@ -186,7 +189,7 @@ class MissingNodeBinaries(RuntimeError):
         self.missing = missing
         super().__init__(
             f"real-node binaries missing: {', '.join(missing)} (in {bin_dir} / Debian packages). "
-            "Run `make node-bins` or `python -m kubeforge_cluster.realnode build --apt` "
+            "Run `make cluster NODES=real` or `python -m kubeforge_cluster.realnode build --apt` "
             "(~6 min cold; cached afterwards)."
         )
 
@@ -221,6 +224,29 @@ def _run(args: list[str], env: dict[str, str], cwd: Path, label: str) -> float:
 
 def _k8s_node_ldflags() -> str:
     return cp_binaries._k8s_ldflags()
+
+
+NODE_TOOLS = ("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-proxy")
+
+
+@contextlib.contextmanager
+def _node_module(go: str) -> Iterator[Path]:
+    """The wrapper module (cluster/go), which pins the control plane's k8s version. When its
+    ``tool`` block does not list kubelet and kube-proxy yet, a temporary copy that does (plus
+    ``go mod tidy``, which only adds their dependencies' go.sum lines) is used instead."""
+    src = cp_binaries.GO_MODULE_DIR
+    gomod = (src / "go.mod").read_text()
+    if all(f"\t{t}\n" in gomod for t in NODE_TOOLS):
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="kubeforge-node-mod-") as tmp:
+        dst = Path(tmp)
+        shutil.copy2(src / "go.mod", dst / "go.mod")
+        shutil.copy2(src / "go.sum", dst / "go.sum")
+        lines = "".join(f"\t{t}\n" for t in NODE_TOOLS if f"\t{t}\n" not in gomod)
+        (dst / "go.mod").write_text(gomod.replace("tool (\n", "tool (\n" + lines, 1))
+        _run([go, "mod", "tidy"], _go_env(), dst, "go mod tidy (kubelet, kube-proxy)")
+        yield dst
 
 
 def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False) -> Path:
@@ -292,22 +318,23 @@ def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False
             )
         kpkgs = [f"k8s.io/kubernetes/cmd/{n}" for n in ("kubelet", "kube-proxy") if n in todo]
         if kpkgs:
-            times["kubelet+kube-proxy"] = _run(
-                [
-                    go,
-                    "build",
-                    "-tags",
-                    "selinux,notest",
-                    "-ldflags",
-                    _k8s_node_ldflags(),
-                    "-o",
-                    str(d) + "/",
-                    *kpkgs,
-                ],
-                _go_env(),
-                cp_binaries.GO_MODULE_DIR,
-                f"go build {' '.join(kpkgs)} {K8S_VERSION}",
-            )
+            with _node_module(go) as mod:
+                times["kubelet+kube-proxy"] = _run(
+                    [
+                        go,
+                        "build",
+                        "-tags",
+                        "selinux,notest",
+                        "-ldflags",
+                        _k8s_node_ldflags(),
+                        "-o",
+                        str(d) + "/",
+                        *kpkgs,
+                    ],
+                    _go_env(),
+                    mod,
+                    f"go build {' '.join(kpkgs)} {K8S_VERSION}",
+                )
         bad = [n for n in todo if not version_ok(n, d / n)]
         if bad:
             raise SystemExit(f"[node-bins] built but version check failed: {', '.join(bad)}")
