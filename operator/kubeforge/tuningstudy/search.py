@@ -224,7 +224,9 @@ def build_pruner(spec: TuningStudySpec) -> BasePruner:
 # --- the rebuilt study -----------------------------------------------------------------------
 
 
-def _frozen(record: TrialRecord, dists: dict[str, BaseDistribution], value: float | None) -> FrozenTrial:
+def _frozen(
+    record: TrialRecord, dists: dict[str, BaseDistribution], value: float | None
+) -> FrozenTrial:
     state = _STATES[record.state]
     params = {k: v for k, v in record.params.items() if k in dists}
     if state == TrialState.COMPLETE and value is None:
@@ -250,9 +252,18 @@ def _placeholder(number: int) -> FrozenTrial:
     """A trial whose record is gone (garbage-collected): a failure that samplers ignore."""
     start = _EPOCH + _dt.timedelta(seconds=number)
     return FrozenTrial(
-        number=number, state=TrialState.FAIL, value=None, values=None, datetime_start=start,
-        datetime_complete=start, params={}, distributions={}, user_attrs={},
-        system_attrs={"kubeforge:missing": True}, intermediate_values={}, trial_id=number,
+        number=number,
+        state=TrialState.FAIL,
+        value=None,
+        values=None,
+        datetime_start=start,
+        datetime_complete=start,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={"kubeforge:missing": True},
+        intermediate_values={},
+        trial_id=number,
     )
 
 

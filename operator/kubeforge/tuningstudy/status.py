@@ -47,8 +47,12 @@ def is_running(record: TrialRecord) -> bool:
 def counts(records: list[TrialRecord], total: int) -> JSON:
     c = {"total": total, "running": 0, "succeeded": 0, "failed": 0, "pruned": 0}
     for r in records:
-        key = {"running": "running", "complete": "succeeded", "failed": "failed",
-               "pruned": "pruned"}[r.state]
+        key = {
+            "running": "running",
+            "complete": "succeeded",
+            "failed": "failed",
+            "pruned": "pruned",
+        }[r.state]
         c[key] += 1
     return c
 
@@ -137,8 +141,10 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         message = f"{c['failed']} trials failed (maxFailedTrials {spec.max_failed_trials})"
     elif target_reached(best_value, objective):
         phase, reason = "Succeeded", "TargetReached"
-        message = f"trial {best['name'] if best else ''} reached {objective.metric}={best_value:g} " \
-                  f"(target {objective.target:g})"
+        message = (
+            f"trial {best['name'] if best else ''} reached {objective.metric}={best_value:g} "
+            f"(target {objective.target:g})"
+        )
     elif total >= limit and not running:
         size = grid_size(spec)
         exhausted = size is not None and size <= spec.max_trials
@@ -211,13 +217,33 @@ def status_doc(
     """The status (wire shape), conditions kept the Kubernetes way."""
     conds = [dict(x) for x in prev.get("conditions") or []]
     gen = generation
-    set_condition(conds, "Running", phase == "Running", reason if phase == "Running" else phase,
-                  message if phase == "Running" else "", now=now, observed_generation=gen)
-    set_condition(conds, "Succeeded", phase == "Succeeded",
-                  reason if phase == "Succeeded" else "NotSucceeded",
-                  message if phase == "Succeeded" else "", now=now, observed_generation=gen)
-    set_condition(conds, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-                  message if phase == "Failed" else "", now=now, observed_generation=gen)
+    set_condition(
+        conds,
+        "Running",
+        phase == "Running",
+        reason if phase == "Running" else phase,
+        message if phase == "Running" else "",
+        now=now,
+        observed_generation=gen,
+    )
+    set_condition(
+        conds,
+        "Succeeded",
+        phase == "Succeeded",
+        reason if phase == "Succeeded" else "NotSucceeded",
+        message if phase == "Succeeded" else "",
+        now=now,
+        observed_generation=gen,
+    )
+    set_condition(
+        conds,
+        "Failed",
+        phase == "Failed",
+        reason if phase == "Failed" else "NotFailed",
+        message if phase == "Failed" else "",
+        now=now,
+        observed_generation=gen,
+    )
     done = c["succeeded"] + c["failed"] + c["pruned"]
     out: JSON = {
         "phase": phase,
@@ -233,7 +259,8 @@ def status_doc(
         out["bestTrial"] = best
     if phase in ("Succeeded", "Failed"):
         out["completionTime"] = (
-            prev.get("completionTime") if prev.get("phase") == phase and prev.get(
-                "completionTime") else now
+            prev.get("completionTime")
+            if prev.get("phase") == phase and prev.get("completionTime")
+            else now
         )
     return out

@@ -1,0 +1,339 @@
+"""TuningStudy's kopf wiring (thin): indexes of the studies and their trial TrainingJobs,
+level-based event handlers that only queue a reconcile, and the one reconcile, which carries out
+`status.decide()`.
+
+Nothing about the search lives here or in memory: the search state is rebuilt from the trial
+TrainingJobs on every decision. The only memory kept is what we wrote and the watch may not show
+yet (so a trial is never created twice and parallelism is never exceeded between our write and
+its watch event) and which stop requests were already delivered to pods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubeforge import events
+from kubeforge.api.tuningstudy import TuningStudySpec
+from kubeforge.apply import ApiError, merge_patch
+from kubeforge.conditions import now_rfc3339, set_condition
+from kubeforge.context import OperatorContext
+from kubeforge.controller import Controller, Key
+from kubeforge.metrics import PhaseTracker
+from kubeforge.tuningstudy import build as tb
+from kubeforge.tuningstudy.status import decide
+
+log = logging.getLogger("kubeforge.tuningstudy")
+
+GROUP, VERSION = "kubeforge.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+PLURAL, KIND = "tuningstudies", "TuningStudy"
+TRIAL_PLURAL = "trainingjobs"
+
+IDX_STUDIES = "kubeforge-tuningstudies"
+IDX_TRIALS = "kubeforge-tuningstudy-trials"
+
+JSON = dict[str, Any]
+_OUR_ANNOTATIONS = (tb.PARAMS, tb.SYSTEM_ATTRS, tb.STUDY_SYSTEM_ATTRS, tb.REPORTS, tb.STOP)
+
+
+def slim_study(body: Any) -> JSON:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": KIND,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+def slim_trial(body: Any) -> JSON:
+    meta = body["metadata"]
+    ann = meta.get("annotations") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": {
+                k: v for k, v in (meta.get("labels") or {}).items() if k.startswith("kubeforge.io/")
+            },
+            "annotations": {k: ann[k] for k in _OUR_ANNOTATIONS if k in ann},
+            "ownerReferences": meta.get("ownerReferences") or [],
+        },
+        "status": {
+            k: status[k] for k in ("phase", "metrics", "progress", "artifacts") if k in status
+        },
+    }
+
+
+def study_of(body: Any) -> str | None:
+    """The name of the TuningStudy that controls this TrainingJob, if any."""
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("controller"):
+            return str(ref.get("name"))
+    return None
+
+
+def _rv(obj: JSON | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    study: JSON
+    trials: list[JSON]
+
+
+class TuningStudyReconciler:
+    """The reconcile of one TuningStudy (worker thread; one per study at a time)."""
+
+    def __init__(self, ctx: OperatorContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.kube = ctx.kube
+        self._lock = threading.Lock()
+        self.written_status: dict[Key, JSON] = {}
+        self.recent: dict[Key, dict[str, JSON]] = {}
+        """Trials we created or patched that the watch may not show yet (name → object)."""
+        self.delivered: set[tuple[str, str, str]] = set()
+        """(namespace, trial, pod) that already carry our stop request."""
+        self.promoted: dict[Key, str] = {}
+        self.phases = PhaseTracker(KIND)
+
+    # --- bookkeeping (event loop) ---
+
+    def snapshot(self, key: Key) -> Snapshot | None:
+        study = self.ctx.one(IDX_STUDIES, key)
+        if study is None:
+            return None
+        return Snapshot(study=study, trials=self.ctx.all(IDX_TRIALS, key))
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self.written_status.pop(key, None)
+            self.recent.pop(key, None)
+            self.promoted.pop(key, None)
+        self.phases.forget(key)
+
+    # --- the reconcile (worker thread) ---
+
+    def _trials(self, key: Key, observed: list[JSON]) -> list[JSON]:
+        """The watch's trials, with our own newer writes laid over them."""
+        with self._lock:
+            recent = dict(self.recent.get(key) or {})
+        by_name = {t["metadata"]["name"]: t for t in observed}
+        for name, mine in list(recent.items()):
+            seen = by_name.get(name)
+            if seen is not None and _rv(seen) >= _rv(mine):
+                recent.pop(name)  # the watch caught up
+                continue
+            by_name[name] = mine
+        with self._lock:
+            self.recent[key] = recent
+        return list(by_name.values())
+
+    def _remember(self, key: Key, obj: JSON) -> None:
+        with self._lock:
+            self.recent.setdefault(key, {})[obj["metadata"]["name"]] = slim_trial(obj)
+
+    def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        study = snap.study
+        if study["metadata"].get("deletionTimestamp"):
+            return None
+        now = now_rfc3339()
+        base = self.written_status.get(key) or study.get("status") or {}
+        study = {**study, "status": base}
+        try:
+            spec = TuningStudySpec.model_validate(study["spec"])
+        except ValidationError as exc:
+            self._invalid(key, study, exc, now)
+            return None
+        trials = self._trials(key, snap.trials)
+        d = decide(study, spec, trials, now)
+        ns = key[0]
+        for name, value in d.reports.items():
+            patch = {"metadata": {"annotations": {tb.REPORTS: value}}}
+            self._patch_trial(key, ns, name, patch)
+        for name, value in d.system_attrs.items():
+            patch = {"metadata": {"annotations": {tb.SYSTEM_ATTRS: value}}}
+            self._patch_trial(key, ns, name, patch)
+        for name, reason in d.stop.items():
+            # the record first (survives a restart), then the request the trainer obeys
+            self._patch_trial(key, ns, name, {"metadata": {"annotations": {tb.STOP: reason}}})
+            if reason == tb.PRUNED:
+                events.post(self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned")
+        for trial in trials:
+            reason = tb.stop_reason(trial) or d.stop.get(trial["metadata"]["name"], "")
+            if reason and tb.trial_state(trial) == "running":
+                self._deliver_stop(ns, trial["metadata"]["name"], reason)
+        for manifest in d.create:
+            self._create_trial(key, manifest)
+        if d.promote is not None:
+            self._promote(key, study, d.promote)
+        self._write_status(key, study, base, d.status)
+        return None
+
+    def _patch_trial(self, key: Key, ns: str, name: str, patch: JSON) -> None:
+        try:
+            obj = self.kube.patch(API_VERSION, "TrainingJob", ns, name, patch)
+        except ApiError as exc:
+            if exc.not_found:
+                return
+            raise
+        self._remember(key, obj)
+
+    def _create_trial(self, key: Key, manifest: JSON) -> None:
+        try:
+            obj = self.kube.create(manifest)
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+            got = self.kube.get(API_VERSION, "TrainingJob", key[0], manifest["metadata"]["name"])
+            if got is None:
+                raise
+            obj = got
+        self._remember(key, obj)
+
+    def _deliver_stop(self, ns: str, trial: str, reason: str) -> None:
+        selector = f"{self.settings.label('trainingjob')}={trial}"
+        pods = (
+            self.kube.request(
+                "GET",
+                f"/api/v1/namespaces/{ns}/pods",
+                query={"labelSelector": selector},
+            ).get("items")
+            or []
+        )
+        for pod in pods:
+            pname = pod["metadata"]["name"]
+            if (ns, trial, pname) in self.delivered:
+                continue
+            if (pod["metadata"].get("annotations") or {}).get(tb.STOP) != reason:
+                try:
+                    self.kube.patch(
+                        "v1", "Pod", ns, pname, {"metadata": {"annotations": {tb.STOP: reason}}}
+                    )
+                except ApiError as exc:
+                    if not exc.not_found:
+                        raise
+            self.delivered.add((ns, trial, pname))
+
+    def _promote(self, key: Key, study: JSON, body: JSON) -> None:
+        uri = body["spec"]["model"]["uri"]
+        if self.promoted.get(key) == uri:
+            return
+        name = body["metadata"]["name"]
+        current = self.kube.get(API_VERSION, "ModelDeployment", key[0], name)
+        model = ((current or {}).get("spec") or {}).get("model") or {}
+        if model.get("fromTuningStudy") == key[1] or model.get("uri") == uri:
+            self.promoted[key] = uri  # already pointing at this study / this model
+            return
+        self.kube.apply(body)
+        self.promoted[key] = uri
+        events.post(
+            self.kube, study, events.NORMAL, "Promoted", f"ModelDeployment {name} now serves {uri}"
+        )
+
+    def _write_status(self, key: Key, study: JSON, base: JSON, status: JSON) -> None:
+        patch = merge_patch(base, status)
+        if patch:
+            self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+            self.written_status[key] = status
+            before, after = base.get("phase"), status.get("phase")
+            if before != after and after in ("Succeeded", "Failed"):
+                reason = next(
+                    (
+                        c.get("reason")
+                        for c in status.get("conditions", [])
+                        if c.get("type") == after
+                    ),
+                    after,
+                )
+                kind = events.NORMAL if after == "Succeeded" else events.WARNING
+                events.post(self.kube, study, kind, reason or after, status.get("message", ""))
+        self.phases.set(key, status.get("phase", "Pending"))
+
+    def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:
+        base = study.get("status") or {}
+        message = "invalid spec: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        conds = [dict(c) for c in base.get("conditions") or []]
+        set_condition(conds, "Failed", True, "InvalidSpec", message[:1024], now=now)
+        status = {**base, "phase": "Failed", "message": message[:1024], "conditions": conds}
+        gen = study["metadata"].get("generation")
+        if gen is not None:
+            status["observedGeneration"] = gen
+        self._write_status(key, study, base, status)
+
+
+def register(ctx: OperatorContext) -> Controller[Snapshot]:
+    """Register TuningStudy's indexes and event handlers on `ctx.registry`; returns its
+    controller (started by main)."""
+    reg = ctx.registry
+    s = ctx.settings
+    rec = TuningStudyReconciler(ctx)
+    assert ctx.pool is not None
+    ctl: Controller[Snapshot] = Controller(
+        KIND, snapshot=rec.snapshot, reconcile=rec, pool=ctx.pool, workers=s.concurrency
+    )
+    ctl.reconciler = rec  # type: ignore[attr-defined]
+    selector = {tb.STUDY_LABEL: kopf.PRESENT}
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_STUDIES, registry=reg)
+    async def index_studies(**kw: Any) -> Any:
+        return {(kw["namespace"], kw["name"]): slim_study(kw["body"])}
+
+    @kopf.index(GROUP, VERSION, TRIAL_PLURAL, id=IDX_TRIALS, labels=selector, registry=reg)
+    async def index_trials(**kw: Any) -> Any:
+        study = study_of(kw["body"])
+        if study is None:
+            return None
+        return {(kw["namespace"], study): slim_trial(kw["body"])}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-tuningstudy-event", registry=reg)
+    async def on_study(**kw: Any) -> None:
+        key = (kw["namespace"], kw["name"])
+        if kw.get("type") == "DELETED":
+            ctl.forget(key)
+            rec.forget(key)
+        else:
+            ctl.enqueue(key)
+
+    @kopf.on.event(
+        GROUP,
+        VERSION,
+        TRIAL_PLURAL,
+        id="kubeforge-tuningstudy-trial-event",
+        labels=selector,
+        registry=reg,
+    )
+    async def on_trial(**kw: Any) -> None:
+        study = study_of(kw["body"])
+        if study is not None:
+            ctl.enqueue((kw["namespace"], study))
+
+    def all_keys() -> list[Key]:
+        return list(ctx.index(IDX_STUDIES))
+
+    ctl.all_keys = all_keys  # type: ignore[attr-defined]
+    ctx.controllers.append(ctl)
+    return ctl
