@@ -50,9 +50,8 @@ class Kube:
     def k(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> str:
-        return self.node.kubectl(
-            "-n", self.ns, *args, input=input, check=check, timeout=timeout
-        ).stdout
+        r = self.node.kubectl("-n", self.ns, *args, input=input, check=check, timeout=timeout)
+        return r.stdout if check else r.stdout + r.stderr
 
     def apply(self, obj: dict[str, Any]) -> None:
         self.k("apply", "-f", "-", input=json.dumps(obj))
@@ -90,7 +89,7 @@ def kube(real_node: RealNode) -> Kube:
     ns = "rp-test"
     real_node.kubectl("create", "namespace", ns)
     kb = Kube(real_node, ns)
-    kb.wait("default ServiceAccount", lambda: kb.k("get", "sa", "default", check=False))
+    kb.wait("default ServiceAccount", lambda: kb.k("get", "sa", "default"))
     return kb
 
 

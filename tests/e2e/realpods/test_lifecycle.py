@@ -75,7 +75,7 @@ def test_start_after_killed_run_then_clean_stop() -> None:
     started = time.monotonic() - t
     try:
         kb = Kube(second, "default")
-        kb.wait("default SA", lambda: kb.k("get", "sa", "default", check=False))
+        kb.wait("default SA", lambda: kb.k("get", "sa", "default"))
         kb.apply(pod("after-crash", ["sh", "-c", "echo alive"]))
         t_ = kb.wait("after-crash done", lambda: kb.terminated("after-crash"))
         assert t_["exitCode"] == 0

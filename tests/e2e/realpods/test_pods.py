@@ -155,10 +155,10 @@ def test_clusterip_service_by_dns_name(real_node: RealNode, kube: Kube) -> None:
             for a in ep["addresses"]:
                 assert ipaddress.ip_address(a) in ipaddress.ip_network(net.POD_CIDR)
     assert net.check_nat() == []
+
     # the Service by its DNS name, from another pod (glibc-less busybox: search list applies)
-    out = kube.wait(
-        "web answers by name",
-        lambda: kube.k(
+    def fetch() -> str:
+        out = kube.k(
             "exec",
             "client",
             "--",
@@ -168,8 +168,10 @@ def test_clusterip_service_by_dns_name(real_node: RealNode, kube: Kube) -> None:
             "-qO-",
             f"http://web.{kube.ns}.svc.cluster.local/",
             check=False,
-        ),
-    )
+        )
+        return out if "hello from a real pod" in out else ""
+
+    out = kube.wait("web answers by its DNS name", fetch)
     assert "hello from a real pod" in out
     assert "hello from a real pod" in kube.k(
         "exec", "client", "--", "timeout", "5", "wget", "-qO-", "http://web/"
@@ -187,4 +189,4 @@ def test_dns_has_no_upstream(real_node: RealNode, kube: Kube) -> None:
     )
     assert "10.96.0.1" in ok
     refused = kube.k("exec", "dns", "--", "nslookup", "example.com.", check=False)
-    assert "10.96" not in refused and "Address" not in refused.split("Name:")[-1]
+    assert "REFUSED" in refused or "can't find" in refused, refused
