@@ -1,12 +1,15 @@
-"""gRPC transport: ``inference.GRPCInferenceService`` (KServe v2 / Triton wire format) on grpc.aio.
+"""gRPC transport: ``inference.GRPCInferenceService`` (KServe v2 / Triton wire format).
 
-Runs on the same event loop as HTTP and submits to the same data plane, so both protocols share
-the dynamic batcher. Outputs are returned as ``raw_output_contents``, as Triton does.
+Submits to the same data plane as HTTP, so both protocols share the dynamic batcher. Outputs are
+returned as ``raw_output_contents``, as Triton does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from typing import Any
 
@@ -14,7 +17,7 @@ import grpc
 import numpy as np
 
 from .codec import InferRequest, array_from_bytes, bytes_from_array, check_datatype, check_shape
-from .dataplane import DataPlane
+from .dataplane import DataPlane, Job, Results
 from .errors import BadRequest, InferenceError
 from .grpc_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -97,37 +100,51 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+    """Synchronous gRPC handlers on grpc's own threads, bridged to the event loop's data plane.
+
+    grpc.aio would hook into the HTTP event loop and cost every HTTP request a little; grpc's thread
+    pool sits idle in C when nobody speaks gRPC. A request is decoded on a gRPC thread, handed to
+    the loop with ``call_soon_threadsafe`` (so it joins the same dynamic batches as HTTP), and the
+    thread waits for the result. Metrics are only touched on the loop thread.
+    """
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
         self.dp = dataplane
         self.metrics = metrics
+        self.loop = loop
         self.served = 0
 
-    async def _abort(self, context: Any, exc: InferenceError) -> None:
-        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+    def _fail(self, context: Any, exc: InferenceError) -> None:
+        context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def _count(self, model: str, code: int, t0: float) -> None:
+        """Record a finished request (runs on the loop thread)."""
+        self.served += 1
+        self.metrics.for_model(model).request_done("grpc", code, _now() - t0)
+
+    def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerReadyResponse(ready=self.dp.ready)
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
-            await self._abort(context, exc)
+            self._fail(context, exc)
         return pb.ModelReadyResponse(ready=self.dp.model_ready(entry))
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         from . import SERVER_NAME, __version__
 
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=["binary_tensor_data"])
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
-            await self._abort(context, exc)
+            self._fail(context, exc)
         m = entry.model
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -136,20 +153,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tm(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in m.outputs],
         )
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         t0 = _now()
+        loop = self.loop
         try:
             entry = self.dp.get(request.model_name, request.model_version or None)
         except InferenceError as exc:
-            self.metrics.for_model("_unknown").request_done("grpc", exc.status, _now() - t0)
-            await self._abort(context, exc)
+            loop.call_soon_threadsafe(self._count, "_unknown", exc.status, t0)
+            self._fail(context, exc)
         try:
             req = decode_grpc_request(entry.model, request)
-            names, results = await self.dp.infer(entry, req)
         except InferenceError as exc:
-            self.served += 1
-            entry.metrics.request_done("grpc", exc.status, _now() - t0)
-            await self._abort(context, exc)
+            loop.call_soon_threadsafe(self._count, entry.model.name, exc.status, t0)
+            self._fail(context, exc)
+        done = threading.Event()
+        box: list[Any] = []
+
+        def complete(job: Job, names: list[str], results: Results | None, err: InferenceError | None) -> None:
+            entry.metrics.inflight -= 1
+            self._count(entry.model.name, err.status if err is not None else 200, t0)
+            box.extend((names, results, err))
+            done.set()
+
+        loop.call_soon_threadsafe(self.dp.submit, entry, Job(req, t0, complete, None))
+        remaining = context.time_remaining()
+        if not done.wait(timeout=min(remaining, 3600.0) if remaining is not None else 3600.0):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "inference did not finish before the deadline")
+        names, results, err = box
+        if err is not None:
+            self._fail(context, err)
         model = entry.model
         resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
         if req.id:
@@ -160,24 +192,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             out.datatype = model.output_by_name[name].datatype
             out.shape.extend(arr.shape)
             resp.raw_output_contents.append(bytes_from_array(arr))
-        self.served += 1
-        entry.metrics.request_done("grpc", 200, _now() - t0)
         return resp
 
 
-async def start_grpc(dataplane: DataPlane, metrics: Metrics, host: str, port: int,
-                     max_message_bytes: int) -> tuple[Any, InferenceServicer, int]:
-    server = grpc.aio.server(
+def start_grpc(dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop, host: str, port: int,
+               max_message_bytes: int, workers: int = 8) -> tuple[Any, InferenceServicer, int]:
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    servicer = InferenceServicer(dataplane, metrics)
+    servicer = InferenceServicer(dataplane, metrics, loop)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{'[::]' if host in ('0.0.0.0', '::') else host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
-    await server.start()
+    server.start()
     return server, servicer, bound

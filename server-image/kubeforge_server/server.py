@@ -71,8 +71,8 @@ class Server:
         if cfg.grpc_port:
             from .grpc_service import start_grpc
 
-            self._grpc, self._grpc_servicer, self.grpc_port = await start_grpc(
-                self.dataplane, self.metrics, cfg.host, cfg.grpc_port, cfg.max_request_bytes
+            self._grpc, self._grpc_servicer, self.grpc_port = start_grpc(
+                self.dataplane, self.metrics, loop, cfg.host, cfg.grpc_port, cfg.max_request_bytes
             )
         log.info("listening: http %s:%d grpc %s", cfg.host, self.http_port,
                  f"{cfg.host}:{self.grpc_port}" if self.grpc_port else "off")
@@ -117,7 +117,9 @@ class Server:
         http_server.close()  # stop accepting; existing connections keep being served
         grpc_stop = None
         if self._grpc is not None:
-            grpc_stop = asyncio.ensure_future(self._grpc.stop(grace=max(0.1, cfg.drain_seconds)))
+            # New RPCs are refused at once; running ones get the grace period.
+            stopped = self._grpc.stop(grace=max(0.1, cfg.drain_seconds))
+            grpc_stop = asyncio.get_running_loop().run_in_executor(None, stopped.wait, cfg.drain_seconds + 1)
         deadline = time.monotonic() + cfg.drain_seconds
         # Idle keep-alive connections close after a short quiet period; busy ones close right
         # after their last response (which carries "connection: close").
