@@ -209,6 +209,11 @@ class TuningStudyReconciler:
             got = self.kube.get(API_VERSION, "TrainingJob", key[0], manifest["metadata"]["name"])
             if got is None:
                 raise
+            owners = got["metadata"].get("ownerReferences") or []
+            uid = manifest["metadata"]["ownerReferences"][0]["uid"]
+            if not any(o.get("uid") == uid for o in owners):
+                # a trial of an older study of the same name, not yet garbage-collected: retry
+                raise
             obj = got
         self._remember(key, obj)
 
