@@ -10,9 +10,9 @@ Protocol requests (JSON, and the binary tensor extension) at 1, 16 and 64 connec
   (c) onnxruntime's session.run in this process (calls/s, p50, p99).
 
 Prints one table and the target ratios, all measured in the same run:
-  - kubeforge req/s ÷ KServe req/s at batch-1 JSON, 16 connections        (target ≥ 10×)
-  - kubeforge p50 at 1 connection − bare session.run p50                  (target ≤ 0.1 ms)
-  - kubeforge rows/s with batching ÷ without, 64 connections (JSON)       (target ≥ 2×)
+  - kubeforge req/s / KServe req/s at batch-1 JSON, 16 connections        (target >= 10x)
+  - kubeforge p50 at 1 connection - bare session.run p50                  (target ≤ 0.1 ms)
+  - kubeforge rows/s with batching / without, 64 connections (JSON)       (target >= 2x)
 
 Usage: python benchmarks/bench_server.py [--duration 5] [--no-kserve] [--connections 1,16,64]
 Needs `wrk` (Debian package wrk). Everything binds to 127.0.0.1.
@@ -21,6 +21,7 @@ Needs `wrk` (Debian package wrk). Everything binds to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -38,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_VENV = Path(os.environ.get("KUBEFORGE_BENCH_VENV", Path.home() / ".cache/kubeforge/bench-venv"))
+BENCH_VENV = Path(
+    os.environ.get("KUBEFORGE_BENCH_VENV", Path.home() / ".cache/kubeforge/bench-venv")
+)
 MODEL_NAME = "mlp"
 INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 
@@ -111,20 +114,24 @@ def build_mlp(path: Path, seed: int = 0) -> Path:
     dims = (64, 256, 256, 10)
     rng = np.random.default_rng(seed)
     nodes, inits, cur = [], [], "input"
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(bias, f"B{i}")]
         last = i == len(dims) - 2
         out = "output" if last else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"B{i}"], [out if last else out + "_pre"]))
+        nodes.append(
+            helper.make_node("Gemm", [cur, f"W{i}", f"B{i}"], [out if last else out + "_pre"])
+        )
         if not last:
             nodes.append(helper.make_node("Relu", [out + "_pre"], [out]))
         cur = out
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])], inits,
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -134,14 +141,27 @@ def build_mlp(path: Path, seed: int = 0) -> Path:
 
 def bodies(tmp: Path) -> dict[str, tuple[Path, str, str]]:
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
-    doc = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    doc = {
+        "inputs": [
+            {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
     (tmp / "json.body").write_bytes(json.dumps(doc).encode())
     raw = x.tobytes()
-    head = json.dumps({
-        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        "parameters": {"binary_data_output": True},
-    }).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     (tmp / "binary.body").write_bytes(head + raw)
     return {
         "json": (tmp / "json.body", "application/json", ""),
@@ -161,7 +181,9 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready", timeout=1
+            ) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -199,17 +221,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(port: int, body: tuple[Path, str, str], conns: int, duration: float, lua: Path,
-            pid: int = 0) -> dict[str, float]:
-    env = {**os.environ, "BENCH_BODY": str(body[0]), "BENCH_CTYPE": body[1], "BENCH_HEADER_LENGTH": body[2]}
+def run_wrk(
+    port: int, body: tuple[Path, str, str], conns: int, duration: float, lua: Path, pid: int = 0
+) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "BENCH_BODY": str(body[0]),
+        "BENCH_CTYPE": body[1],
+        "BENCH_HEADER_LENGTH": body[2],
+    }
     # Warm the connections, then measure.
-    subprocess.run(["wrk", "-t1", f"-c{conns}", "-d1s", "-s", str(lua), f"http://127.0.0.1:{port}{INFER_PATH}"],
-                   env=env, capture_output=True, check=False)
+    subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            "-d1s",
+            "-s",
+            str(lua),
+            f"http://127.0.0.1:{port}{INFER_PATH}",
+        ],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     cpu0 = cpu_seconds(pid) if pid else float("nan")
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(lua),
-         f"http://127.0.0.1:{port}{INFER_PATH}"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(lua),
+            f"http://127.0.0.1:{port}{INFER_PATH}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cpu = (cpu_seconds(pid) - cpu0) if pid else float("nan")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -218,9 +269,14 @@ def run_wrk(port: int, body: tuple[Path, str, str], conns: int, duration: float,
     p99 = _seconds(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": float(bad.group(1)) if bad else 0.0,
-            "cpu_us": cpu / total * 1e6 if total else float("nan"),
-            "socket_errors": 1.0 if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": float(bad.group(1)) if bad else 0.0,
+        "cpu_us": cpu / total * 1e6 if total else float("nan"),
+        "socket_errors": 1.0 if errors else 0.0,
+    }
 
 
 def bare_session_run(model_path: Path, threads: int, seconds: float = 3.0) -> dict[str, float]:
@@ -261,17 +317,28 @@ def ensure_bench_venv(make: bool) -> Path | None:
     if not make:
         return None
     subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "kserve==0.21.0", "onnxruntime", "numpy"], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "kserve==0.21.0", "onnxruntime", "numpy"],
+        check=True,
+    )
     return python
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "5")))
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--no-kserve", action="store_true")
-    ap.add_argument("--make-venv", action="store_true", help=f"create {BENCH_VENV} with kserve==0.21.0 if missing")
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every contender")
+    ap.add_argument(
+        "--make-venv",
+        action="store_true",
+        help=f"create {BENCH_VENV} with kserve==0.21.0 if missing",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads for every contender"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk); skipping the serving benchmark")
@@ -285,51 +352,90 @@ def main() -> int:
     rows: list[tuple[str, str, int, dict[str, float]]] = []
 
     bare = bare_session_run(model, args.threads)
-    print(f"bare session.run batch 1: {bare['rps']:.0f} calls/s, p50 {bare['p50'] * 1e6:.1f} us, "
-          f"p99 {bare['p99'] * 1e6:.1f} us; batch 32: {bare['rows32']:.0f} rows/s", flush=True)
+    print(
+        f"bare session.run batch 1: {bare['rps']:.0f} calls/s, p50 {bare['p50'] * 1e6:.1f} us, "
+        f"p99 {bare['p99'] * 1e6:.1f} us; batch 32: {bare['rows32']:.0f} rows/s",
+        flush=True,
+    )
 
     def contender(label: str, cmd: list[str], port: int, env: dict[str, str]) -> None:
         log = (tmp / f"{label}.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
         try:
             wait_ready(port, proc)
             for kind in ("json", "binary"):
                 for c in conns:
                     r = run_wrk(port, body[kind], c, args.duration, lua, proc.pid)
                     rows.append((label, kind, c, r))
-                    print(f"  {label:24s} {kind:6s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50'] * 1e3:7.3f} ms  "
-                          f"p99 {r['p99'] * 1e3:7.3f} ms  cpu {r['cpu_us']:6.1f} us/req" + (f"  NON-2XX {r['non2xx']:.0f}" if r["non2xx"] else ""),
-                          flush=True)
+                    print(
+                        f"  {label:24s} {kind:6s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50'] * 1e3:7.3f} ms  "
+                        f"p99 {r['p99'] * 1e3:7.3f} ms  cpu {r['cpu_us']:6.1f} us/req"
+                        + (f"  NON-2XX {r['non2xx']:.0f}" if r["non2xx"] else ""),
+                        flush=True,
+                    )
         finally:
             stop(proc)
 
     threads_env = {"KUBEFORGE_INTRA_OP_THREADS": str(args.threads)}
     for label, batch in (("kubeforge batching", "32"), ("kubeforge no batching", "1")):
         port = free_port()
-        contender(label, [sys.executable, "-m", "kubeforge_server", "--model", str(model), "--host", "127.0.0.1",
-                          "--http-port", str(port), "--grpc-port", str(free_port()), "--max-batch-size", batch,
-                          "--max-delay-ms", "2", "--log-level", "WARNING"], port, threads_env)
+        contender(
+            label,
+            [
+                sys.executable,
+                "-m",
+                "kubeforge_server",
+                "--model",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(free_port()),
+                "--max-batch-size",
+                batch,
+                "--max-delay-ms",
+                "2",
+                "--log-level",
+                "WARNING",
+            ],
+            port,
+            threads_env,
+        )
     kserve_python = None if args.no_kserve else ensure_bench_venv(args.make_venv)
     if kserve_python is not None:
         script = tmp / "kserve_server.py"
         script.write_text(KSERVE_SERVER)
         port = free_port()
-        contender("kserve 0.21 ModelServer", [str(kserve_python), str(script), str(model), str(port), str(args.threads)],
-                  port, {})
+        contender(
+            "kserve 0.21 ModelServer",
+            [str(kserve_python), str(script), str(model), str(port), str(args.threads)],
+            port,
+            {},
+        )
     elif not args.no_kserve:
         print(f"(KServe skipped: no bench venv at {BENCH_VENV}; run with --make-venv)")
 
     # -- table --------------------------------------------------------------------------------------
     print()
-    print(f"{'server':26s} {'body':6s} {'conns':>5s} {'req/s (=rows/s)':>16s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'server CPU us/req':>18s}")
+    print(
+        f"{'server':26s} {'body':6s} {'conns':>5s} {'req/s (=rows/s)':>16s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'server CPU us/req':>18s}"
+    )
     print("-" * 93)
-    print(f"{'bare session.run (1 thr)':26s} {'-':6s} {'-':>5s} {bare['rps']:16.0f} {bare['p50'] * 1e3:8.3f} "
-          f"{bare['p99'] * 1e3:8.3f} {1e6 / bare['rps']:18.1f}")
+    print(
+        f"{'bare session.run (1 thr)':26s} {'-':6s} {'-':>5s} {bare['rps']:16.0f} {bare['p50'] * 1e3:8.3f} "
+        f"{bare['p99'] * 1e3:8.3f} {1e6 / bare['rps']:18.1f}"
+    )
     for label, kind, c, r in rows:
         flag = "  (non-2xx!)" if r["non2xx"] else ""
-        print(f"{label:26s} {kind:6s} {c:5d} {r['rps']:16.0f} {r['p50'] * 1e3:8.3f} {r['p99'] * 1e3:8.3f} "
-              f"{r['cpu_us']:18.1f}{flag}")
+        print(
+            f"{label:26s} {kind:6s} {c:5d} {r['rps']:16.0f} {r['p50'] * 1e3:8.3f} {r['p99'] * 1e3:8.3f} "
+            f"{r['cpu_us']:18.1f}{flag}"
+        )
 
     def get(label: str, kind: str, c: int) -> dict[str, float] | None:
         for lab, k, cc, r in rows:
@@ -343,8 +449,10 @@ def main() -> int:
     ks16 = get("kserve 0.21 ModelServer", "json", 16)
     if ours16 and ks16:
         ratio = ours16["rps"] / ks16["rps"]
-        print(f"  req/s vs KServe, JSON batch 1, 16 conns: {ratio:6.1f}x  (target >= 10x) "
-              f"{'OK' if ratio >= 10 else 'MISSED'}")
+        print(
+            f"  req/s vs KServe, JSON batch 1, 16 conns: {ratio:6.1f}x  (target >= 10x) "
+            f"{'OK' if ratio >= 10 else 'MISSED'}"
+        )
         ksb = get("kserve 0.21 ModelServer", "binary", 16)
         oursb = get("kubeforge batching", "binary", 16)
         if ksb and oursb:
@@ -353,15 +461,19 @@ def main() -> int:
     one_off = get("kubeforge no batching", "json", 1)
     if one:
         over = (one["p50"] - bare["p50"]) * 1e3
-        print(f"  p50 at 1 conn above bare session.run: batching {over:6.3f} ms"
-              + (f", no batching {(one_off['p50'] - bare['p50']) * 1e3:6.3f} ms" if one_off else "")
-              + f"  (target <= 0.1 ms) {'OK' if over <= 0.1 else 'MISSED'}")
+        print(
+            f"  p50 at 1 conn above bare session.run: batching {over:6.3f} ms"
+            + (f", no batching {(one_off['p50'] - bare['p50']) * 1e3:6.3f} ms" if one_off else "")
+            + f"  (target <= 0.1 ms) {'OK' if over <= 0.1 else 'MISSED'}"
+        )
     for kind in ("json", "binary"):
         on, off = get("kubeforge batching", kind, 64), get("kubeforge no batching", kind, 64)
         if on and off:
             ratio = on["rps"] / off["rps"]
-            print(f"  rows/s batching on / off, {kind}, 64 conns: {ratio:5.2f}x  (target >= 2x) "
-                  f"{'OK' if ratio >= 2 else 'MISSED'}; server CPU per row {off['cpu_us'] / on['cpu_us']:5.2f}x less")
+            print(
+                f"  rows/s batching on / off, {kind}, 64 conns: {ratio:5.2f}x  (target >= 2x) "
+                f"{'OK' if ratio >= 2 else 'MISSED'}; server CPU per row {off['cpu_us'] / on['cpu_us']:5.2f}x less"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

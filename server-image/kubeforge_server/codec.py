@@ -36,20 +36,26 @@ def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise BadRequest(f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        raise BadRequest(
+            f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}"
+        )
     if len(shape) != len(spec.shape):
         raise BadRequest(
             f"input {spec.name!r}: expected {len(spec.shape)} dimensions {list(spec.shape)}, got shape {list(shape)}"
         )
     for got, want in zip(shape, spec.shape, strict=True):
         if want != -1 and got != want:
-            raise BadRequest(f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}")
+            raise BadRequest(
+                f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}"
+            )
     return tuple(shape)
 
 
 def check_datatype(spec: TensorSpec, datatype: Any) -> None:
     if datatype != spec.datatype:
-        raise BadRequest(f"input {spec.name!r}: expected datatype {spec.datatype}, got {datatype!r}")
+        raise BadRequest(
+            f"input {spec.name!r}: expected datatype {spec.datatype}, got {datatype!r}"
+        )
 
 
 def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
@@ -57,7 +63,9 @@ def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.n
         try:
             arr = np.array(data, dtype=spec.dtype)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise BadRequest(f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}") from None
+            raise BadRequest(
+                f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}"
+            ) from None
         if arr.size != math.prod(shape):
             raise BadRequest(
                 f"input {spec.name!r}: shape {list(shape)} needs {math.prod(shape)} elements, data has {arr.size}"
@@ -82,7 +90,9 @@ def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.n
     except BadRequest:
         raise
     except (ValueError, TypeError, OverflowError) as exc:
-        raise BadRequest(f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}") from None
+        raise BadRequest(
+            f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: {exc}"
+        ) from None
     expected = math.prod(shape)
     if arr.size != expected:
         raise BadRequest(
@@ -91,7 +101,9 @@ def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.n
     return arr.reshape(shape)
 
 
-def array_from_bytes(spec: TensorSpec, shape: tuple[int, ...], raw: memoryview | bytes) -> np.ndarray:
+def array_from_bytes(
+    spec: TensorSpec, shape: tuple[int, ...], raw: memoryview | bytes
+) -> np.ndarray:
     expected = math.prod(shape)
     if spec.datatype == "BYTES":
         items: list[str] = []
@@ -107,7 +119,9 @@ def array_from_bytes(spec: TensorSpec, shape: tuple[int, ...], raw: memoryview |
             items.append(bytes(mv[pos : pos + n]).decode("utf-8", "replace"))
             pos += n
         if len(items) != expected:
-            raise BadRequest(f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, got {len(items)}")
+            raise BadRequest(
+                f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, got {len(items)}"
+            )
         return np.array(items, dtype=object).reshape(shape)
     dtype = spec.dtype
     if len(raw) != expected * dtype.itemsize:
@@ -133,7 +147,9 @@ def bytes_from_array(arr: np.ndarray) -> bytes:
 def _finish_rows(model: OnnxModel, req: InferRequest) -> None:
     missing = [s.name for s in model.inputs if s.name not in req.feed]
     if missing:
-        raise BadRequest(f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}")
+        raise BadRequest(
+            f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}"
+        )
     rows = -1
     for arr in req.feed.values():
         lead = arr.shape[0] if arr.ndim else -1
@@ -220,7 +236,9 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
         name = t.get("name")
         spec = by_name.get(name) if type(name) is str else None
         if spec is None:
-            raise BadRequest(f"unknown input {name!r}; the model takes {[s.name for s in model.inputs]}")
+            raise BadRequest(
+                f"unknown input {name!r}; the model takes {[s.name for s in model.inputs]}"
+            )
         if name in feed:
             raise BadRequest(f"input {name!r} given twice")
         if t.get("datatype") != spec.datatype:
@@ -236,7 +254,9 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
             if type(size) is not int or size < 0:
                 raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
-                raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body"
+                )
             feed[name] = array_from_bytes(spec, shape, binary[offset : offset + size])
             offset += size
         else:
@@ -244,10 +264,14 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
         lead = shape[0] if shape else -1
         rows = lead if rows == -2 else (rows if rows == lead else -1)
     if binary is not None and offset != len(binary):
-        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+        raise BadRequest(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
     if len(feed) != len(model.inputs):
         missing = [s.name for s in model.inputs if s.name not in feed]
-        raise BadRequest(f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}")
+        raise BadRequest(
+            f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}"
+        )
     req.rows = rows
     outputs = doc.get("outputs")
     params = doc.get("parameters")
@@ -258,7 +282,9 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
 
 def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == object:
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+        return [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()
+        ]
     if arr.dtype == np.float16:
         return arr.ravel().astype(np.float32)
     return np.ascontiguousarray(arr).ravel()
@@ -279,11 +305,22 @@ def encode_json_response(
             raw = bytes_from_array(arr)
             binary_parts.append(raw)
             outputs.append(
-                {"name": name, "datatype": datatype, "shape": arr.shape, "parameters": {"binary_data_size": len(raw)}}
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": arr.shape,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
             )
         else:
-            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "data": _json_data(arr)})
-    doc: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
+            outputs.append(
+                {"name": name, "datatype": datatype, "shape": arr.shape, "data": _json_data(arr)}
+            )
+    doc: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": outputs,
+    }
     if req.id is not None:
         doc["id"] = req.id
     head = orjson.dumps(doc, option=_OPT_NUMPY)

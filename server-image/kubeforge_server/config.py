@@ -146,18 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubeforge-server",
         description="Serve an ONNX model over the Open Inference Protocol (KServe v2), HTTP and gRPC.",
     )
-    p.add_argument("--model", help="model URI: file, folder with model.onnx, pvc://, s3://, gs:// ... "
-                   "(env KUBEFORGE_MODEL_URI)")
+    p.add_argument(
+        "--model",
+        help="model URI: file, folder with model.onnx, pvc://, s3://, gs:// ... "
+        "(env KUBEFORGE_MODEL_URI)",
+    )
     p.add_argument("--name", help="served model name (default: the file stem / folder name)")
     p.add_argument("--host", help="bind address (default 0.0.0.0; env KUBEFORGE_HOST)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 disables)")
-    p.add_argument("--max-batch-size", type=int, help="dynamic batching: max rows per run "
-                   "(default 32; 1 disables; env KUBEFORGE_MAX_BATCH_SIZE)")
-    p.add_argument("--max-delay-ms", type=float, help="dynamic batching: max queueing delay "
-                   "(default 2; env KUBEFORGE_MAX_DELAY_MS)")
-    p.add_argument("--drain-seconds", type=float, help="grace period on SIGTERM (default 25; "
-                   "env KUBEFORGE_DRAIN_SECONDS)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="dynamic batching: max rows per run "
+        "(default 32; 1 disables; env KUBEFORGE_MAX_BATCH_SIZE)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        help="dynamic batching: max queueing delay (default 2; env KUBEFORGE_MAX_DELAY_MS)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        help="grace period on SIGTERM (default 25; env KUBEFORGE_DRAIN_SECONDS)",
+    )
     p.add_argument("--log-level", help="logging level (default INFO)")
     return p
 
@@ -170,11 +183,15 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
         raise ConfigError("--model URI is required (or env KUBEFORGE_MODEL_URI)")
     ep = _env("KUBEFORGE_EXECUTION_PROVIDER", "cpu").lower()
     if ep not in EXECUTION_PROVIDERS:
-        raise ConfigError(f"KUBEFORGE_EXECUTION_PROVIDER: expected one of {EXECUTION_PROVIDERS}, got {ep!r}")
+        raise ConfigError(
+            f"KUBEFORGE_EXECUTION_PROVIDER: expected one of {EXECUTION_PROVIDERS}, got {ep!r}"
+        )
     opt = _env("KUBEFORGE_GRAPH_OPT_LEVEL", "all").lower()
     opt = {"0": "disabled", "1": "basic", "2": "extended", "3": "layout", "99": "all"}.get(opt, opt)
     if opt not in GRAPH_OPT_LEVELS:
-        raise ConfigError(f"KUBEFORGE_GRAPH_OPT_LEVEL: expected one of {GRAPH_OPT_LEVELS}, got {opt!r}")
+        raise ConfigError(
+            f"KUBEFORGE_GRAPH_OPT_LEVEL: expected one of {GRAPH_OPT_LEVELS}, got {opt!r}"
+        )
 
     def pick_int(flag: int | None, env: str, default: int) -> int:
         return flag if flag is not None else _int(env, _env(env, str(default)))
@@ -191,12 +208,19 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
         max_batch_size=pick_int(args.max_batch_size, "KUBEFORGE_MAX_BATCH_SIZE", 32),
         max_delay_ms=pick_float(args.max_delay_ms, "KUBEFORGE_MAX_DELAY_MS", 2.0),
         execution_provider=ep,
-        intra_op_threads=_int("KUBEFORGE_INTRA_OP_THREADS", _env("KUBEFORGE_INTRA_OP_THREADS", "0")),
-        inter_op_threads=_int("KUBEFORGE_INTER_OP_THREADS", _env("KUBEFORGE_INTER_OP_THREADS", "1")),
+        intra_op_threads=_int(
+            "KUBEFORGE_INTRA_OP_THREADS", _env("KUBEFORGE_INTRA_OP_THREADS", "0")
+        ),
+        inter_op_threads=_int(
+            "KUBEFORGE_INTER_OP_THREADS", _env("KUBEFORGE_INTER_OP_THREADS", "1")
+        ),
         graph_opt_level=opt,
         allow_spinning=_env("KUBEFORGE_ALLOW_SPINNING", "0").lower() in ("1", "true", "yes"),
         trt_cache_dir=_env("KUBEFORGE_TRT_CACHE_DIR", "/tmp/kubeforge-trt-cache"),
-        max_request_bytes=_int("KUBEFORGE_MAX_REQUEST_BYTES", _env("KUBEFORGE_MAX_REQUEST_BYTES", str(64 * 1024 * 1024))),
+        max_request_bytes=_int(
+            "KUBEFORGE_MAX_REQUEST_BYTES",
+            _env("KUBEFORGE_MAX_REQUEST_BYTES", str(64 * 1024 * 1024)),
+        ),
         drain_seconds=pick_float(args.drain_seconds, "KUBEFORGE_DRAIN_SECONDS", 25.0),
         model_cache_dir=_env("KUBEFORGE_MODEL_CACHE_DIR", "/tmp/kubeforge-model"),
         pvc_root=_env("KUBEFORGE_PVC_ROOT", "/mnt/pvc"),

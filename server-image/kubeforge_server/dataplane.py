@@ -54,7 +54,11 @@ def _ort_error(exc: BaseException) -> InferenceError:
 
 class Batcher:
     def __init__(
-        self, model: OnnxModel, metrics: ModelMetrics, max_batch_size: int, max_delay_s: float,
+        self,
+        model: OnnxModel,
+        metrics: ModelMetrics,
+        max_batch_size: int,
+        max_delay_s: float,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.model = model
@@ -85,7 +89,12 @@ class Batcher:
         n = len(q)
         if n == 0:
             return
-        if n > 1 and n > self.seen and self.queued_rows < self.max_batch and _now() - q[0].t0 < self.max_delay:
+        if (
+            n > 1
+            and n > self.seen
+            and self.queued_rows < self.max_batch
+            and _now() - q[0].t0 < self.max_delay
+        ):
             # Requests are still arriving: gather for one more loop turn.
             self.seen = n
             self.scheduled = True
@@ -185,10 +194,17 @@ class DataPlane:
         )
 
     def add_model(
-        self, model: OnnxModel, *, max_batch_size: int, max_delay_ms: float, loop: asyncio.AbstractEventLoop
+        self,
+        model: OnnxModel,
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        loop: asyncio.AbstractEventLoop,
     ) -> ModelEntry:
         mm = self.metrics.for_model(model.name)
-        entry = ModelEntry(model, Batcher(model, mm, max_batch_size, max_delay_ms / 1000.0, loop), mm)
+        entry = ModelEntry(
+            model, Batcher(model, mm, max_batch_size, max_delay_ms / 1000.0, loop), mm
+        )
         self.entries[model.name] = entry
         model.ready = True
         self.metrics.model_ready[model.name] = True
@@ -201,7 +217,11 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return bool(self.entries) and not self.draining and all(e.model.ready for e in self.entries.values())
+        return (
+            bool(self.entries)
+            and not self.draining
+            and all(e.model.ready for e in self.entries.values())
+        )
 
     def start_draining(self) -> None:
         self.draining = True
@@ -216,7 +236,9 @@ class DataPlane:
         if entry is None:
             raise NotFound(f"model {name!r} is not served here (models: {sorted(self.entries)})")
         if version not in (None, "", entry.model.version):
-            raise NotFound(f"model {name!r} has no version {version!r} (versions: [{entry.model.version!r}])")
+            raise NotFound(
+                f"model {name!r} has no version {version!r} (versions: [{entry.model.version!r}])"
+            )
         return entry
 
     def submit(self, entry: ModelEntry, job: Job) -> None:
@@ -228,7 +250,9 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[list[str], Results]] = loop.create_future()
 
-        def done(job: Job, names: list[str], results: Results | None, err: InferenceError | None) -> None:
+        def done(
+            job: Job, names: list[str], results: Results | None, err: InferenceError | None
+        ) -> None:
             entry.metrics.inflight -= 1
             if fut.done():
                 return

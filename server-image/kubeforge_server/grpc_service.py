@@ -28,9 +28,18 @@ _now = time.perf_counter
 
 # datatype → InferTensorContents field
 _CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -54,7 +63,9 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
     for i, t in enumerate(request.inputs):
         spec = model.input_by_name.get(t.name)
         if spec is None:
-            raise BadRequest(f"unknown input {t.name!r}; the model takes {[s.name for s in model.inputs]}")
+            raise BadRequest(
+                f"unknown input {t.name!r}; the model takes {[s.name for s in model.inputs]}"
+            )
         if t.name in feed:
             raise BadRequest(f"input {t.name!r} given twice")
         check_datatype(spec, t.datatype)
@@ -64,11 +75,15 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
             continue
         field = _CONTENTS_FIELD.get(spec.datatype)
         if field is None:
-            raise BadRequest(f"input {t.name!r}: {spec.datatype} must be sent as raw_input_contents")
+            raise BadRequest(
+                f"input {t.name!r}: {spec.datatype} must be sent as raw_input_contents"
+            )
         values = getattr(t.contents, field)
         n = int(np.prod(shape)) if shape else 1
         if len(values) != n:
-            raise BadRequest(f"input {t.name!r}: shape {list(shape)} needs {n} elements, contents has {len(values)}")
+            raise BadRequest(
+                f"input {t.name!r}: shape {list(shape)} needs {n} elements, contents has {len(values)}"
+            )
         if spec.datatype == "BYTES":
             arr = np.array([v.decode("utf-8", "replace") for v in values], dtype=object)
         else:
@@ -108,7 +123,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     thread waits for the result. Metrics are only touched on the loop thread.
     """
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.dp = dataplane
         self.metrics = metrics
         self.loop = loop
@@ -122,25 +139,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.served += 1
         self.metrics.for_model(model).request_done("grpc", code, _now() - t0)
 
-    def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.dp.ready)
 
-    def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
             self._fail(context, exc)
         return pb.ModelReadyResponse(ready=self.dp.model_ready(entry))
 
-    def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ServerMetadata(self, request: Any, context: Any) -> Any:
         from . import SERVER_NAME, __version__
 
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=["binary_tensor_data"])
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=["binary_tensor_data"]
+        )
 
-    def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
@@ -148,12 +167,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         m = entry.model
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=m.name, versions=[m.version], platform=m.platform,
+            name=m.name,
+            versions=[m.version],
+            platform=m.platform,
             inputs=[tm(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in m.inputs],
             outputs=[tm(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in m.outputs],
         )
 
-    def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ModelInfer(self, request: Any, context: Any) -> Any:
         t0 = _now()
         loop = self.loop
         try:
@@ -169,7 +190,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         done = threading.Event()
         box: list[Any] = []
 
-        def complete(job: Job, names: list[str], results: Results | None, err: InferenceError | None) -> None:
+        def complete(
+            job: Job, names: list[str], results: Results | None, err: InferenceError | None
+        ) -> None:
             entry.metrics.inflight -= 1
             self._count(entry.model.name, err.status if err is not None else 200, t0)
             box.extend((names, results, err))
@@ -178,7 +201,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         loop.call_soon_threadsafe(self.dp.submit, entry, Job(req, t0, complete, None))
         remaining = context.time_remaining()
         if not done.wait(timeout=min(remaining, 3600.0) if remaining is not None else 3600.0):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "inference did not finish before the deadline")
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "inference did not finish before the deadline"
+            )
         names, results, err = box
         if err is not None:
             self._fail(context, err)
@@ -195,8 +220,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
-def start_grpc(dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop, host: str, port: int,
-               max_message_bytes: int, workers: int = 8) -> tuple[Any, InferenceServicer, int]:
+def start_grpc(
+    dataplane: DataPlane,
+    metrics: Metrics,
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    workers: int = 8,
+) -> tuple[Any, InferenceServicer, int]:
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[

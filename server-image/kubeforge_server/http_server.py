@@ -20,15 +20,21 @@ import orjson
 
 from .codec import InferRequest, decode_json_request, encode_json_response
 from .dataplane import DataPlane, Job, ModelEntry, Results
-from .errors import BadRequest, InferenceError, NotFound, PayloadTooLarge
+from .errors import BadRequest, InferenceError, NotFound
 from .metrics import Metrics
 
 log = logging.getLogger("kubeforge_server.http")
 _now = time.perf_counter
 
 _REASONS = {
-    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    413: b"Payload Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 _STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
@@ -46,11 +52,24 @@ def _status_line(code: int) -> bytes:
 
 
 def build_response(
-    code: int, body: bytes, ctype: bytes = _JSON, close: bool = False, header_length: int | None = None
+    code: int,
+    body: bytes,
+    ctype: bytes = _JSON,
+    close: bool = False,
+    header_length: int | None = None,
 ) -> bytes:
-    extra = b"inference-header-content-length: %d\r\n" % header_length if header_length is not None else b""
+    extra = (
+        b"inference-header-content-length: %d\r\n" % header_length
+        if header_length is not None
+        else b""
+    )
     return b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
-        _status_line(code), ctype, len(body), extra, b"connection: close\r\n" if close else b"", body,
+        _status_line(code),
+        ctype,
+        len(body),
+        extra,
+        b"connection: close\r\n" if close else b"",
+        body,
     )
 
 
@@ -81,7 +100,9 @@ class HttpApp:
 
     def model_added(self, entry: ModelEntry) -> None:
         self._infer_paths[f"/v2/models/{entry.model.name}/infer".encode()] = entry
-        self._infer_paths[f"/v2/models/{entry.model.name}/versions/{entry.model.version}/infer".encode()] = entry
+        self._infer_paths[
+            f"/v2/models/{entry.model.name}/versions/{entry.model.version}/infer".encode()
+        ] = entry
 
     # -- draining ---------------------------------------------------------------------------------
     def start_draining(self) -> None:
@@ -98,8 +119,16 @@ class HttpApp:
                 conn.close()
 
     # -- dispatch ---------------------------------------------------------------------------------
-    def dispatch(self, conn: HttpProtocol, seq: int, method: bytes, url: bytes, body: bytes,
-                 header_length: bytes | None, t0: float) -> None:
+    def dispatch(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        method: bytes,
+        url: bytes,
+        body: bytes,
+        header_length: bytes | None,
+        t0: float,
+    ) -> None:
         q = url.find(b"?")
         path = url if q < 0 else url[:q]
         entry = self._infer_paths.get(path)
@@ -112,12 +141,24 @@ class HttpApp:
             code, payload, ctype = exc.status, error_body(exc.message), _JSON
         except Exception as exc:  # pragma: no cover - defensive
             log.exception("unexpected error handling %s %s", method, url)
-            code, payload, ctype = 500, error_body(f"internal error: {type(exc).__name__}: {exc}"), _JSON
+            code, payload, ctype = (
+                500,
+                error_body(f"internal error: {type(exc).__name__}: {exc}"),
+                _JSON,
+            )
         if code:
             conn.respond(seq, code, payload, ctype)
 
-    def route(self, conn: HttpProtocol, seq: int, method: bytes, path: bytes, body: bytes,
-              header_length: bytes | None, t0: float) -> tuple[int, bytes, bytes]:
+    def route(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        header_length: bytes | None,
+        t0: float,
+    ) -> tuple[int, bytes, bytes]:
         dp = self.dataplane
         p = unquote(path.decode("latin-1"))
         if p.endswith("/") and len(p) > 1:
@@ -152,9 +193,23 @@ class HttpApp:
                     return self._method(method)
                 self.infer(conn, seq, entry, body, header_length, t0)
                 return 0, b"", b""
-        if p in ("/v2/models", "/v2/repository/index") and method == b"POST" or p == "/v2/repository/index":
-            return 200, orjson.dumps([{"name": n, "version": e.model.version, "state": "READY" if
-                                      dp.model_ready(e) else "UNAVAILABLE"} for n, e in dp.entries.items()]), _JSON
+        if (
+            p in ("/v2/models", "/v2/repository/index") and method == b"POST"
+        ) or p == "/v2/repository/index":
+            return (
+                200,
+                orjson.dumps(
+                    [
+                        {
+                            "name": n,
+                            "version": e.model.version,
+                            "state": "READY" if dp.model_ready(e) else "UNAVAILABLE",
+                        }
+                        for n, e in dp.entries.items()
+                    ]
+                ),
+                _JSON,
+            )
         if p == "/" and is_get:
             return 200, dp.server_metadata_json, _JSON
         raise NotFound(f"no route for {method.decode()} {p}")
@@ -164,8 +219,15 @@ class HttpApp:
         return 405, error_body(f"method {method.decode()} not allowed here"), _JSON
 
     # -- inference ----------------------------------------------------------------------------------
-    def infer(self, conn: HttpProtocol, seq: int, entry: ModelEntry, body: bytes,
-              header_length: bytes | None, t0: float) -> None:
+    def infer(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        entry: ModelEntry,
+        body: bytes,
+        header_length: bytes | None,
+        t0: float,
+    ) -> None:
         self.accepted += 1
         try:
             hl = None
@@ -180,11 +242,15 @@ class HttpApp:
             return
         except Exception as exc:  # pragma: no cover - defensive
             log.exception("decoding request failed")
-            self._finish(conn, seq, entry, 500, error_body(f"internal error: {exc}"), _JSON, None, t0)
+            self._finish(
+                conn, seq, entry, 500, error_body(f"internal error: {exc}"), _JSON, None, t0
+            )
             return
         self.dataplane.submit(entry, Job(req, t0, self._complete, (conn, seq, entry)))
 
-    def _complete(self, job: Job, names: list[str], results: Results | None, err: InferenceError | None) -> None:
+    def _complete(
+        self, job: Job, names: list[str], results: Results | None, err: InferenceError | None
+    ) -> None:
         conn, seq, entry = job.ctx
         entry.metrics.inflight -= 1
         if err is not None:
@@ -196,12 +262,30 @@ class HttpApp:
             body, hl = encode_json_response(entry.model, req, names, results)
         except Exception as exc:  # pragma: no cover - defensive
             log.exception("encoding response failed")
-            self._finish(conn, seq, entry, 500, error_body(f"cannot encode outputs: {exc}"), _JSON, None, job.t0)
+            self._finish(
+                conn,
+                seq,
+                entry,
+                500,
+                error_body(f"cannot encode outputs: {exc}"),
+                _JSON,
+                None,
+                job.t0,
+            )
             return
         self._finish(conn, seq, entry, 200, body, _JSON if hl is None else _OCTET, hl, job.t0)
 
-    def _finish(self, conn: HttpProtocol, seq: int, entry: ModelEntry, code: int, body: bytes, ctype: bytes,
-                header_length: int | None, t0: float) -> None:
+    def _finish(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        entry: ModelEntry,
+        code: int,
+        body: bytes,
+        ctype: bytes,
+        header_length: int | None,
+        t0: float,
+    ) -> None:
         conn.respond(seq, code, body, ctype, header_length)
         self.served += 1
         entry.metrics.request_done("http", code, _now() - t0)
@@ -209,9 +293,26 @@ class HttpApp:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
-        "app", "body", "body_size", "closed", "expect_continue", "header_count", "header_length", "in_message",
-        "keep_alive", "last_activity", "next_write", "next_seq", "out", "parser", "reading_paused", "transport",
-        "url", "write_paused", "close_after", "aborted",
+        "aborted",
+        "app",
+        "body",
+        "body_size",
+        "close_after",
+        "closed",
+        "expect_continue",
+        "header_count",
+        "header_length",
+        "in_message",
+        "keep_alive",
+        "last_activity",
+        "next_seq",
+        "next_write",
+        "out",
+        "parser",
+        "reading_paused",
+        "transport",
+        "url",
+        "write_paused",
     )
 
     def __init__(self, app: HttpApp) -> None:
@@ -275,7 +376,11 @@ class HttpProtocol(asyncio.Protocol):
         # Half-closed by the client: answer what is outstanding, then close.
         if self.next_write == self.next_seq and not self.in_message:
             return None  # close now
-        self.close_after = self.next_seq - 1 if self.close_after is None else min(self.close_after, self.next_seq - 1)
+        self.close_after = (
+            self.next_seq - 1
+            if self.close_after is None
+            else min(self.close_after, self.next_seq - 1)
+        )
         return True
 
     # -- httptools callbacks ---------------------------------------------------------------------------
@@ -307,7 +412,10 @@ class HttpProtocol(asyncio.Protocol):
                 except ValueError:
                     size = 0
                 if size > self.app.max_request_bytes:
-                    self._fatal(413, f"request body of {size} bytes exceeds the limit of {self.app.max_request_bytes}")
+                    self._fatal(
+                        413,
+                        f"request body of {size} bytes exceeds the limit of {self.app.max_request_bytes}",
+                    )
                     raise _Abort
         elif n == 31:
             if name.lower() == b"inference-header-content-length":
@@ -322,7 +430,9 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
         if self.body_size > self.app.max_request_bytes:
-            self._fatal(413, f"request body exceeds the limit of {self.app.max_request_bytes} bytes")
+            self._fatal(
+                413, f"request body exceeds the limit of {self.app.max_request_bytes} bytes"
+            )
             raise _Abort
         self.body.append(body)
 
@@ -338,11 +448,19 @@ class HttpProtocol(asyncio.Protocol):
         self.body = []
         if seq - self.next_write >= _MAX_OUTSTANDING:
             self._pause_reading()
-        self.app.dispatch(self, seq, parser.get_method(), self.url, data, self.header_length, _now())
+        self.app.dispatch(
+            self, seq, parser.get_method(), self.url, data, self.header_length, _now()
+        )
 
     # -- responses -------------------------------------------------------------------------------------
-    def respond(self, seq: int, code: int, body: bytes, ctype: bytes = _JSON,
-                header_length: int | None = None) -> None:
+    def respond(
+        self,
+        seq: int,
+        code: int,
+        body: bytes,
+        ctype: bytes = _JSON,
+        header_length: int | None = None,
+    ) -> None:
         if self.closed:
             return
         close = self.app.draining or (self.close_after is not None and seq >= self.close_after)

@@ -16,7 +16,22 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PREFIX = "kubeforge_server"
@@ -98,26 +113,37 @@ class _Collector:
     def collect(self) -> Iterator[Any]:
         ms = list(self.metrics.models.values())
         requests = CounterMetricFamily(
-            f"{PREFIX}_requests", "Inference requests by model, protocol and status code.",
+            f"{PREFIX}_requests",
+            "Inference requests by model, protocol and status code.",
             labels=["model", "protocol", "code"],
         )
         errors = CounterMetricFamily(
-            f"{PREFIX}_request_errors", "Failed inference requests (status >= 400) by model and code.",
+            f"{PREFIX}_request_errors",
+            "Failed inference requests (status >= 400) by model and code.",
             labels=["model", "protocol", "code"],
         )
         latency = HistogramMetricFamily(
-            f"{PREFIX}_request_duration_seconds", "Inference request latency, request complete to response written.",
+            f"{PREFIX}_request_duration_seconds",
+            "Inference request latency, request complete to response written.",
             labels=["model", "protocol"],
         )
         queue = HistogramMetricFamily(
-            f"{PREFIX}_queue_duration_seconds", "Time requests wait for the dynamic batcher.", labels=["model"]
+            f"{PREFIX}_queue_duration_seconds",
+            "Time requests wait for the dynamic batcher.",
+            labels=["model"],
         )
         inference = HistogramMetricFamily(
-            f"{PREFIX}_inference_duration_seconds", "ONNX Runtime run time per batch.", labels=["model"]
+            f"{PREFIX}_inference_duration_seconds",
+            "ONNX Runtime run time per batch.",
+            labels=["model"],
         )
-        batch = HistogramMetricFamily(f"{PREFIX}_batch_size", "Rows per ONNX Runtime run.", labels=["model"])
+        batch = HistogramMetricFamily(
+            f"{PREFIX}_batch_size", "Rows per ONNX Runtime run.", labels=["model"]
+        )
         inflight = GaugeMetricFamily(
-            f"{PREFIX}_inflight_requests", "Inference requests accepted and not yet answered.", labels=["model"]
+            f"{PREFIX}_inflight_requests",
+            "Inference requests accepted and not yet answered.",
+            labels=["model"],
         )
         for m in ms:
             for (protocol, code), n in sorted(m.codes.items()):
@@ -131,14 +157,20 @@ class _Collector:
             batch.add_metric([m.model], m.batch_size.buckets(), m.batch_size.sum)
             inflight.add_metric([m.model], m.inflight)
         yield from (requests, errors, latency, queue, inference, batch, inflight)
-        ready = GaugeMetricFamily(f"{PREFIX}_model_ready", "1 when the model is loaded, warmed and not draining.",
-                                  labels=["model"])
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_model_ready",
+            "1 when the model is loaded, warmed and not draining.",
+            labels=["model"],
+        )
         for name, ok in sorted(self.metrics.model_ready.items()):
             ready.add_metric([name], 1.0 if ok else 0.0)
         yield ready
         info_keys = sorted({k for v in self.metrics.model_info.values() for k in v})
-        info = GaugeMetricFamily(f"{PREFIX}_model_info", "The served model: URI, sha256, execution provider.",
-                                 labels=["model", *info_keys])
+        info = GaugeMetricFamily(
+            f"{PREFIX}_model_info",
+            "The served model: URI, sha256, execution provider.",
+            labels=["model", *info_keys],
+        )
         for name, labels in sorted(self.metrics.model_info.items()):
             info.add_metric([name, *(labels.get(k, "") for k in info_keys)], 1.0)
         yield info

@@ -69,7 +69,9 @@ class TensorSpec:
 def _spec(arg: Any) -> TensorSpec:
     datatype = V2_FROM_ORT.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which the server cannot serve")
+        raise ModelLoadError(
+            f"tensor {arg.name!r} has type {arg.type}, which the server cannot serve"
+        )
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
     return TensorSpec(arg.name, datatype, shape, NP_FROM_V2.get(datatype))
 
@@ -116,18 +118,28 @@ def session_options(cfg: ServerConfig) -> Any:
     so.intra_op_num_threads = cfg.effective_intra_op_threads
     so.inter_op_num_threads = max(1, cfg.inter_op_threads)
     so.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if cfg.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+        ort.ExecutionMode.ORT_PARALLEL
+        if cfg.inter_op_threads > 1
+        else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     so.graph_optimization_level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        "layout": getattr(
+            ort.GraphOptimizationLevel,
+            "ORT_ENABLE_LAYOUT",
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ),
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[cfg.graph_opt_level]
     # Spinning worker threads burn the CPU quota the event loop needs; off unless asked for.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+    so.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0"
+    )
+    so.add_session_config_entry(
+        "session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0"
+    )
     so.log_severity_level = 3
     return so
 
@@ -152,7 +164,9 @@ class OnnxModel:
         self.output_index = {n: i for i, n in enumerate(self.output_names)}
         self.providers: list[str] = list(session.get_providers())
         # Dynamic batching needs a free leading dimension on every input and output.
-        self.batchable = all(len(s.shape) >= 1 and s.shape[0] == -1 for s in self.inputs + self.outputs)
+        self.batchable = all(
+            len(s.shape) >= 1 and s.shape[0] == -1 for s in self.inputs + self.outputs
+        )
         self.ready = False
         # The bound C++ run skips the Python wrapper's per-call validation (we validate ourselves).
         inner = getattr(session, "_sess", None)
@@ -160,7 +174,9 @@ class OnnxModel:
             inner.run if inner is not None and hasattr(inner, "run") else session.run
         )
 
-    def run(self, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    def run(
+        self, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
         return self._run(list(output_names) if output_names else self.output_names, feed, None)
 
     def metadata(self) -> dict[str, Any]:
@@ -176,7 +192,9 @@ class OnnxModel:
     def dummy_feed(self, batch: int) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         for s in self.inputs:
-            shape = [batch if i == 0 and d == -1 else (d if d >= 0 else 1) for i, d in enumerate(s.shape)]
+            shape = [
+                batch if i == 0 and d == -1 else (d if d >= 0 else 1) for i, d in enumerate(s.shape)
+            ]
             if s.datatype == "BYTES":
                 feed[s.name] = np.full(shape, "", dtype=object)
             elif s.datatype == "BF16":
@@ -204,13 +222,17 @@ def load_model(cfg: ServerConfig) -> OnnxModel:
     digest = sha256_file(path)
     providers = _providers(cfg)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(cfg), providers=providers)
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(cfg), providers=providers
+        )
     except Exception as exc:
         text = str(exc)
         hint = ""
         if "external" in text.lower() or "No such file" in text:
             hint = " (external-data files must sit beside the .onnx file, as saved)"
-        raise ModelLoadError(f"{cfg.model_uri}: onnxruntime cannot load {path.name}: {text}{hint}") from exc
+        raise ModelLoadError(
+            f"{cfg.model_uri}: onnxruntime cannot load {path.name}: {text}{hint}"
+        ) from exc
     model = OnnxModel(cfg.name, cfg.model_uri, path, digest, session)
     log.info(
         "loaded model %s from %s sha256=%s providers=%s intra_op_threads=%d inputs=%s outputs=%s",

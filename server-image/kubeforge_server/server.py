@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -28,10 +29,8 @@ def write_termination_message(path: str, message: str) -> None:
     p = Path(path)
     if not p.parent.is_dir():
         return
-    try:
+    with contextlib.suppress(OSError):
         p.write_text(message[:4000])
-    except OSError:
-        pass
 
 
 class Server:
@@ -48,7 +47,9 @@ class Server:
 
     def request_stop(self) -> None:
         if self._stop is not None and not self._stop.is_set():
-            log.info("SIGTERM: draining (not ready, no new connections, finishing in-flight requests)")
+            log.info(
+                "SIGTERM: draining (not ready, no new connections, finishing in-flight requests)"
+            )
             self.dataplane.start_draining()
             self._stop.set()
 
@@ -74,8 +75,12 @@ class Server:
             self._grpc, self._grpc_servicer, self.grpc_port = start_grpc(
                 self.dataplane, self.metrics, loop, cfg.host, cfg.grpc_port, cfg.max_request_bytes
             )
-        log.info("listening: http %s:%d grpc %s", cfg.host, self.http_port,
-                 f"{cfg.host}:{self.grpc_port}" if self.grpc_port else "off")
+        log.info(
+            "listening: http %s:%d grpc %s",
+            cfg.host,
+            self.http_port,
+            f"{cfg.host}:{self.grpc_port}" if self.grpc_port else "off",
+        )
 
         load = loop.run_in_executor(None, self._load)
         stop_wait = asyncio.ensure_future(self._stop.wait())
@@ -91,18 +96,27 @@ class Server:
                 self._stop.set()
             except Exception as exc:
                 log.exception("model load failed")
-                write_termination_message(cfg.termination_log, f"model load failed: {type(exc).__name__}: {exc}")
+                write_termination_message(
+                    cfg.termination_log, f"model load failed: {type(exc).__name__}: {exc}"
+                )
                 code = EXIT_ERROR
                 self._stop.set()
             else:
                 if not self._stop.is_set():
                     entry = self.dataplane.add_model(
-                        model, max_batch_size=cfg.max_batch_size, max_delay_ms=cfg.max_delay_ms, loop=loop
+                        model,
+                        max_batch_size=cfg.max_batch_size,
+                        max_delay_ms=cfg.max_delay_ms,
+                        loop=loop,
                     )
                     self.http.model_added(entry)
                     log.info(
-                        "ready: model %s (sha256 %s), dynamic batching %s", model.name, model.sha256,
-                        f"max {cfg.max_batch_size} rows / {cfg.max_delay_ms} ms" if entry.batcher.enabled else "off",
+                        "ready: model %s (sha256 %s), dynamic batching %s",
+                        model.name,
+                        model.sha256,
+                        f"max {cfg.max_batch_size} rows / {cfg.max_delay_ms} ms"
+                        if entry.batcher.enabled
+                        else "off",
                     )
         await stop_wait
         await self._drain(http_server)
@@ -119,7 +133,9 @@ class Server:
         if self._grpc is not None:
             # New RPCs are refused at once; running ones get the grace period.
             stopped = self._grpc.stop(grace=max(0.1, cfg.drain_seconds))
-            grpc_stop = asyncio.get_running_loop().run_in_executor(None, stopped.wait, cfg.drain_seconds + 1)
+            grpc_stop = asyncio.get_running_loop().run_in_executor(
+                None, stopped.wait, cfg.drain_seconds + 1
+            )
         deadline = time.monotonic() + cfg.drain_seconds
         # Idle keep-alive connections close after a short quiet period; busy ones close right
         # after their last response (which carries "connection: close").
@@ -138,7 +154,11 @@ class Server:
         grpc_served = self._grpc_servicer.served if self._grpc_servicer is not None else 0
         log.info(
             "drained: http inference requests accepted=%d answered=%d; grpc answered=%d; "
-            "%d connections cut at the deadline", self.http.accepted, self.http.served, grpc_served, left,
+            "%d connections cut at the deadline",
+            self.http.accepted,
+            self.http.served,
+            grpc_served,
+            left,
         )
 
 

@@ -37,7 +37,10 @@ _EXPORTERS: dict[str, tuple[str, str]] = {
     ".h5": ("a Keras HDF5 model", "tf2onnx (python -m tf2onnx.convert --keras ...)"),
     ".hdf5": ("a Keras HDF5 model", "tf2onnx (python -m tf2onnx.convert --keras ...)"),
     ".keras": ("a Keras model", "tf2onnx (python -m tf2onnx.convert --keras ...)"),
-    ".pb": ("a TensorFlow graph / SavedModel", "tf2onnx (python -m tf2onnx.convert --saved-model ...)"),
+    ".pb": (
+        "a TensorFlow graph / SavedModel",
+        "tf2onnx (python -m tf2onnx.convert --saved-model ...)",
+    ),
     ".tflite": ("a TensorFlow Lite model", "tf2onnx (python -m tf2onnx.convert --tflite ...)"),
     ".bst": ("an XGBoost model", "onnxmltools (convert_xgboost)"),
     ".ubj": ("an XGBoost model", "onnxmltools (convert_xgboost)"),
@@ -68,9 +71,13 @@ def check_onnx_file(path: Path) -> None:
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
     if head.startswith(b"PK\x03\x04"):
-        raise _unsupported(str(path), "a zip archive (torch.save / TorchScript?)", "torch.onnx.export")
+        raise _unsupported(
+            str(path), "a zip archive (torch.save / TorchScript?)", "torch.onnx.export"
+        )
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise _unsupported(str(path), "a Python pickle", "skl2onnx (scikit-learn) or torch.onnx.export")
+        raise _unsupported(
+            str(path), "a Python pickle", "skl2onnx (scikit-learn) or torch.onnx.export"
+        )
     if head.startswith(b"\x89HDF"):
         raise _unsupported(str(path), "an HDF5 (Keras) file", "tf2onnx")
     if head.startswith(b"GGUF"):
@@ -87,9 +94,15 @@ def _pick_in_folder(names: list[str], where: str) -> str:
     if len(onnx) == 1:
         return onnx[0]
     if len(onnx) > 1:
-        raise ModelLoadError(f"{where} holds several .onnx files {onnx} and no model.onnx; name the file in the URI")
+        raise ModelLoadError(
+            f"{where} holds several .onnx files {onnx} and no model.onnx; name the file in the URI"
+        )
     if "saved_model.pb" in names or "saved_model.pbtxt" in names:
-        raise _unsupported(where, "a TensorFlow SavedModel", "tf2onnx (python -m tf2onnx.convert --saved-model ...)")
+        raise _unsupported(
+            where,
+            "a TensorFlow SavedModel",
+            "tf2onnx (python -m tf2onnx.convert --saved-model ...)",
+        )
     for n in sorted(names):
         suffix = os.path.splitext(n)[1].lower()
         if suffix in _EXPORTERS and suffix not in (".txt", ".bin"):
@@ -182,7 +195,9 @@ def _fetch_remote(uri: str, cache_dir: Path) -> Path:
         check_onnx_file(local)
         for rel in _external_data_files(local):
             if rel.startswith("/") or ".." in Path(rel).parts:
-                raise ModelLoadError(f"{uri}: external data location {rel!r} leaves the model folder")
+                raise ModelLoadError(
+                    f"{uri}: external data location {rel!r} leaves the model folder"
+                )
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             log.info("downloading external data %s/%s", folder, rel)

@@ -24,7 +24,9 @@ def main() -> int:
     grpc_mod = here / "grpc_predict_v2_pb2_grpc.py"
     text = grpc_mod.read_text()
     # protoc emits an absolute import; make it package-relative.
-    text = re.sub(r"^import grpc_predict_v2_pb2 as", "from . import grpc_predict_v2_pb2 as", text, flags=re.M)
+    text = re.sub(
+        r"^import grpc_predict_v2_pb2 as", "from . import grpc_predict_v2_pb2 as", text, flags=re.M
+    )
     grpc_mod.write_text(text)
     return rc
 

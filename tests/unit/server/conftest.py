@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -21,14 +22,18 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
-def build_mlp(path: Path, dims: tuple[int, ...] = (64, 256, 256, 10), seed: int = 0,
-              external_data: bool = False) -> Path:
+def build_mlp(
+    path: Path,
+    dims: tuple[int, ...] = (64, 256, 256, 10),
+    seed: int = 0,
+    external_data: bool = False,
+) -> Path:
     """A Gemm/Relu MLP with a dynamic batch dimension, weights from a seeded generator."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     cur = "input"
     last = len(dims) - 2
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(bias, f"B{i}")]
@@ -39,7 +44,8 @@ def build_mlp(path: Path, dims: tuple[int, ...] = (64, 256, 256, 10), seed: int 
             nodes.append(helper.make_node("Relu", [gemm_out], [out]))
         cur = out
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", dims[0]])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", dims[-1]])],
         inits,
@@ -48,8 +54,14 @@ def build_mlp(path: Path, dims: tuple[int, ...] = (64, 256, 256, 10), seed: int 
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="weights.bin", size_threshold=0)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="weights.bin",
+            size_threshold=0,
+        )
     else:
         onnx.save_model(model, str(path))
     return path
@@ -88,14 +100,38 @@ class RunningServer:
             return self.proc.wait()
 
 
-def start_server(model: str | Path, tmp: Path, *, args: list[str] | None = None, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, timeout: float = 60) -> RunningServer:
+def start_server(
+    model: str | Path,
+    tmp: Path,
+    *,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    timeout: float = 60,
+) -> RunningServer:
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp / f"server-{http_port}.log"
-    full_env = {**os.environ, "KUBEFORGE_INTRA_OP_THREADS": "1", "KUBEFORGE_TERMINATION_LOG": str(tmp / "termination-log"),
-                "KUBEFORGE_MODEL_CACHE_DIR": str(tmp / "cache"), **(env or {})}
-    cmd = [sys.executable, "-m", "kubeforge_server", "--model", str(model), "--host", "127.0.0.1",
-           "--http-port", str(http_port), "--grpc-port", str(grpc_port), *(args or [])]
+    full_env = {
+        **os.environ,
+        "KUBEFORGE_INTRA_OP_THREADS": "1",
+        "KUBEFORGE_TERMINATION_LOG": str(tmp / "termination-log"),
+        "KUBEFORGE_MODEL_CACHE_DIR": str(tmp / "cache"),
+        **(env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubeforge_server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        *(args or []),
+    ]
     with log_path.open("wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=full_env)
     srv = RunningServer(proc, http_port, grpc_port, Path(str(model)), "", log_path)
@@ -131,8 +167,11 @@ def reference(mlp_path: Path) -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def server(mlp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    srv = start_server(mlp_path, tmp_path_factory.mktemp("srv"),
-                       env={"KUBEFORGE_MAX_REQUEST_BYTES": str(1024 * 1024)})
+    srv = start_server(
+        mlp_path,
+        tmp_path_factory.mktemp("srv"),
+        env={"KUBEFORGE_MAX_REQUEST_BYTES": str(1024 * 1024)},
+    )
     srv.name = "mlp"
     yield srv
     srv.stop()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from kubeforge_server.codec import InferRequest
 from kubeforge_server.config import ServerConfig
 from kubeforge_server.dataplane import Batcher, Job
@@ -38,7 +37,9 @@ def test_batcher_gathers_and_splits(mlp_path: Path, reference, max_delay: float)
 
     async def run() -> ModelMetrics:
         mm = ModelMetrics("mlp")
-        b = Batcher(model, mm, max_batch_size=8, max_delay_s=max_delay, loop=asyncio.get_running_loop())
+        b = Batcher(
+            model, mm, max_batch_size=8, max_delay_s=max_delay, loop=asyncio.get_running_loop()
+        )
         assert b.enabled
 
         def done(job: Job, names, outs, err) -> None:  # type: ignore[no-untyped-def]
@@ -46,7 +47,9 @@ def test_batcher_gathers_and_splits(mlp_path: Path, reference, max_delay: float)
             results[job.ctx] = outs[0]
 
         for i, x in enumerate(xs):
-            b.submit(Job(_req(x), 0.0 if max_delay == 0 else asyncio.get_running_loop().time(), done, i))
+            b.submit(
+                Job(_req(x), 0.0 if max_delay == 0 else asyncio.get_running_loop().time(), done, i)
+            )
         assert not results  # queued, not run inline
         for _ in range(10):
             await asyncio.sleep(0)
@@ -54,7 +57,9 @@ def test_batcher_gathers_and_splits(mlp_path: Path, reference, max_delay: float)
 
     mm = asyncio.run(run())
     for i, x in enumerate(xs):
-        np.testing.assert_allclose(results[i], reference.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            results[i], reference.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+        )
     # 13 rows with max 8 → runs of 8 (1+3+1+2... until the 5 does not fit) and the rest.
     runs = sum(mm.batch_size.counts)
     assert runs == 2 and mm.batch_size.sum == 13
@@ -67,7 +72,14 @@ def test_lone_request_runs_without_waiting(mlp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         b = Batcher(model, ModelMetrics("mlp"), max_batch_size=32, max_delay_s=1.0, loop=loop)
         seen: list[int] = []
-        b.submit(Job(_req(np.zeros((1, 64), np.float32)), loop.time(), lambda j, n, o, e: seen.append(1), None))
+        b.submit(
+            Job(
+                _req(np.zeros((1, 64), np.float32)),
+                loop.time(),
+                lambda j, n, o, e: seen.append(1),
+                None,
+            )
+        )
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         return seen
@@ -79,9 +91,21 @@ def test_concurrent_http_requests_are_batched(server: RunningServer, reference) 
     xs = [np.random.default_rng(i).standard_normal((1, 64)).astype(np.float32) for i in range(64)]
 
     def call(x: np.ndarray) -> np.ndarray:
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                       "data": x.ravel().tolist()}]}).encode()
-        req = urllib.request.Request(f"http://{server.url}/v2/models/mlp/infer", data=body, method="POST")
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"http://{server.url}/v2/models/mlp/infer", data=body, method="POST"
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return np.array(json.loads(r.read())["outputs"][0]["data"], np.float32).reshape(1, 10)
 

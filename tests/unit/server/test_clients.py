@@ -15,7 +15,9 @@ import pytest
 
 from .conftest import RunningServer
 
-BENCH_VENV = Path(os.environ.get("KUBEFORGE_BENCH_VENV", Path.home() / ".cache/kubeforge/bench-venv"))
+BENCH_VENV = Path(
+    os.environ.get("KUBEFORGE_BENCH_VENV", Path.home() / ".cache/kubeforge/bench-venv")
+)
 
 
 def _expected(reference, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -44,7 +46,9 @@ def test_tritonclient_http(server: RunningServer, reference, x: np.ndarray, bina
         assert result.get_response()["id"] == "req-7"
         # No outputs named: tritonclient asks for binary_data_output on all of them.
         result = client.infer("mlp", [inp])
-        np.testing.assert_allclose(result.as_numpy("output"), _expected(reference, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            result.as_numpy("output"), _expected(reference, x), rtol=1e-5, atol=1e-5
+        )
     finally:
         client.close()
 
@@ -62,8 +66,12 @@ def test_tritonclient_grpc(server: RunningServer, reference, x: np.ndarray) -> N
         assert client.get_server_metadata(as_json=True)["name"] == "kubeforge-server"
         inp = grpcclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        result = client.infer("mlp", [inp], outputs=[grpcclient.InferRequestedOutput("output")], request_id="g1")
-        np.testing.assert_allclose(result.as_numpy("output"), _expected(reference, x), rtol=1e-5, atol=1e-5)
+        result = client.infer(
+            "mlp", [inp], outputs=[grpcclient.InferRequestedOutput("output")], request_id="g1"
+        )
+        np.testing.assert_allclose(
+            result.as_numpy("output"), _expected(reference, x), rtol=1e-5, atol=1e-5
+        )
         assert result.get_response().id == "g1"
         with pytest.raises(Exception, match="expected shape"):
             bad = grpcclient.InferInput("input", [2, 63], "FP32")
@@ -110,6 +118,7 @@ KSERVE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kserve_client(server: RunningServer, reference, x: np.ndarray, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     python = BENCH_VENV / "bin" / "python"
     if not python.exists():
@@ -121,12 +130,22 @@ def test_kserve_client(server: RunningServer, reference, x: np.ndarray, tmp_path
     script = tmp_path / "kserve_client.py"
     script.write_text(KSERVE_SCRIPT)
     proc = subprocess.run(
-        [str(python), str(script), f"http://{server.url}", f"127.0.0.1:{server.grpc_port}", json.dumps(x.tolist())],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(python),
+            str(script),
+            f"http://{server.url}",
+            f"127.0.0.1:{server.grpc_port}",
+            json.dumps(x.tolist()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ready"] is True and out["model_ready"] is True and out["grpc_ready"] is True
     want = _expected(reference, x)
     for key in ("rest_json", "rest_binary", "grpc"):
-        np.testing.assert_allclose(np.array(out[key], dtype=np.float32), want, rtol=1e-5, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(
+            np.array(out[key], dtype=np.float32), want, rtol=1e-5, atol=1e-5, err_msg=key
+        )

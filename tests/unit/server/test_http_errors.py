@@ -13,10 +13,14 @@ import pytest
 from .conftest import RunningServer
 
 
-def post(server: RunningServer, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
+def post(
+    server: RunningServer, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
     try:
-        conn.request("POST", path, body=body, headers=headers or {"Content-Type": "application/json"})
+        conn.request(
+            "POST", path, body=body, headers=headers or {"Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         data = resp.read()
         return resp.status, json.loads(data), dict(resp.getheaders())
@@ -35,7 +39,12 @@ def get(server: RunningServer, path: str) -> tuple[int, bytes]:
 
 
 def tensor(**overrides: object) -> bytes:
-    t: dict[str, object] = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}
+    t: dict[str, object] = {
+        "name": "input",
+        "shape": [1, 64],
+        "datatype": "FP32",
+        "data": [0.5] * 64,
+    }
     t.update(overrides)
     return json.dumps({"inputs": [t]}).encode()
 
@@ -62,8 +71,16 @@ BAD_BODIES = [
     (tensor(data=None), "no 'data'"),
     (tensor(parameters={"binary_data_size": 256}), "no Inference-Header-Content-Length"),
     (json.dumps({"inputs": [json.loads(tensor())["inputs"][0]] * 2}).encode(), "given twice"),
-    (json.dumps({"inputs": json.loads(tensor())["inputs"], "outputs": [{"name": "nope"}]}).encode(), "unknown output"),
-    (json.dumps({"inputs": json.loads(tensor())["inputs"], "outputs": "output"}).encode(), "'outputs' must be a list"),
+    (
+        json.dumps(
+            {"inputs": json.loads(tensor())["inputs"], "outputs": [{"name": "nope"}]}
+        ).encode(),
+        "unknown output",
+    ),
+    (
+        json.dumps({"inputs": json.loads(tensor())["inputs"], "outputs": "output"}).encode(),
+        "'outputs' must be a list",
+    ),
 ]
 
 
@@ -74,13 +91,27 @@ def test_bad_json_requests_are_400(server: RunningServer, body: bytes, message: 
     assert message in doc["error"]
 
 
-def _binary_request(x: np.ndarray, size: int | None = None, header_len: int | None = None,
-                    extra: bytes = b"") -> tuple[bytes, dict[str, str]]:
+def _binary_request(
+    x: np.ndarray, size: int | None = None, header_len: int | None = None, extra: bytes = b""
+) -> tuple[bytes, dict[str, str]]:
     raw = x.tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": len(raw) if size is None else size}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw) if size is None else size},
+                }
+            ]
+        }
+    ).encode()
     hl = len(head) if header_len is None else header_len
-    return head + raw + extra, {"Inference-Header-Content-Length": str(hl), "Content-Type": "application/octet-stream"}
+    return head + raw + extra, {
+        "Inference-Header-Content-Length": str(hl),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 @pytest.mark.parametrize(
@@ -108,11 +139,23 @@ def test_bad_header_length_value(server: RunningServer) -> None:
 def test_binary_request_and_binary_output(server: RunningServer, reference) -> None:  # type: ignore[no-untyped-def]
     x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
     raw = x.tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": len(raw)}}],
-                       "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
-    conn.request("POST", INFER, body=head + raw, headers={"Inference-Header-Content-Length": str(len(head))})
+    conn.request(
+        "POST", INFER, body=head + raw, headers={"Inference-Header-Content-Length": str(len(head))}
+    )
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -151,7 +194,11 @@ def test_malformed_http_is_400_and_pipelining_keeps_order(server: RunningServer)
         data = s.recv(65536)
         assert data.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in data
     body = tensor()
-    one = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (INFER.encode(), len(body), body)
+    one = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        INFER.encode(),
+        len(body),
+        body,
+    )
     health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
     last = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
@@ -161,16 +208,23 @@ def test_malformed_http_is_400_and_pipelining_keeps_order(server: RunningServer)
             chunks.append(chunk)
     data = b"".join(chunks)
     assert data.count(b"HTTP/1.1 200 OK") == 5
-    order = [data.find(b'"outputs"'), data.find(b'{"live":true}'), data.rfind(b'"outputs"'),
-             data.rfind(b'{"live":true}'), data.find(b'{"ready":true}')]
+    order = [
+        data.find(b'"outputs"'),
+        data.find(b'{"live":true}'),
+        data.rfind(b'"outputs"'),
+        data.rfind(b'{"live":true}'),
+        data.find(b'{"ready":true}'),
+    ]
     assert order == sorted(order) and -1 not in order
 
 
 def test_expect_100_continue(server: RunningServer) -> None:
     body = tensor()
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
-        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-                  % (INFER.encode(), len(body)))
+        s.sendall(
+            b"POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+            % (INFER.encode(), len(body))
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
@@ -183,7 +237,8 @@ def test_bytes_and_int_models(tmp_path, reference) -> None:  # type: ignore[no-u
     from .conftest import start_server
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "cast",
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "cast",
         [helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
     )
@@ -194,20 +249,57 @@ def test_bytes_and_int_models(tmp_path, reference) -> None:  # type: ignore[no-u
     try:
         srv_port = srv.http_port
         conn = http.client.HTTPConnection("127.0.0.1", srv_port, timeout=10)
-        conn.request("POST", "/v2/models/cast/infer", body=json.dumps(
-            {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [[1, 2, 3], [4, 5, 6]]}]}))
+        conn.request(
+            "POST",
+            "/v2/models/cast/infer",
+            body=json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": [2, 3],
+                            "datatype": "INT64",
+                            "data": [[1, 2, 3], [4, 5, 6]],
+                        }
+                    ]
+                }
+            ),
+        )
         r = conn.getresponse()
         doc = json.loads(r.read())
         assert r.status == 200 and doc["outputs"][0]["data"] == [1, 2, 3, 4, 5, 6]
-        conn.request("POST", "/v2/models/cast/infer", body=json.dumps(
-            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 2**70]}]}))
+        conn.request(
+            "POST",
+            "/v2/models/cast/infer",
+            body=json.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 2**70]}
+                    ]
+                }
+            ),
+        )
         r = conn.getresponse()
         assert r.status == 400 and "INT64" in json.loads(r.read())["error"]
         raw = struct.pack("<3q", 7, 8, 9)
-        head = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64",
-                                       "parameters": {"binary_data_size": 24}}]}).encode()
-        conn.request("POST", "/v2/models/cast/infer", body=head + raw,
-                     headers={"Inference-Header-Content-Length": str(len(head))})
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 3],
+                        "datatype": "INT64",
+                        "parameters": {"binary_data_size": 24},
+                    }
+                ]
+            }
+        ).encode()
+        conn.request(
+            "POST",
+            "/v2/models/cast/infer",
+            body=head + raw,
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
         r = conn.getresponse()
         assert json.loads(r.read())["outputs"][0]["data"] == [7, 8, 9]
         conn.close()

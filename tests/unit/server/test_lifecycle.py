@@ -9,11 +9,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import start_server
 
-BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]}).encode()
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]}
+).encode()
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_loses_no_accepted_request(mlp_path: Path, tmp_path: Path) -> None:
     srv = start_server(mlp_path, tmp_path, args=["--drain-seconds", "10"])
     ok = [0] * 8
@@ -70,8 +75,7 @@ def test_sigterm_under_load_loses_no_accepted_request(mlp_path: Path, tmp_path: 
     assert sum(ok) > 50
 
 
-def test_live_before_ready_and_exit_on_sigterm_while_loading(tmp_path: Path) -> None:
-    """Liveness answers at once; readiness waits for load + warmup (a missing model never gets ready)."""
+def test_missing_model_exits_1_with_termination_message(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "missing.onnx", tmp_path, wait_ready=False)
     assert srv.proc.wait(60) == 1
     assert "model not found" in (tmp_path / "termination-log").read_text()

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kubeforge_server.config import ConfigError, ServerConfig, cgroup_cpu_limit, default_model_name, load_config
+from kubeforge_server.config import (
+    ConfigError,
+    ServerConfig,
+    cgroup_cpu_limit,
+    default_model_name,
+    load_config,
+)
 from kubeforge_server.model import load_model
 from kubeforge_server.storage import ModelLoadError, resolve_model, sha256_file
 
@@ -18,8 +23,14 @@ from .conftest import build_mlp, start_server
 
 
 def cfg(uri: str, tmp: Path, **kw: object) -> ServerConfig:
-    return ServerConfig(model_uri=uri, name=default_model_name(uri), intra_op_threads=1,
-                        model_cache_dir=str(tmp / "cache"), pvc_root=str(tmp / "pvc"), **kw)  # type: ignore[arg-type]
+    return ServerConfig(
+        model_uri=uri,
+        name=default_model_name(uri),
+        intra_op_threads=1,
+        model_cache_dir=str(tmp / "cache"),
+        pvc_root=str(tmp / "pvc"),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_external_data_folder_loads(tmp_path: Path, reference) -> None:  # type: ignore[no-untyped-def]
@@ -31,7 +42,9 @@ def test_external_data_folder_loads(tmp_path: Path, reference) -> None:  # type:
     assert model.name == "big-model"
     assert model.sha256 == sha256_file(folder / "model.onnx")
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    np.testing.assert_allclose(model.run({"input": x})[0], reference.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.run({"input": x})[0], reference.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+    )
     model.warmup(32)
 
 
@@ -43,7 +56,9 @@ def test_remote_fsspec_folder_fetches_external_data(tmp_path: Path) -> None:
     for f in src.iterdir():
         fs.pipe(f"/bucket/m/{f.name}", f.read_bytes())
     fs.pipe("/bucket/m/README.md", b"not needed")
-    local = resolve_model("memory://bucket/m/", cache_dir=str(tmp_path / "cache"), pvc_root="/nonexistent")
+    local = resolve_model(
+        "memory://bucket/m/", cache_dir=str(tmp_path / "cache"), pvc_root="/nonexistent"
+    )
     assert local.name == "model.onnx" and (local.parent / "weights.bin").exists()
     assert not (local.parent / "README.md").exists()
     model = load_model(cfg("memory://bucket/m/model.onnx", tmp_path))
@@ -71,7 +86,9 @@ def test_pvc_uri_maps_to_mount(tmp_path: Path) -> None:
         ("model.joblib", b"x", "skl2onnx"),
     ],
 )
-def test_non_onnx_files_name_the_exporter(tmp_path: Path, name: str, content: bytes, exporter: str) -> None:
+def test_non_onnx_files_name_the_exporter(
+    tmp_path: Path, name: str, content: bytes, exporter: str
+) -> None:
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ModelLoadError, match=exporter) as info:
         load_model(cfg(str(tmp_path / name), tmp_path))
@@ -81,7 +98,7 @@ def test_non_onnx_files_name_the_exporter(tmp_path: Path, name: str, content: by
 def test_misnamed_artefacts_detected_by_content(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "model.onnx", "w") as z:  # torch.save writes a zip
         z.writestr("archive/data.pkl", b"x")
-    with pytest.raises(ModelLoadError, match="torch.onnx.export"):
+    with pytest.raises(ModelLoadError, match=r"torch.onnx.export"):
         load_model(cfg(str(tmp_path / "model.onnx"), tmp_path))
     (tmp_path / "m2.onnx").write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(ModelLoadError, match="skl2onnx"):
@@ -95,10 +112,10 @@ def test_saved_model_folder_and_empty_folder(tmp_path: Path) -> None:
     sm = tmp_path / "saved"
     (sm / "variables").mkdir(parents=True)
     (sm / "saved_model.pb").write_bytes(b"\x08\x01")
-    with pytest.raises(ModelLoadError, match="TensorFlow SavedModel.*tf2onnx"):
+    with pytest.raises(ModelLoadError, match=r"TensorFlow SavedModel.*tf2onnx"):
         load_model(cfg(str(sm), tmp_path))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="no .onnx file"):
+    with pytest.raises(ModelLoadError, match=r"no .onnx file"):
         load_model(cfg(str(tmp_path / "empty"), tmp_path))
 
 
@@ -116,8 +133,15 @@ def test_config_flags_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBEFORGE_INTRA_OP_THREADS", "3")
     monkeypatch.setenv("KUBEFORGE_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("KUBEFORGE_GRAPH_OPT_LEVEL", "99")
-    c = load_config(["--model", "s3://b/models/digits.onnx", "--max-delay-ms", "0.5", "--grpc-port", "0"])
-    assert (c.name, c.execution_provider, c.intra_op_threads, c.max_batch_size) == ("digits", "cuda", 3, 8)
+    c = load_config(
+        ["--model", "s3://b/models/digits.onnx", "--max-delay-ms", "0.5", "--grpc-port", "0"]
+    )
+    assert (c.name, c.execution_provider, c.intra_op_threads, c.max_batch_size) == (
+        "digits",
+        "cuda",
+        3,
+        8,
+    )
     assert (c.max_delay_ms, c.grpc_port, c.graph_opt_level, c.http_port) == (0.5, 0, "all", 8080)
     assert load_config(["--model", "gs://b/runs/run-7/", "--name", "svc"]).name == "svc"
     assert default_model_name("gs://b/runs/run-7/") == "run-7"

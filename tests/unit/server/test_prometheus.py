@@ -14,7 +14,9 @@ import pytest
 
 from .conftest import RunningServer, free_port
 
-BODY = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0.1] * 128}]}).encode()
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0.1] * 128}]}
+).encode()
 
 
 def _metrics_text(server: RunningServer) -> str:
@@ -25,9 +27,13 @@ def _metrics_text(server: RunningServer) -> str:
 
 def _drive(server: RunningServer) -> None:
     for _ in range(5):
-        req = urllib.request.Request(f"http://{server.url}/v2/models/mlp/infer", data=BODY, method="POST")
+        req = urllib.request.Request(
+            f"http://{server.url}/v2/models/mlp/infer", data=BODY, method="POST"
+        )
         urllib.request.urlopen(req, timeout=10).read()
-    bad = urllib.request.Request(f"http://{server.url}/v2/models/mlp/infer", data=b"{", method="POST")
+    bad = urllib.request.Request(
+        f"http://{server.url}/v2/models/mlp/infer", data=b"{", method="POST"
+    )
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(bad, timeout=10)
 
@@ -50,10 +56,13 @@ def test_metrics_endpoint_series(server: RunningServer) -> None:
         assert series in text, series
     promtool = shutil.which("promtool")
     if promtool:
-        proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_real_prometheus_scrapes(server: RunningServer, tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
@@ -68,9 +77,14 @@ def test_real_prometheus_scrapes(server: RunningServer, tmp_path: Path) -> None:
         f"    static_configs: [{{targets: ['127.0.0.1:{server.http_port}']}}]\n"
     )
     proc = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
     )
     try:
         want = {
@@ -91,16 +105,23 @@ def test_real_prometheus_scrapes(server: RunningServer, tmp_path: Path) -> None:
                     continue
                 q = urllib.parse.urlencode({"query": name})
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{q}", timeout=5) as r:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/api/v1/query?{q}", timeout=5
+                    ) as r:
                         result = json.loads(r.read())["data"]["result"]
                 except OSError:
                     break
                 if result:
                     found[name] = result
             time.sleep(0.5)
-        assert set(found) == set(want), (sorted(found), (tmp_path / "prometheus.log").read_text()[-2000:])
+        assert set(found) == set(want), (
+            sorted(found),
+            (tmp_path / "prometheus.log").read_text()[-2000:],
+        )
         for name, labels in want.items():
-            assert any(all(s["metric"].get(k) == v for k, v in labels.items()) for s in found[name]), (name, found[name])
+            assert any(
+                all(s["metric"].get(k) == v for k, v in labels.items()) for s in found[name]
+            ), (name, found[name])
         assert found["up"][0]["value"][1] == "1"
     finally:
         proc.terminate()
