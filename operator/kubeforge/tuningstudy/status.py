@@ -165,8 +165,27 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
             if not _stop_delivered(obj):
                 decision.stop[obj["metadata"]["name"]] = why
     else:
-        state = SearchState(spec, records, key, next_number=total)
-        for number, (prune, attrs) in state.prune_decisions().items():
+        # The search is rebuilt only when there is something to decide: a running trial with a
+        # new report (pruning is judged when a report arrives, as in Optuna) or a free slot.
+        fresh = {
+            r.number
+            for r in running
+            if objects[r.number]["metadata"]["name"] in reports
+            and not _stop_delivered(objects[r.number])
+        }
+        slots = spec.parallelism - len(running)
+        prunable = spec.early_stopping.name != "none" and bool(fresh)
+        if not prunable and not (slots > 0 and total < limit):
+            fresh = set()
+        state = (
+            SearchState(spec, records, key, next_number=total)
+            if (prunable or (slots > 0 and total < limit))
+            else None
+        )
+        decisions = state.prune_decisions() if state is not None and prunable else {}
+        for number, (prune, attrs) in decisions.items():
+            if number not in fresh:
+                continue
             obj = objects[number]
             tname = obj["metadata"]["name"]
             rec = next(r for r in records if r.number == number)
@@ -174,8 +193,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
                 decision.system_attrs[tname] = tb._dumps(attrs)
             if prune and not _stop_delivered(obj):
                 decision.stop[tname] = tb.PRUNED
-        slots = spec.parallelism - len(running)
-        while slots > 0 and total < limit:
+        while state is not None and slots > 0 and total < limit:
             s = state.suggest()
             decision.create.append(
                 tb.trial_manifest(
