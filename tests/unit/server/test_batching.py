@@ -116,3 +116,25 @@ def test_concurrent_http_requests_are_batched(server: RunningServer, reference) 
     with urllib.request.urlopen(f"http://{server.url}/metrics", timeout=10) as r:
         text = r.read().decode()
     assert 'kubeforge_server_batch_size_count{model="mlp"}' in text
+
+
+def test_concurrent_grpc_and_http_share_the_batcher(server: RunningServer, reference) -> None:  # type: ignore[no-untyped-def]
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    xs = [
+        np.random.default_rng(100 + i).standard_normal((2, 64)).astype(np.float32)
+        for i in range(32)
+    ]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        try:
+            inp = grpcclient.InferInput("input", [2, 64], "FP32")
+            inp.set_data_from_numpy(x)
+            return client.infer("mlp", [inp]).as_numpy("output")  # type: ignore[no-any-return]
+        finally:
+            client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(call, xs))
+    for x, y in zip(xs, got, strict=True):
+        np.testing.assert_allclose(y, reference.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
