@@ -180,3 +180,20 @@ def test_cgroup_quota_v1_and_v2(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(v1, proc1) == 0.5
     (v1 / "cpu,cpuacct" / "kubepods" / "c1" / "cpu.cfs_quota_us").write_text("-1")
     assert cgroup_cpu_limit(v1, proc1) is None
+
+
+def test_server_never_imports_operator_torch_or_kubernetes(mlp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kubeforge_server.cli, kubeforge_server.server, kubeforge_server.grpc_service\n"
+        "from kubeforge_server.config import ServerConfig\n"
+        "from kubeforge_server.model import load_model\n"
+        f"load_model(ServerConfig(model_uri={str(mlp_path)!r}, name='m', intra_op_threads=1))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'torch', 'kubernetes', 'kubeforge')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
