@@ -851,7 +851,15 @@ def _remove_hardcoded_paths() -> None:
         for f in res.glob(f"{net.CNI_NETWORK}-*"):
             with contextlib.suppress(OSError):
                 f.unlink()
-    for d in (res, Path("/var/lib/cni"), Path("/run/containerd/s"), Path("/run/containerd")):
+    for d in (
+        res,
+        Path("/var/lib/cni"),
+        Path("/run/containerd/s"),
+        Path("/run/containerd/fifo"),
+        Path("/run/containerd/runc/k8s.io"),
+        Path("/run/containerd/runc"),
+        Path("/run/containerd"),
+    ):
         with contextlib.suppress(OSError):
             d.rmdir()
     dp = Path("/var/lib/kubelet/device-plugins")
