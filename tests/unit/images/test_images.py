@@ -8,7 +8,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from kubeforge_cluster.realnode import oci
 
 REPO = Path(__file__).resolve().parents[3]
