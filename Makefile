@@ -17,11 +17,15 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # The stamp re-runs the install only when pyproject.toml changes (a warm run does no work).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+# constraints.txt pins every package (`make lock` refreshes it) so CI and images get what was tested.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv with everything installed (cached)
+
+lock: venv ## refresh constraints.txt from the installed venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^kubeforge' > constraints.txt
 
 lint: venv ## ruff
 	$(BIN)/ruff check operator trainer-image server-image cluster tests benchmarks
