@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -112,6 +113,8 @@ class LocalCluster:
     only with ``auto_complete_jobs=True`` or when labelled ``kubeforge.io/kwok-auto-complete:
     "true"``; otherwise a test ends them with :class:`kubeforge_cluster.testing.PodDriver`.
     """
+
+    local = True  # vs testing.ExternalCluster
 
     def __init__(
         self,
@@ -693,6 +696,14 @@ def kubectl(
     return r
 
 
+def crd_name(path: Path) -> str:
+    """metadata.name of a CRD file (regex: PyYAML cannot load some CRDs, e.g. a bare `- =`)."""
+    m = re.search(r"^metadata:\n(?:[ ].*\n)*?  name: ['\"]?([^'\"\s]+)", path.read_text(), re.M)
+    if not m:
+        raise ValueError(f"no metadata.name in {path}")
+    return m.group(1)
+
+
 def install_prometheus_crds(kubeconfig: str | Path, bin_dir: Path | None = None) -> list[str]:
     d = binaries.data_dir(bin_dir) / "crds" / "prometheus-operator"
     files = sorted(d.glob("monitoring.coreos.com_*.yaml"))
@@ -705,7 +716,7 @@ def install_prometheus_crds(kubeconfig: str | Path, bin_dir: Path | None = None)
     for f in files:
         args += ["-f", str(f)]
     kubectl(*args, kubeconfig=kubeconfig, timeout=120, bin_dir=bin_dir)
-    names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+    names = [crd_name(f) for f in files]
     c = KubeClient(kubeconfig)
     for n in names:
         c.wait_for(

@@ -42,7 +42,7 @@ class Kueue:
         self.proc: Proc | None = None
 
     def start(self, timeout: float = 60) -> Kueue:
-        from .cluster import StartupError, free_port
+        from .cluster import StartupError, crd_name, free_port
 
         t0 = time.monotonic()
         c = self.cluster
@@ -66,9 +66,7 @@ class Kueue:
         # CRDs + namespace
         crd_files = sorted((data / "crd").glob("*.yaml"))
         c.apply_files(crd_files)
-        c.wait_crds_established(
-            [yaml.safe_load(f.read_text())["metadata"]["name"] for f in crd_files], timeout=60
-        )
+        c.wait_crds_established([crd_name(f) for f in crd_files], timeout=60)
         if not c._exists("/api/v1/namespaces/kueue-system"):
             c.client.post(
                 "/api/v1/namespaces",

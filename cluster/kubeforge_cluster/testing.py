@@ -358,7 +358,6 @@ def cluster() -> Iterator[Any]:
             pytest.fail(f"KUBEFORGE_REQUIRE_CLUSTER is set but {e}", pytrace=False)
         pytest.skip(f"no local control plane: {e}")
     lc = LocalCluster(name=f"test-{os.getpid()}")
-    lc.local = True  # type: ignore[attr-defined]
     lc.start()
     _ACTIVE.append(lc)
     try:

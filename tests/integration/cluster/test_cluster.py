@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -289,3 +291,82 @@ def test_api_errors_carry_status(kube: KubeClient, namespace: str) -> None:
     with pytest.raises(ApiError) as e:
         kube.get(f"/api/v1/namespaces/{namespace}/pods/nope")
     assert e.value.status == 404
+
+
+def test_kueue_admits_a_queued_job(kueue: Any, kube: KubeClient, namespace: str) -> None:
+    kq = "/apis/kueue.x-k8s.io/v1beta2"
+    flavor, cq = f"flavor-{namespace}", f"cq-{namespace}"
+    kube.post(
+        f"{kq}/resourceflavors",
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ResourceFlavor",
+            "metadata": {"name": flavor},
+        },
+    )
+    kube.post(
+        f"{kq}/clusterqueues",
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ClusterQueue",
+            "metadata": {"name": cq},
+            "spec": {
+                "namespaceSelector": {},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", GPU_RESOURCE],
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [
+                                    {"name": "cpu", "nominalQuota": "4"},
+                                    {"name": "memory", "nominalQuota": "8Gi"},
+                                    {"name": GPU_RESOURCE, "nominalQuota": "8"},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    )
+    kube.post(
+        f"{kq}/namespaces/{namespace}/localqueues",
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": "lq"},
+            "spec": {"clusterQueue": cq},
+        },
+    )
+    try:
+        for name, cpu in (("fits", "2"), ("too-big", "16")):
+            job = _job(name)
+            job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "lq"}
+            job["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+                "requests": {"cpu": cpu, "memory": "1Gi"}
+            }
+            created = kube.post(f"/apis/batch/v1/namespaces/{namespace}/jobs", job)
+            assert created["spec"]["suspend"] is True  # kueue's mutating webhook
+        kube.wait_for(
+            "job fits unsuspended by kueue",
+            lambda: (
+                kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/fits")["spec"]["suspend"]
+                is False
+            ),
+        )
+        time.sleep(1)
+        assert kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/too-big")["spec"]["suspend"]
+    finally:
+        for n in ("fits", "too-big"):
+            with contextlib.suppress(ApiError):
+                kube.delete(
+                    f"/apis/batch/v1/namespaces/{namespace}/jobs/{n}",
+                    query={"propagationPolicy": "Background"},
+                )
+        with contextlib.suppress(ApiError):
+            kube.delete(f"{kq}/namespaces/{namespace}/localqueues/lq")
+        with contextlib.suppress(ApiError):
+            kube.delete(f"{kq}/clusterqueues/{cq}")
+        with contextlib.suppress(ApiError):
+            kube.delete(f"{kq}/resourceflavors/{flavor}")
