@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -364,9 +365,12 @@ def cluster() -> Iterator[Any]:
         yield lc
     finally:
         _ACTIVE.remove(lc)
-        keep = bool(_FAILED) or _truthy("KUBEFORGE_KEEP_CLUSTER")
-        lc.stop(remove=not keep)
-        if keep:
+        keep_all = _truthy("KUBEFORGE_KEEP_CLUSTER")
+        keep_logs = bool(_FAILED)
+        lc.stop(remove=not (keep_all or keep_logs))
+        if keep_logs and not keep_all:
+            shutil.rmtree(lc.run_dir / "etcd", ignore_errors=True)  # ~60-130 MB, rarely wanted
+        if keep_all or keep_logs:
             print(f"\n[kubeforge-cluster] kept run dir with logs: {lc.run_dir}")
 
 
