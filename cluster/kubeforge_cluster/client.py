@@ -51,7 +51,9 @@ class KubeClient:
         ctx_name = context or cfg.get("current-context")
         ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
         cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
+        user: dict[str, Any] = next(
+            (u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}
+        )
         self.server = cluster["server"].rstrip("/")
         self._tmp = tempfile.TemporaryDirectory(prefix="kubeforge-client-")
         tmp = Path(self._tmp.name)

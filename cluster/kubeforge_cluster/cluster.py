@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -616,19 +617,7 @@ class LocalCluster:
         self.kubectl(*args, timeout=120)
 
     def wait_crds_established(self, names: Iterable[str], timeout: float = 30) -> None:
-        for n in names:
-            self.client.wait_for(
-                f"CRD {n} Established",
-                lambda n=n: any(
-                    c["type"] == "Established" and c["status"] == "True"
-                    for c in self.client.get(
-                        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}"
-                    )
-                    .get("status", {})
-                    .get("conditions", [])
-                ),
-                timeout=timeout,
-            )
+        wait_crds_established(self.client, names, timeout)
 
     def install_prometheus_crds(self) -> list[str]:
         """Install the Prometheus Operator CRDs (ServiceMonitor, PrometheusRule, ...)."""
@@ -696,6 +685,18 @@ def kubectl(
     return r
 
 
+def wait_crds_established(client: KubeClient, names: Iterable[str], timeout: float = 30) -> None:
+    def established(name: str) -> bool:
+        crd = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in crd.get("status", {}).get("conditions", [])
+        )
+
+    for n in names:
+        client.wait_for(f"CRD {n} Established", functools.partial(established, n), timeout=timeout)
+
+
 def crd_name(path: Path) -> str:
     """metadata.name of a CRD file (regex: PyYAML cannot load some CRDs, e.g. a bare `- =`)."""
     m = re.search(r"^metadata:\n(?:[ ].*\n)*?  name: ['\"]?([^'\"\s]+)", path.read_text(), re.M)
@@ -717,15 +718,5 @@ def install_prometheus_crds(kubeconfig: str | Path, bin_dir: Path | None = None)
         args += ["-f", str(f)]
     kubectl(*args, kubeconfig=kubeconfig, timeout=120, bin_dir=bin_dir)
     names = [crd_name(f) for f in files]
-    c = KubeClient(kubeconfig)
-    for n in names:
-        c.wait_for(
-            f"CRD {n} Established",
-            lambda n=n: any(
-                x["type"] == "Established" and x["status"] == "True"
-                for x in c.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")
-                .get("status", {})
-                .get("conditions", [])
-            ),
-        )
+    wait_crds_established(KubeClient(kubeconfig), names)
     return names

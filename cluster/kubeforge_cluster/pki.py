@@ -148,25 +148,28 @@ def make_sa_keypair(d: Path) -> tuple[Path, Path]:
     return _write(d / "sa.key", _key_pem(key), private=True), _write(d / "sa.pub", pub)
 
 
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
 def write_kubeconfig(
     path: Path, server: str, ca_pem: bytes, cert: Path, key: Path, user: str = "admin"
 ) -> Path:
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {
                 "name": "kubeforge-local",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
             }
         ],
         "users": [
             {
                 "name": user,
                 "user": {
-                    "client-certificate-data": b64(cert.read_bytes()),
-                    "client-key-data": b64(key.read_bytes()),
+                    "client-certificate-data": _b64(cert.read_bytes()),
+                    "client-key-data": _b64(key.read_bytes()),
                 },
             }
         ],
