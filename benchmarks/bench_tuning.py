@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy import search as S
@@ -39,10 +38,22 @@ BRANIN_SPACE = {
     "x2": {"type": "float", "low": 0.0, "high": 15.0},
 }
 H6_SPACE = {f"x{i}": {"type": "float", "low": 0.0, "high": 1.0} for i in range(6)}
-_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
-               [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                      [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_A = np.array(
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
+)
+_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 _ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 
 
@@ -77,8 +88,15 @@ def history(spec: TuningStudySpec, n: int, fn: Any) -> list[S.TrialRecord]:
     out = []
     for i in range(n):
         p = {k: float(rng.uniform(v["low"], v["high"])) for k, v in BRANIN_SPACE.items()}
-        out.append(S.TrialRecord(number=i, params=p, state="complete", final=fn(p),
-                                 reports=[(s, fn(p) + 1.0 / (s + 1)) for s in range(5)]))
+        out.append(
+            S.TrialRecord(
+                number=i,
+                params=p,
+                state="complete",
+                final=fn(p),
+                reports=[(s, fn(p) + 1.0 / (s + 1)) for s in range(5)],
+            )
+        )
     return out
 
 
@@ -109,15 +127,22 @@ def trial_objects(study: dict[str, Any], spec: TuningStudySpec, n: int) -> list[
 
 def turnover_in_process(algo: str, n: int, repeat: int) -> float:
     raw = {
-        "objective": {"metric": "f"}, "searchSpace": BRANIN_SPACE,
-        "algorithm": {"name": algo, "seed": 0}, "maxTrials": n + 10, "parallelism": 4,
+        "objective": {"metric": "f"},
+        "searchSpace": BRANIN_SPACE,
+        "algorithm": {"name": algo, "seed": 0},
+        "maxTrials": n + 10,
+        "parallelism": 4,
         "earlyStopping": {"name": "median"},
         "trialTemplate": {"spec": {"command": ["train"]}},
     }
     spec = TuningStudySpec.model_validate(raw)
-    study = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "TuningStudy",
-             "metadata": {"name": "b", "namespace": "ns", "uid": "u"}, "spec": raw,
-             "status": {"trials": {"total": n}}}
+    study = {
+        "apiVersion": "kubeforge.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": "b", "namespace": "ns", "uid": "u"},
+        "spec": raw,
+        "status": {"trials": {"total": n}},
+    }
     objs = trial_objects(study, spec, n)
     running = []
     for i in range(3):  # 3 running (with reports), one slot free: the trial that just finished
@@ -137,7 +162,7 @@ def turnover_in_process(algo: str, n: int, repeat: int) -> float:
 # --- 2b. turnover on the local control plane ---------------------------------------------------
 
 
-def turnover_cluster(n_trials: int = 8) -> list[float] | str:
+def turnover_cluster(n_trials: int = 8, crds: str = "") -> list[float] | str:
     """Pod finished → next trial's Job exists, on the local control plane (parallelism 1)."""
     root = Path(__file__).resolve().parents[1]
     try:
@@ -155,27 +180,49 @@ def turnover_cluster(n_trials: int = 8) -> list[float] | str:
     op = None
     try:
         kubectl = Kubectl(lc.kubeconfig, getattr(lc, "bin_dir", None))
-        kubectl("apply", "--server-side", "-f", str(root / "crds"))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/tuningstudies.kubeforge.io", "crd/trainingjobs.kubeforge.io")
+        kubectl("apply", "--server-side", "-f", crds or str(root / "crds"))
         kube = lc.client
+        for crd in ("tuningstudies.kubeforge.io", "trainingjobs.kubeforge.io"):
+            kube.wait_for(
+                crd,
+                lambda crd=crd: any(
+                    c.get("type") == "Established" and c.get("status") == "True"
+                    for c in kube.get(
+                        f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+                    )
+                    .get("status", {})
+                    .get("conditions")
+                    or []
+                ),
+                timeout=60,
+            )
         ns = "bench"
-        kube.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                         "metadata": {"name": ns}})
-        kube.wait_for("sa", lambda: kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
-                      timeout=30)
+        kube.post(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        )
+        kube.wait_for(
+            "sa", lambda: kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), timeout=30
+        )
         log = Path(lc.run_dir) / "operator.log"
         op = OperatorProcess(str(lc.kubeconfig), log).start()
         study = {
-            "apiVersion": "kubeforge.io/v1alpha1", "kind": "TuningStudy",
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "TuningStudy",
             "metadata": {"name": "turnover"},
             "spec": {
-                "objective": {"metric": "f"}, "searchSpace": BRANIN_SPACE,
-                "algorithm": {"name": "tpe", "seed": 0}, "maxTrials": n_trials,
+                "objective": {"metric": "f"},
+                "searchSpace": BRANIN_SPACE,
+                "algorithm": {"name": "tpe", "seed": 0},
+                "maxTrials": n_trials,
                 "parallelism": 1,
-                "trialTemplate": {"spec": {
-                    "model": {"recipe": "mlp-classifier"}, "dataset": {"uri": "builtin://digits"},
-                    "resources": {"cpu": "100m", "memory": "128Mi", "shmSize": "64Mi"}}},
+                "trialTemplate": {
+                    "spec": {
+                        "model": {"recipe": "mlp-classifier"},
+                        "dataset": {"uri": "builtin://digits"},
+                        "resources": {"cpu": "100m", "memory": "128Mi", "shmSize": "64Mi"},
+                    }
+                },
             },
         }
         kube.post(f"/apis/kubeforge.io/v1alpha1/namespaces/{ns}/tuningstudies", study)
@@ -211,8 +258,9 @@ def _exists(kube: Any, path: str) -> bool:
 # --- 3. trials to target ------------------------------------------------------------------------
 
 
-def trials_to_target(algo: str, fn: Any, space: dict[str, Any], target: float, seed: int,
-                     cap: int) -> int:
+def trials_to_target(
+    algo: str, fn: Any, space: dict[str, Any], target: float, seed: int, cap: int
+) -> int:
     """Trials until the target is reached (a live study with the operator's per-trial sampler
     seeds; the unit tests show it suggests exactly what the rebuilt study does)."""
     spec = make_spec(algo, space, seed)
@@ -233,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--cap", type=int, default=300)
     ap.add_argument("--cluster", action="store_true", help="also measure on the local cluster")
+    ap.add_argument("--crds", default="", help="CRD folder to install (default: crds/)")
     args = ap.parse_args(argv)
     rows: list[tuple[str, str, str]] = []
 
@@ -242,32 +291,46 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"suggestion time, {algo}, {n} trials", f"{t * 1000:.0f} ms", "< 1 s"))
     for n in (100, 1000):
         t = turnover_in_process("tpe", n, 3)
-        rows.append((f"turnover in-process (decide), tpe, {n} trials", f"{t * 1000:.0f} ms",
-                     "< 1 s"))
+        rows.append(
+            (f"turnover in-process (decide), tpe, {n} trials", f"{t * 1000:.0f} ms", "< 1 s")
+        )
     if args.cluster:
-        res = turnover_cluster()
+        res = turnover_cluster(crds=args.crds)
         if isinstance(res, str):
             rows.append(("turnover on cluster (pod done → next Job)", res, "< 1 s"))
         else:
-            rows.append(("turnover on cluster (pod done → next Job), median",
-                         f"{statistics.median(res) * 1000:.0f} ms (n={len(res)}, "
-                         f"max {max(res) * 1000:.0f} ms)", "< 1 s"))
+            rows.append(
+                (
+                    "turnover on cluster (pod done → next Job), median",
+                    f"{statistics.median(res) * 1000:.0f} ms (n={len(res)}, "
+                    f"max {max(res) * 1000:.0f} ms)",
+                    "< 1 s",
+                )
+            )
 
     ratios = []
-    for label, fn, space, target in (("Branin ≤ 0.5", branin, BRANIN_SPACE, 0.5),
-                                     ("Hartmann-6 ≤ -2.0", hartmann6, H6_SPACE, -2.0)):
+    for label, fn, space, target in (
+        ("Branin ≤ 0.5", branin, BRANIN_SPACE, 0.5),
+        ("Hartmann-6 ≤ -2.0", hartmann6, H6_SPACE, -2.0),
+    ):
         need = {}
         for algo in ("tpe", "random"):
-            need[algo] = [trials_to_target(algo, fn, space, target, s, args.cap)
-                          for s in range(args.seeds)]
+            need[algo] = [
+                trials_to_target(algo, fn, space, target, s, args.cap) for s in range(args.seeds)
+            ]
         med = {a: statistics.median(v) for a, v in need.items()}
         ratio = med["tpe"] / med["random"]
         ratios.append(ratio)
         for algo in ("tpe", "random"):
             capped = sum(1 for v in need[algo] if v >= args.cap)
-            rows.append((f"trials to {label}, {algo} (median of {args.seeds} seeds)",
-                         f"{med[algo]:g} (mean {statistics.mean(need[algo]):.0f}"
-                         f"{f', {capped} capped at {args.cap}' if capped else ''})", ""))
+            rows.append(
+                (
+                    f"trials to {label}, {algo} (median of {args.seeds} seeds)",
+                    f"{med[algo]:g} (mean {statistics.mean(need[algo]):.0f}"
+                    f"{f', {capped} capped at {args.cap}' if capped else ''})",
+                    "",
+                )
+            )
         rows.append((f"  tpe / random, {label}", f"{ratio:.2f}", "≤ 0.50"))
 
     w = max(len(r[0]) for r in rows)
