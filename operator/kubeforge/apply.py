@@ -149,7 +149,10 @@ class Kube:
             method, url, body=data, headers=headers, timeout=self.timeout, preload_content=True
         )
         raw = resp.data
-        parsed: JSON = json.loads(raw) if raw else {}
+        try:
+            parsed: JSON = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"message": raw[:200].decode(errors="replace")}
         if resp.status >= 300:
             raise ApiError(
                 resp.status, resp.reason or "", parsed if isinstance(parsed, dict) else None

@@ -52,7 +52,7 @@ def test_pod_may_patch_only_its_own_progress(operator: Any, cluster: Any, kube: 
     progress = json.dumps({"seq": 1, "epoch": 1, "metrics": {"loss": 1.0}, "time": time.time()})
     # the policy takes a moment to be enforced after creation
     deadline = time.monotonic() + 20
-    while patch_as(cluster, token, namespace, me["metadata"]["name"], {"x": "1"}) != 403:
+    while patch_as(cluster, token, namespace, me["metadata"]["name"], {"x": str(time.time())}) != 403:
         assert time.monotonic() < deadline, "policy never enforced"
         time.sleep(0.5)
     assert patch_as(cluster, token, namespace, me["metadata"]["name"], {"kubeforge.io/progress": progress}) == 200
