@@ -292,7 +292,8 @@ def compute_status(
     }
     model_uri = served_uri or resolved.uri
     if model_uri:
-        model: JSON = {"uri": model_uri}
+        # inputs/outputs as the CRD defaults them (empty: see docs), so re-reads compare equal
+        model: JSON = {"uri": model_uri, "inputs": [], "outputs": []}
         if resolved.sha256 and resolved.uri == model_uri:
             model["sha256"] = resolved.sha256
         out["model"] = model

@@ -313,14 +313,14 @@ def test_replica_counts_and_model() -> None:
         served_uri=URI,
     )
     assert st["replicas"] == {"desired": 3, "ready": 2, "updated": 3}
-    assert st["model"] == {"uri": URI, "sha256": "feed"}
+    assert st["model"] == {"uri": URI, "sha256": "feed", "inputs": [], "outputs": []}
 
 
 def test_sha256_only_for_the_model_being_served() -> None:
     st = compute_status(
         md(), spec(), OK, deployment(ready=1), [pod("a", ready=True)], now=NOW, served_uri="s3://x/"
     )
-    assert st["model"] == {"uri": "s3://x/"}
+    assert st["model"] == {"uri": "s3://x/", "inputs": [], "outputs": []}
 
 
 def test_autoscaled_desired_comes_from_the_deployment() -> None:
