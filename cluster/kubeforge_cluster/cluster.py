@@ -216,6 +216,8 @@ class LocalCluster:
         self._make_pki()
         self._write_state()
         self._start_etcd()
+        # kube-apiserver retries etcd while it comes up: start both at once (saves ~0.6 s)
+        self._start_apiserver()
         self._wait(
             "etcd /health",
             lambda: (
@@ -223,7 +225,7 @@ class LocalCluster:
             ),
             "etcd",
         )
-        self._start_apiserver()
+        t_etcd = time.monotonic() - t0
         ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
         ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
         self._wait(
@@ -232,7 +234,10 @@ class LocalCluster:
             "kube-apiserver",
             timeout=60,
         )
-        self._say(f"kube-apiserver ready at {self.server} ({time.monotonic() - t0:.1f}s)")
+        self._say(
+            f"etcd ready {t_etcd:.1f}s, kube-apiserver ready at {self.server} "
+            f"{time.monotonic() - t0:.1f}s"
+        )
         self._start_kcm()
         self._start_scheduler()
         self._start_kwok()
