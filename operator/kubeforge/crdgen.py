@@ -27,7 +27,7 @@ _KEEP = {
     "additionalProperties", "minItems", "maxItems", "minProperties", "maxProperties", "format",
     "nullable", "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-    "x-kubernetes-map-type",
+    "x-kubernetes-map-type", "anyOf", "not",
 }
 
 
@@ -39,6 +39,17 @@ class _Converter:
 
     def convert(self, node: dict[str, Any]) -> dict[str, Any]:
         node = dict(node)
+        typed = node.pop("x-kubeforge-properties", None)
+        if typed is not None:
+            # A free-form dict in Python, a typed object in the CRD (CEL can read it).
+            node.pop("additionalProperties", None)
+            node["type"] = "object"
+            node["properties"] = typed
+        junctors = node.pop("x-kubeforge-any-of", None)
+        if junctors is not None:
+            out = self.convert(node)
+            out["anyOf"] = junctors
+            return out
         if "$ref" in node:
             target = self.defs[node.pop("$ref").split("/")[-1]]
             merged = {**copy.deepcopy(target), **node}
@@ -97,8 +108,8 @@ class _Converter:
 
 
 def _container_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
-    """Give lists, maps and sub-objects built by default_factory a `default` ({} or []), so the
-    API server fills nested defaults and CEL can read every field without has()."""
+    """Give lists, maps and sub-objects built by default_factory a `default` (the defaulted
+    value), so CEL can read every field without has()."""
     props = schema.get("properties", {})
     for name, info in model.model_fields.items():
         key = info.alias or name
@@ -107,7 +118,12 @@ def _container_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
         prop = props[key]
         if info.default_factory is not None:
             made = info.default_factory()  # type: ignore[call-arg]
-            prop["default"] = [] if isinstance(made, list) else {}
+            # The whole defaulted object, not {}: the API server checks a default against the
+            # CEL rules without filling the nested defaults first.
+            if isinstance(made, BaseModel):
+                prop["default"] = made.model_dump(by_alias=True, exclude_none=True, mode="json")
+            else:
+                prop["default"] = made
         sub = _submodel(info)
         if sub is not None:
             target = prop.get("items") if prop.get("type") == "array" else prop

@@ -44,7 +44,14 @@ Quantity = Annotated[
     BeforeValidator(_quantity_text),
     Field(
         pattern=QUANTITY_PATTERN,
-        json_schema_extra={"x-kubernetes-int-or-string": True},
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {"rule": "isQuantity(string(self))",
+                 "message": "must be a Kubernetes quantity such as 500m, 2 or 4Gi"}
+            ],
+        },
     ),
 ]
 """A Kubernetes resource quantity such as `500m`, `2`, `4Gi`."""
@@ -54,12 +61,21 @@ OptionalQuantity = Annotated[
     BeforeValidator(_quantity_text),
     Field(
         pattern=r"^$|" + QUANTITY_PATTERN,
-        json_schema_extra={"x-kubernetes-int-or-string": True},
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {"rule": "string(self) == '' || isQuantity(string(self))",
+                 "message": "must be empty or a Kubernetes quantity such as 500m, 2 or 4Gi"}
+            ],
+        },
     ),
 ]
 """A quantity, or the empty string for "the same as the request"."""
 
 FREE_FORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+"""Schema of a value of any JSON type (kept as written)."""
+
 
 
 def rule(expr: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:

@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-
 from pydantic.alias_generators import to_camel
 
 from kubeforge.api._base import (

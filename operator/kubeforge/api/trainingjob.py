@@ -20,7 +20,6 @@ from kubeforge.api.common import (
     TrainingScheduling,
     check_uri,
     conditions_field,
-    hp_collision_rule,
     hp_env_name,
     storage_uri_rule,
 )
@@ -262,15 +261,9 @@ class TrainingJobSpec(KubeModel):
         default_factory=dict,
         description="Free-form hyperparameters handed to the trainer; each is also exported as "
         "HP_<NAME> (upper case, non-alphanumerics become _).",
-        json_schema_extra={
-            **FREE_FORM,
-            "maxProperties": 64,
-            **cel(
-                rule("self.all(k, k.matches('" + HYPERPARAMETER_NAME.replace("\\", "\\\\") + "'))",
-                     "hyperparameter names must match " + HYPERPARAMETER_NAME),
-                hp_collision_rule(),
-            ),
-        },
+        # Values are of any JSON type, which CEL cannot type: names and HP_ collisions are
+        # checked by the operator (condition InvalidSpec naming the field), not at admission.
+        json_schema_extra={**FREE_FORM, "maxProperties": 64},
     )
     resources: TrainingResources = Field(
         default_factory=TrainingResources, description="Nodes, processes, GPUs, CPU and memory."

@@ -19,53 +19,66 @@ from kubeforge.api.common import (
 )
 from kubeforge.api.trainingjob import TrainingJobSpec
 
-# Keyword arguments each Optuna sampler / pruner accepts through `settings` (Optuna 5).
-# `seed` comes from algorithm.seed; the pruners' warm-up comes from earlyStopping.startStep.
-SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = {
-    "random": (),
-    "grid": (),
-    "tpe": (
-        "consider_prior",
-        "prior_weight",
-        "consider_magic_clip",
-        "consider_endpoints",
-        "n_startup_trials",
-        "n_ei_candidates",
-        "multivariate",
-        "group",
-        "warn_independent_sampling",
-        "constant_liar",
-    ),
-    "cmaes": (
-        "sigma0",
-        "n_startup_trials",
-        "warn_independent_sampling",
-        "consider_pruned_trials",
-        "restart_strategy",
-        "popsize",
-        "inc_popsize",
-        "use_separable_cma",
-        "with_margin",
-        "lr_adapt",
-    ),
-    "gp": ("n_startup_trials", "deterministic_objective", "warn_independent_sampling"),
-    "qmc": ("qmc_type", "scramble", "warn_independent_sampling", "warn_asynchronous_seeding"),
+# Keyword arguments each Optuna sampler / pruner accepts through `settings` (Optuna 5), with
+# their JSON types. `seed` comes from algorithm.seed; the pruners' warm-up from startStep.
+_INT, _NUM, _BOOL, _STR = "integer", "number", "boolean", "string"
+_SAMPLER_TYPES: dict[str, dict[str, str]] = {
+    "random": {},
+    "grid": {},
+    "tpe": {
+        "consider_prior": _BOOL, "prior_weight": _NUM, "consider_magic_clip": _BOOL,
+        "consider_endpoints": _BOOL, "n_startup_trials": _INT, "n_ei_candidates": _INT,
+        "multivariate": _BOOL, "group": _BOOL, "warn_independent_sampling": _BOOL,
+        "constant_liar": _BOOL,
+    },
+    "cmaes": {
+        "sigma0": _NUM, "n_startup_trials": _INT, "warn_independent_sampling": _BOOL,
+        "consider_pruned_trials": _BOOL, "restart_strategy": _STR, "popsize": _INT,
+        "inc_popsize": _INT, "use_separable_cma": _BOOL, "with_margin": _BOOL, "lr_adapt": _BOOL,
+    },
+    "gp": {"n_startup_trials": _INT, "deterministic_objective": _BOOL,
+           "warn_independent_sampling": _BOOL},
+    "qmc": {"qmc_type": _STR, "scramble": _BOOL, "warn_independent_sampling": _BOOL,
+            "warn_asynchronous_seeding": _BOOL},
 }
-PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "median": ("n_startup_trials", "interval_steps", "n_min_trials"),
-    "percentile": ("percentile", "n_startup_trials", "interval_steps", "n_min_trials"),
-    "hyperband": ("max_resource", "reduction_factor", "bootstrap_count"),
+_PRUNER_TYPES: dict[str, dict[str, str]] = {
+    "none": {},
+    "median": {"n_startup_trials": _INT, "interval_steps": _INT, "n_min_trials": _INT},
+    "percentile": {"percentile": _NUM, "n_startup_trials": _INT, "interval_steps": _INT,
+                   "n_min_trials": _INT},
+    "hyperband": {"max_resource": _INT, "reduction_factor": _INT, "bootstrap_count": _INT},
 }
+SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _SAMPLER_TYPES.items()}
+PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _PRUNER_TYPES.items()}
 
 
-def _allow_list_rules(table: dict[str, tuple[str, ...]], what: str) -> list[dict[str, str]]:
+def _settings_schema(table: dict[str, dict[str, str]], what: str) -> dict[str, Any]:
+    """The CRD schema of `settings`: every keyword any of them takes, typed (an unknown key is
+    refused by the API server's field validation, naming it)."""
+    props: dict[str, Any] = {}
+    for name, keys in table.items():
+        for key, typ in keys.items():
+            entry = props.setdefault(key, {"type": typ, "used_by": []})
+            entry["used_by"].append(name)
+    for key, entry in props.items():
+        entry["description"] = f"Optuna keyword argument `{key}` of {what} " + ", ".join(
+            entry.pop("used_by")
+        ) + "."
+    return {"x-kubeforge-properties": props, "maxProperties": 16}
+
+
+def _allow_list_rules(table: dict[str, dict[str, str]], what: str) -> list[dict[str, str]]:
+    every = sorted({k for keys in table.values() for k in keys})
     out = []
     for name, keys in table.items():
-        allowed = "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+        banned = [k for k in every if k not in keys]
+        if not banned:
+            continue
         out.append(
             rule(
-                f"self.name != '{name}' || self.settings.all(k, k in {allowed})",
+                f"self.name != '{name}' || !("
+                + " || ".join(f"has(self.settings.{k})" for k in banned)
+                + ")",
                 f"settings: {what} '{name}' accepts only: {', '.join(keys) or 'nothing'}",
                 field_path=".settings",
             )
@@ -103,18 +116,21 @@ class Objective(KubeModel):
 class SearchParameter(KubeModel):
     """One dimension of the search space."""
 
-    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+    # CEL cannot type a list of mixed scalars, so the rules about `choices` are structural
+    # junctors: a categorical has choices (and no bounds), a float/int has bounds (no choices).
+    model_config = {**KubeModel.model_config, "json_schema_extra": {**cel(
         rule("self.type == 'categorical' || (has(self.low) && has(self.high) && self.low < self.high)",
              "float and int parameters need low < high"),
-        rule("self.type != 'categorical' || (has(self.choices) && size(self.choices) > 0)",
-             "a categorical parameter needs choices", field_path=".choices"),
-        rule("self.type == 'categorical' || !has(self.choices)",
-             "choices apply only to type categorical", field_path=".choices"),
+        rule("self.type != 'categorical' || (!has(self.low) && !has(self.high) && !has(self.step) "
+             "&& !self.log)", "low, high, step and log do not apply to type categorical"),
         rule("!(self.log && has(self.step))", "log and step cannot be combined", field_path=".log"),
         rule("!self.log || (has(self.low) && self.low > 0.0)", "log needs low > 0",
              field_path=".low"),
         rule("!has(self.step) || self.step > 0.0", "step must be > 0", field_path=".step"),
-    )}
+    ), "x-kubeforge-any-of": [
+        {"properties": {"type": {"enum": ["categorical"]}}, "required": ["choices"]},
+        {"properties": {"type": {"enum": ["float", "int"]}}, "not": {"required": ["choices"]}},
+    ]}}
 
     type: Literal["float", "int", "categorical"] = Field(description="float, int or categorical.")
     low: float | None = Field(default=None, description="Lower bound (float, int).")
@@ -126,6 +142,7 @@ class SearchParameter(KubeModel):
     choices: list[Any] | None = Field(
         default=None,
         description="Choices of a categorical parameter: strings, numbers or booleans.",
+        min_length=1,
         max_length=256,
         json_schema_extra={"items": FREE_FORM},
     )
@@ -146,6 +163,8 @@ class SearchParameter(KubeModel):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs choices")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("low, high, step and log do not apply to type categorical")
             return self
         if self.choices is not None:
             raise ValueError("choices apply only to type categorical")
@@ -185,7 +204,7 @@ class Algorithm(KubeModel):
     """The search algorithm: an Optuna sampler."""
 
     model_config = {**KubeModel.model_config, "json_schema_extra": cel(
-        *_allow_list_rules(SAMPLER_SETTINGS, "algorithm"))}
+        *_allow_list_rules(_SAMPLER_TYPES, "algorithm"))}
 
     name: Literal["random", "grid", "tpe", "cmaes", "gp", "qmc"] = Field(
         default="tpe", description="random, grid, tpe, cmaes, gp or qmc (Optuna samplers)."
@@ -194,7 +213,7 @@ class Algorithm(KubeModel):
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments of the Optuna sampler, allow-listed per name.",
-        json_schema_extra={**FREE_FORM, "maxProperties": 16},
+        json_schema_extra=_settings_schema(_SAMPLER_TYPES, "sampler"),
     )
 
     @model_validator(mode="after")
@@ -207,7 +226,7 @@ class EarlyStopping(KubeModel):
     """Early stopping of bad trials: an Optuna pruner fed by the trials' intermediate reports."""
 
     model_config = {**KubeModel.model_config, "json_schema_extra": cel(
-        *_allow_list_rules(PRUNER_SETTINGS, "earlyStopping"))}
+        *_allow_list_rules(_PRUNER_TYPES, "earlyStopping"))}
 
     name: Literal["none", "median", "percentile", "hyperband"] = Field(
         default="none", description="none, median, percentile or hyperband (Optuna pruners)."
@@ -218,7 +237,7 @@ class EarlyStopping(KubeModel):
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments of the Optuna pruner, allow-listed per name.",
-        json_schema_extra={**FREE_FORM, "maxProperties": 16},
+        json_schema_extra=_settings_schema(_PRUNER_TYPES, "pruner"),
     )
 
     @model_validator(mode="after")

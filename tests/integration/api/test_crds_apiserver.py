@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from api_cases import INVALID
+from api_cases import ADMISSION
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def test_examples_pass_server_side_dry_run(
     assert "serverside-applied (server dry run)" in out
 
 
-@pytest.mark.parametrize(("case", "kind", "spec", "field"), INVALID, ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(("case", "kind", "spec", "field"), ADMISSION, ids=[c[0] for c in ADMISSION])
 def test_invalid_specs_refused_by_the_api_server(
     case: str, kind: str, spec: dict[str, Any], field: str,
     kubeforge_crds: list[str], kubectl: Any, namespace: str,
@@ -41,6 +41,10 @@ def test_invalid_specs_refused_by_the_api_server(
     # The API server names the field: "spec.resources.nodes: Invalid value ..." or, for
     # unknown fields, '.spec.resources.gpu: field not declared in schema'.
     assert field in result.stderr, f"{case}: {field!r} not in {result.stderr!r}"
+
+
+def test_at_least_25_invalid_specs_checked_at_admission() -> None:
+    assert len(ADMISSION) >= 25
 
 
 def test_immutable_spec_fields_refused_on_update(
