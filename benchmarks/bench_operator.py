@@ -137,7 +137,7 @@ def run_size(n: int) -> dict[str, Any]:
     nodes = max(2, math.ceil(2 * n / 100) + 1)
     with LocalCluster(name=f"bench-op-{n}", cpu_nodes=nodes, gpu_nodes=0, verbose=False) as cluster:
         subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "apply",
-                        "--server-side", "-f", str(ROOT / "crds")], check=True, capture_output=True)
+                        "--server-side", "-f", os.environ.get("KUBEFORGE_BENCH_CRDS", str(ROOT / "crds"))], check=True, capture_output=True)
         subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "wait",
                         "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubeforge.io"],
                        check=True, capture_output=True)

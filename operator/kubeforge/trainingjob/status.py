@@ -238,7 +238,7 @@ def compute_status(
         jst = job.get("status") or {}
         jconds = jst.get("conditions") or []
         nodes = {
-            "active": int(jst.get("active") or 0),
+            "active": 0,  # pods running (set below; the Job's `active` also counts pending pods)
             "succeeded": int(jst.get("succeeded") or 0),
             "failed": int(jst.get("failed") or 0),
         }
@@ -250,6 +250,7 @@ def compute_status(
             if (p.get("status") or {}).get("phase") == "Running"
             and not (p.get("metadata") or {}).get("deletionTimestamp")
         ]
+        nodes["active"] = len(running_pods)
         restarts += max(0, nodes["failed"] - int(prev_nodes.get("failed") or 0))
 
         complete = is_true(jconds, "Complete") or is_true(jconds, "SuccessCriteriaMet")
