@@ -43,9 +43,24 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubeforge.main", "--metrics-port", str(self.metrics_port),
-             "--liveness-port", str(self.liveness_port)],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                *(
+                    ["-m", "cProfile", "-o", os.environ["KUBEFORGE_PROFILE"]]
+                    if os.environ.get("KUBEFORGE_PROFILE")
+                    else []
+                ),
+                "-m",
+                "kubeforge.main",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness-port",
+                str(self.liveness_port),
+            ],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -61,7 +76,9 @@ class OperatorProcess:
         raise RuntimeError(f"operator not live after 60 s: {self.logs()}")
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
             return str(r.read().decode())
 
     def writes(self) -> float:
@@ -91,8 +108,12 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Any, kubeforge_crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(str(cluster.kubeconfig), tmp_path_factory.mktemp("operator") / "operator.log")
+def operator(
+    cluster: Any, kubeforge_crds: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(
+        str(cluster.kubeconfig), tmp_path_factory.mktemp("operator") / "operator.log"
+    )
     op.start()
     yield op
     op.stop()
