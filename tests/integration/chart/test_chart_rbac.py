@@ -84,6 +84,30 @@ def reduced_identity(kube: KubeClient, release: str) -> Iterator[Any]:
             kube.delete(path)
 
 
+def test_control_the_same_role_unreduced_reconciles(
+    reduced_identity: Any,
+    start_operator: Any,
+    kube: KubeClient,
+    namespace: str,
+    pod_driver: PodDriver,
+) -> None:
+    """The control: the mechanism below (a copy of the chart's role under another account)
+    works when nothing is removed, so the failures below are the missing verb's doing."""
+    chart_role = kube.get(f"{RBAC}/clusterroles/{RELEASE}")
+    reduced_identity(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": REDUCED},
+            "rules": chart_role["rules"],
+        }
+    )
+    start_operator(service_account=REDUCED)
+    tj = run_to_success(kube, pod_driver, namespace, "unreduced", timeout=30)
+    assert tj["status"]["phase"] == "Succeeded"
+    assert tj["status"]["metrics"] == TERMINATION["metrics"]
+
+
 @pytest.mark.parametrize(
     ("group", "resource", "verb"),
     [
