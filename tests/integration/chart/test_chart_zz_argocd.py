@@ -106,7 +106,16 @@ def test_argocd_health_of_what_the_operator_wrote(
             },
         }
         kube.post(GROUP.format(ns=ns, plural="tuningstudies"), study)
-        (trial,) = pod_driver.wait_pods("kubeforge.io/tuningstudy=argo-study", timeout=60)
+
+        def trial_name() -> str | None:
+            for tj in kube.get(TJ_PATH.format(ns=ns))["items"]:
+                owners = tj["metadata"].get("ownerReferences") or []
+                if any(o["kind"] == "TuningStudy" for o in owners):
+                    return str(tj["metadata"]["name"])
+            return None
+
+        name = kube.wait_for("the study's trial", trial_name, timeout=60)
+        (trial,) = pod_driver.wait_pods(f"kubeforge.io/trainingjob={name}", timeout=60)
         pod_driver.run(trial)
         pod_driver.succeed(trial, message=json.dumps({"metrics": {"val_loss": 0.05}}))
         kube.wait_for(
