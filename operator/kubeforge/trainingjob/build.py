@@ -123,7 +123,8 @@ def launch_command(spec: TrainingJobSpec, name: str, settings: Settings) -> list
 
     - built-in trainer: `kubeforge-trainer`; your own program: `command + args`;
     - one pod with one process: run directly; otherwise `torchrun --no-python` (standalone for
-      one node; static rendezvous on pod 0 with the node rank from the completion index);
+      one node; static rendezvous on pod 0 with the node rank from the completion index), as
+      `kubeforge-launch` for the built-in trainer so its exit codes 2 and 3 survive;
     - under `kubeforge-report` when metricsCollector is StdOut or File.
     """
     program = [*spec.command, *spec.args] if spec.command else ["kubeforge-trainer"]
@@ -132,7 +133,11 @@ def launch_command(spec: TrainingJobSpec, name: str, settings: Settings) -> list
     if nodes == 1 and procs == 1:
         cmd = program
     else:
-        cmd = ["torchrun", "--nnodes", str(nodes), "--nproc-per-node", str(procs)]
+        # The built-in trainer's image has kubeforge-launch, torchrun that keeps the exit codes
+        # 2 (bad config) and 3 (stopped) which plain torchrun turns into 1; other images get
+        # plain torchrun.
+        launcher = "torchrun" if spec.command else "kubeforge-launch"
+        cmd = [launcher, "--nnodes", str(nodes), "--nproc-per-node", str(procs)]
         if nodes == 1:
             cmd.append("--standalone")
         else:

@@ -88,7 +88,7 @@ def test_four_nodes_eight_gpus() -> None:
     assert pod["subdomain"] == "digits"
     c = _container(d.job)
     assert c["command"] == [
-        "torchrun", "--nnodes", "4", "--nproc-per-node", "8",
+        "kubeforge-launch", "--nnodes", "4", "--nproc-per-node", "8",
         "--node-rank", "$(JOB_COMPLETION_INDEX)",
         "--master-addr", "digits-0.digits", "--master-port", "29500",
         "--no-python", "kubeforge-trainer",
@@ -109,7 +109,9 @@ def test_four_nodes_eight_gpus() -> None:
 
 def test_one_node_many_procs_is_standalone() -> None:
     c = _container(_build(with_spec(resources={"procsPerNode": 4})).job)
-    assert c["command"][:6] == ["torchrun", "--nnodes", "1", "--nproc-per-node", "4", "--standalone"]
+    assert c["command"][:6] == [
+        "kubeforge-launch", "--nnodes", "1", "--nproc-per-node", "4", "--standalone"
+    ]
 
 
 def test_suspended() -> None:
@@ -185,6 +187,7 @@ def test_own_code_multi_node_under_torchrun_no_python() -> None:
     d = _build({"image": "me/train:1", "command": ["python3", "train.py"], "args": ["--x"],
                 "resources": {"nodes": 2}})
     c = _container(d.job)
+    assert c["command"][0] == "torchrun"  # a user image has no kubeforge-launch
     assert c["command"][-4:] == ["--no-python", "python3", "train.py", "--x"]
 
 
