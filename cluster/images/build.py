@@ -143,14 +143,32 @@ def dockerfile_config(path: Path) -> dict[str, object]:
     env: dict[str, str] = {}
     known = {"PATH": BASE_PATH}
     cfg: dict[str, object] = {"Env": env, "Labels": {}, "WorkingDir": "/", "User": ""}
+    # ARG defaults expand like Docker's: a stage sees an ARG only once it declares it there
+    # (`ARG X` takes the global default from before the first FROM, `ARG X=v` sets v)
+    global_args: dict[str, str] = {}
+    for ln in lines[: starts[0]] if starts else []:
+        if ln.split(None, 1)[0].upper() == "ARG":
+            k, _, v = ln.split(None, 1)[1].strip().partition("=")
+            global_args[k] = v.strip('"')
+    args: dict[str, str] = {}
+
+    def expand(v: str) -> str:
+        return re.sub(
+            r"\$\{?(\w+)\}?",
+            lambda m: known.get(m.group(1), env.get(m.group(1), args.get(m.group(1), ""))),
+            v,
+        )
+
     for ln in stage:
         instr, _, rest = ln.partition(" ")
         instr = instr.upper()
+        if instr == "ARG":
+            k, _, v = rest.strip().partition("=")
+            args[k] = v.strip('"') if v else global_args.get(k, "")
+            continue
         if instr == "ENV":
             for k, v in _kv_pairs(rest).items():
-                v = re.sub(
-                    r"\$\{?(\w+)\}?", lambda m: known.get(m.group(1), env.get(m.group(1), "")), v
-                )
+                v = expand(v)
                 env[k] = v
                 known[k] = v
         elif instr in ("ENTRYPOINT", "CMD"):
@@ -161,7 +179,8 @@ def dockerfile_config(path: Path) -> dict[str, object]:
         elif instr == "WORKDIR":
             cfg["WorkingDir"] = rest.strip()
         elif instr == "LABEL":
-            cfg["Labels"].update(_kv_pairs(rest))  # type: ignore[union-attr]
+            labels = {k: expand(v) for k, v in _kv_pairs(rest).items()}
+            cfg["Labels"].update(labels)  # type: ignore[union-attr]
     return cfg
 
 

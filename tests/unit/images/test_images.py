@@ -101,3 +101,12 @@ def test_dockerfile_parser_reads_the_final_stage(tmp_path: Path) -> None:
     assert c["User"] == "1000"
     assert c["Entrypoint"] == ["run"]
     assert c["WorkingDir"] == "/w"
+
+
+def test_dockerfile_parser_expands_arg_defaults(tmp_path: Path) -> None:
+    df = tmp_path / "Dockerfile"
+    df.write_text(
+        "ARG BASE=python:3.11-slim\nARG G=global\nFROM ${BASE}\nARG G\nARG V=cpu\n"
+        'LABEL a="${V}" b="$G" c="${UNSET}"\n'
+    )
+    assert images.dockerfile_config(df)["Labels"] == {"a": "cpu", "b": "global", "c": ""}
