@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,15 @@ class Out:
         self.colour = colour and self.tty
         self.drawn = 0
         self.last = ""
+        self.lock = threading.RLock()  # the pod player's thread prints too
 
     def c(self, code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if self.colour else text
 
     def say(self, msg: str) -> None:
-        self.clear()
-        print(msg, flush=True)
+        with self.lock:
+            self.clear()
+            print(msg, flush=True)
 
     def step(self, msg: str) -> None:
         self.say(self.c(BOLD, f"==> {msg}"))
@@ -93,6 +96,10 @@ class Out:
             self.drawn = 0
 
     def table(self, lines: list[str], key: str) -> None:
+        with self.lock:
+            self._table(lines, key)
+
+    def _table(self, lines: list[str], key: str) -> None:
         if self.tty:
             self.clear()
             sys.stdout.write("\n".join(lines) + "\n")
@@ -307,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         times["operator healthy"] = time.monotonic() - t
         out.say(f"    healthy in {times['operator healthy']:.1f}s; log: {op.log}")
 
+        out.say(
+            f"    artifact store: file://{artifacts}/ (the local processes share this disk, "
+            "as pods share a pvc:// or s3:// store)"
+        )
         out.step("the pod player (the real trainer and server for kwok's pods)")
         out.say(
             "    each training pod runs the real kubeforge-trainer locally (its progress is "
@@ -356,14 +367,26 @@ def main(argv: list[str] | None = None) -> int:
         done_at: dict[str, float] = {}
         deadline = t0 + a.timeout
         objs: list[dict[str, Any]] = []
+        md_name = docs[2]["metadata"]["name"]
         while time.monotonic() < deadline:
             objs = read_all(client, ns, docs)
+            final = 0
             for o in objs:
-                phase = (o.get("status") or {}).get("phase")
-                if phase in FINAL[o["kind"]] and o["kind"] not in done_at:
-                    done_at[o["kind"]] = time.monotonic() - t0
+                kind = o["kind"]
+                st = o.get("status") or {}
+                ok = st.get("phase") in FINAL[kind]
+                if kind == "ModelDeployment" and st.get("phase") == "Ready":
+                    # kwok marks pods Ready before any server ran: count only what the real
+                    # servers back (the player marks a pod Ready when its server is).
+                    backed = [s for s in player.servers() if s.name.startswith(md_name + "-")]
+                    ok = len(backed) >= (st.get("replicas") or {}).get("desired", 1)
+                if ok:
+                    final += 1
+                    done_at.setdefault(kind, time.monotonic() - t0)
+                else:
+                    done_at.pop(kind, None)
             render(out, objs, t0, done_at)
-            if len(done_at) == len(docs):
+            if final == len(docs):
                 break
             time.sleep(1)
         out.drawn = 0  # keep the final table on screen
@@ -374,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             out.say(f"timed out after {a.timeout:.0f}s: {phases}")
             return 1
 
-        md = docs[2]["metadata"]["name"]
+        md = md_name
         servers = [s for s in player.servers() if s.name.startswith(md + "-")]
         if phases.get("ModelDeployment") == "Ready" and servers:
             s = servers[0]
@@ -405,8 +428,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cluster.kubeconfig}  (stop: python -m kubeforge_cluster down "
                 f"--name {a.name})"
             )
+            pids = [op.proc.pid] if op is not None and op.proc is not None else []
             if player is not None:
-                player._stop.set()  # the processes stay; the player thread goes with us
+                player._stop.set()  # the player thread goes with us; its processes stay
+                pids += [p.proc.pid for p in player.played.values() if p.proc and not p.done]
+            if pids:
+                out.say(
+                    f"    local processes left running (operator, servers): "
+                    f"kill {' '.join(map(str, pids))}"
+                )
         else:
             if player is not None:
                 player.stop()

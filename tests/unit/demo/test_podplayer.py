@@ -1,0 +1,85 @@
+"""The demo's pod player and resources, without a cluster."""
+
+from __future__ import annotations
+
+from kubeforge_cluster.demo import FINAL, documents
+from kubeforge_cluster.podplayer import pod_env, program_of
+
+
+def test_program_of_recognises_kubeforge_containers() -> None:
+    assert program_of({"command": ["kubeforge-trainer"]}) == "trainer"
+    assert (
+        program_of(
+            {
+                "command": [
+                    "torchrun",
+                    "--nnodes",
+                    "1",
+                    "--standalone",
+                    "--no-python",
+                    "kubeforge-trainer",
+                ]
+            }
+        )
+        == "trainer"
+    )
+    assert program_of({"command": ["kubeforge-server"], "args": ["--model", "x"]}) == "server"
+    assert program_of({"command": ["python3", "train.py"]}) is None
+    assert (
+        program_of(
+            {
+                "command": [
+                    "python3",
+                    "/kubeforge/bin/kubeforge-report.pyz",
+                    "--",
+                    "python3",
+                    "kubeforge-trainer",
+                ]
+            }
+        )
+        is None
+    )
+
+
+def test_pod_env_fills_the_downward_api() -> None:
+    pod = {
+        "metadata": {"name": "p-0", "namespace": "ns", "labels": {"a": "b"}},
+        "spec": {"nodeName": "n1", "serviceAccountName": "sa"},
+        "status": {"podIP": "10.0.0.1"},
+    }
+    container = {
+        "env": [
+            {"name": "KUBEFORGE_JOB", "value": '{"spec": {}}'},
+            {
+                "name": "KUBEFORGE_POD_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "L", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['a']"}}},
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ]
+    }
+    env = pod_env(pod, container)
+    assert env == {
+        "KUBEFORGE_JOB": '{"spec": {}}',
+        "KUBEFORGE_POD_NAME": "p-0",
+        "NS": "ns",
+        "L": "b",
+    }
+
+
+def test_demo_documents_are_valid_and_smaller_in_quick_mode() -> None:
+    from kubeforge.api import ModelDeploymentSpec, TrainingJobSpec, TuningStudySpec
+
+    full, quick = documents(False), documents(True)
+    for tj, ts, md in (full, quick):
+        TrainingJobSpec.model_validate(tj["spec"])
+        TuningStudySpec.model_validate(ts["spec"])
+        ModelDeploymentSpec.model_validate(md["spec"])
+        assert md["spec"]["model"] == {"fromTrainingJob": tj["metadata"]["name"]}
+        assert "promote" not in ts["spec"]
+    assert quick[1]["spec"]["maxTrials"] < full[1]["spec"]["maxTrials"]
+    assert (
+        quick[0]["spec"]["hyperparameters"]["epochs"] < full[0]["spec"]["hyperparameters"]["epochs"]
+    )
+    assert set(FINAL) == {d["kind"] for d in full}
