@@ -29,6 +29,10 @@ REPORT_DIR = "/kubeforge/bin"
 REPORT_PYZ = f"{REPORT_DIR}/kubeforge-report.pyz"
 REPORT_SOURCE = "/opt/kubeforge/bin/kubeforge-report.pyz"
 SCRIPT_DIR = "/kubeforge/script"
+OBJECTIVE_METRIC_ANNOTATION = "kubeforge.io/objective-metric"
+"""On a TrainingJob (a TuningStudy sets it on its trials): the metric whose lines are the
+intermediate reports; handed to kubeforge-report as `--metric` when metrics are collected from
+stdout or a file, so other `name=value` text (e.g. `Namespace(lr=0.1)`) is not taken as a report."""
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -118,14 +122,23 @@ def master_addr(name: str) -> str:
     return f"{name}-0.{service_name(name)}"
 
 
-def launch_command(spec: TrainingJobSpec, name: str, settings: Settings) -> list[str]:
+def objective_metric(tj: JSON) -> str:
+    """The `kubeforge.io/objective-metric` annotation of the TrainingJob (empty when absent)."""
+    value = ((tj.get("metadata") or {}).get("annotations") or {}).get(OBJECTIVE_METRIC_ANNOTATION)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def launch_command(
+    spec: TrainingJobSpec, name: str, settings: Settings, objective: str = ""
+) -> list[str]:
     """The container command.
 
     - built-in trainer: `kubeforge-trainer`; your own program: `command + args`;
     - one pod with one process: run directly; otherwise `torchrun --no-python` (standalone for
       one node; static rendezvous on pod 0 with the node rank from the completion index), as
       `kubeforge-launch` for the built-in trainer so its exit codes 2 and 3 survive;
-    - under `kubeforge-report` when metricsCollector is StdOut or File.
+    - under `kubeforge-report` when metricsCollector is StdOut or File, told the `objective`
+      metric (`--metric=NAME`, a trial's study objective) when there is one.
     """
     program = [*spec.command, *spec.args] if spec.command else ["kubeforge-trainer"]
     nodes = spec.resources.nodes
@@ -157,6 +170,8 @@ def launch_command(spec: TrainingJobSpec, name: str, settings: Settings) -> list
             wrapper += ["--path", mc.path]
         if mc.pattern:
             wrapper += ["--pattern", mc.pattern]
+        if objective:
+            wrapper.append(f"--metric={objective}")
         cmd = [*wrapper, "--", *cmd]
     return cmd
 
@@ -241,7 +256,7 @@ def build(tj: JSON, spec: TrainingJobSpec, settings: Settings) -> Desired:
 
     image = spec.image or (settings.trainer_gpu_image if gpus > 0 else settings.trainer_image)
     container = parts.container(CONTAINER, image)
-    container["command"] = launch_command(spec, name, settings)
+    container["command"] = launch_command(spec, name, settings, objective_metric(tj))
     container["resources"] = container_resources(res, gpus)
     container["terminationMessagePath"] = TERMINATION_LOG
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"

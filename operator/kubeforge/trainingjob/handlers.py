@@ -54,6 +54,12 @@ def slim_tj(body: Any) -> JSON:
             "uid": meta.get("uid"),
             "generation": meta.get("generation"),
             "deletionTimestamp": meta.get("deletionTimestamp"),
+            # only the annotation the builder reads (a trial's objective for kubeforge-report)
+            "annotations": {
+                k: v
+                for k, v in (meta.get("annotations") or {}).items()
+                if k == tjbuild.OBJECTIVE_METRIC_ANNOTATION
+            },
         },
         "spec": body.get("spec") or {},
         "status": body.get("status") or {},

@@ -12,7 +12,7 @@ from typing import Any
 
 from kubeforge.api.trainingjob import EXIT_BAD_CONFIG, EXIT_STOPPED, TrainingJobSpec
 from kubeforge.conditions import copy_conditions, get_condition, is_true, set_condition
-from kubeforge.trainingjob.build import CONTAINER
+from kubeforge.trainingjob.build import CONTAINER, exit_codes_meaningful
 
 JSON = dict[str, Any]
 
@@ -139,8 +139,12 @@ def artifacts_of(result: JSON) -> JSON | None:
     return out or None
 
 
-def failure_detail(pods: list[JSON]) -> tuple[str, str] | None:
-    """(reason, message) of the most telling failed pod: a bad config or a stop beats others."""
+def failure_detail(pods: list[JSON], meaningful: bool = True) -> tuple[str, str] | None:
+    """(reason, message) of the most telling failed pod: a bad config or a stop beats others.
+
+    Exit codes 2 (bad configuration) and 3 (stopped) have their meaning only when `meaningful`:
+    for the built-in trainer and under kubeforge-report, not for a user's own command without a
+    metricsCollector (its exit 3 is an error like any other)."""
     found: list[tuple[int, str, str]] = []
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "?")
@@ -154,9 +158,9 @@ def failure_detail(pods: list[JSON]) -> tuple[str, str] | None:
             if parsed is not None:
                 text = str(parsed.get("error") or parsed.get("message") or "")
             cause = term.get("reason") or "Error"
-            if code == EXIT_BAD_CONFIG:
+            if meaningful and code == EXIT_BAD_CONFIG:
                 reason, prio = "BadConfiguration", 0
-            elif code == EXIT_STOPPED:
+            elif meaningful and code == EXIT_STOPPED:
                 stop = ((pod.get("metadata") or {}).get("annotations") or {}).get(STOP)
                 reason, prio = "Stopped", 1
                 text = text or f"stopped ({stop or 'requested'})"
@@ -270,7 +274,7 @@ def compute_status(
             phase = "Failed"
             reason = failed_c.get("reason") or "Failed"
             message = failed_c.get("message") or "the job failed"
-            detail = failure_detail(pods)
+            detail = failure_detail(pods, exit_codes_meaningful(spec))
             if detail is not None:
                 if reason in ("PodFailurePolicy", "BackoffLimitExceeded", "Failed"):
                     reason = detail[0]

@@ -12,6 +12,9 @@ on it, never in the study object (whose status stays small however many trials r
   suggestion (qmc's sample counter), only when there are any;
 - annotation `kubeforge.io/trial-reports`: the intermediate values of the objective metric seen
   so far, `[[step, value], ...]` (the operator appends as the trial's progress moves);
+- annotation `kubeforge.io/objective-metric`: the study's objective metric, which the TrainingJob
+  builder hands to `kubeforge-report` (`--metric`) when the template collects metrics from
+  stdout or a file, so only lines carrying the objective are intermediate reports;
 - annotation `kubeforge.io/stop`: set when the operator stopped the trial (`pruned`, or
   `study-succeeded` / `study-failed`), so the decision survives restarts.
 """
@@ -25,6 +28,7 @@ import math
 from typing import Any
 
 from kubeforge.api.tuningstudy import Objective, TuningStudySpec
+from kubeforge.trainingjob.build import OBJECTIVE_METRIC_ANNOTATION
 from kubeforge.tuningstudy.search import TrialRecord
 
 JSON = dict[str, Any]
@@ -39,6 +43,8 @@ PARAMS = "kubeforge.io/trial-params"
 SYSTEM_ATTRS = "kubeforge.io/trial-system-attrs"
 STUDY_SYSTEM_ATTRS = "kubeforge.io/study-system-attrs"
 REPORTS = "kubeforge.io/trial-reports"
+OBJECTIVE_METRIC = OBJECTIVE_METRIC_ANNOTATION
+"""The objective metric of the study (read by the TrainingJob builder for kubeforge-report)."""
 STOP = "kubeforge.io/stop"
 """On a trial TrainingJob (the record) and on its pods (the request the trainer obeys)."""
 
@@ -114,7 +120,11 @@ def trial_manifest(
         if rp.get("ttlSecondsAfterFinished") is None:
             rp["ttlSecondsAfterFinished"] = RETAIN_FALSE_TTL
         tspec["runPolicy"] = rp
-    annotations = {PARAMS: _dumps(params), SYSTEM_ATTRS: _dumps(system_attrs or {})}
+    annotations = {
+        PARAMS: _dumps(params),
+        SYSTEM_ATTRS: _dumps(system_attrs or {}),
+        OBJECTIVE_METRIC: spec.objective.metric,
+    }
     if study_system_attrs:
         annotations[STUDY_SYSTEM_ATTRS] = _dumps(study_system_attrs)
     return {

@@ -227,9 +227,89 @@ def test_real_run_with_zipapp(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "epoch=3 accuracy=0.80" in proc.stdout
-    term = json.loads((tmp_path / "term.json").read_text())
-    assert term == {"metrics": {"accuracy": 0.8}, "artifacts": {}}
+    text = (tmp_path / "term.json").read_text()
+    assert json.loads(text) == {"metrics": {"accuracy": 0.8}, "artifacts": {}}
     assert [p["epoch"] for p in _progress(tmp_path)] == [1, 2, 3]
+    # the operator parses that exact message: Succeeded, the metrics, no model
+    st = _operator_status(text)
+    assert st["phase"] == "Succeeded" and st["metrics"] == {"accuracy": 0.8}
+    assert "artifacts" not in st
+
+
+def _operator_status(message: str) -> dict:
+    """The TrainingJob status the operator computes from a pod that ended with `message`."""
+    from kubeforge.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+    from kubeforge.trainingjob.status import compute_status
+
+    spec = {
+        "image": "me/t:1",
+        "command": ["python3", "script.py"],
+        "metricsCollector": {"kind": "StdOut"},
+    }
+    obj = {"metadata": {"name": "byo", "namespace": "ml", "generation": 1}, "spec": spec}
+    job = {
+        "metadata": {"name": "byo"},
+        "spec": {},
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    pod = {
+        "metadata": {
+            "name": "byo-0-x",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {
+                        "terminated": {"exitCode": 0, "reason": "Completed", "message": message}
+                    },
+                }
+            ],
+        },
+    }
+    st = compute_status(
+        obj, TrainingJobSpec.model_validate(spec), job, [pod], now="2026-11-27T10:00:00Z"
+    )
+    TrainingJobStatus.model_validate(st)
+    return st
+
+
+def test_real_run_with_objective_ignores_other_name_value_text(tmp_path: Path) -> None:
+    """`--metric accuracy` (what a trial gets): `Namespace(lr=0.1)` is no metric, only lines
+    carrying accuracy are reports, their step the line's epoch."""
+    pyz = zipbuild.build(tmp_path / "kubeforge-report.pyz")
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import argparse\n"
+        "ap = argparse.ArgumentParser(); ap.add_argument('--lr', type=float)\n"
+        "ns = ap.parse_args(); print(ns, flush=True)\n"
+        "print('loss=2.5 warmup', flush=True)\n"
+        "for e in range(1, 3):\n"
+        "    print(f'epoch={e} accuracy={0.5 + e * ns.lr:.2f} loss={1 / e:.2f}', flush=True)\n"
+    )
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = ""
+    proc = subprocess.run(
+        ["python3", str(pyz), "--metric=accuracy", "--", "python3", str(script), "--lr", "0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Namespace(lr=0.1)" in proc.stdout
+    reports = _progress(tmp_path)
+    assert [(p["step"], p["metrics"]) for p in reports] == [
+        (1, {"accuracy": 0.6}),
+        (2, {"accuracy": 0.7}),
+    ]
+    text = (tmp_path / "term.json").read_text()
+    assert json.loads(text) == {"metrics": {"accuracy": 0.7}, "artifacts": {}}
+    st = _operator_status(text)
+    assert st["phase"] == "Succeeded" and st["metrics"] == {"accuracy": 0.7}
 
 
 # ------------------------------------------------------------------ in-cluster channel
