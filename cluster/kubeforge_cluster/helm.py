@@ -98,7 +98,18 @@ class Helm:
         chart: Path = CHART,
     ) -> list[dict[str, Any]]:
         """`helm template` → the rendered objects."""
-        args = ["template", release, str(chart), "--namespace", namespace, *extra]
+        # A target version, not helm's built-in default (a helm built with plain `go install`
+        # reports Kubernetes v1.20, below the chart's kubeVersion).
+        args = [
+            "template",
+            release,
+            str(chart),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            binaries.K8S_VERSION,
+            *extra,
+        ]
         if values is not None:
             args += ["--values", "-"]
         out = self.run(*args, input=json.dumps(values) if values is not None else None).stdout

@@ -178,6 +178,12 @@ def test_bad_values_are_refused(helm: Helm, values: dict[str, Any], words: str) 
 
 
 def test_notes_render(helm: Helm) -> None:
+    if helm.major == 3:
+        pytest.skip(
+            "helm3 built by `go install` has Kubernetes v1.20 as its client-side default and "
+            "`install --dry-run=client` takes no --kube-version (helm 4 checks NOTES; the "
+            "integration test installs with helm3 into the real cluster)"
+        )
     # helm template does not render NOTES; install --dry-run does (no cluster: client-only).
     out = helm("install", "kubeforge", str(CHART), "--dry-run=client", "--namespace", "ns")
     assert "kubectl apply --server-side --force-conflicts" in out.stdout
