@@ -50,7 +50,12 @@ class Kube:
     def k(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> str:
-        r = self.node.kubectl("-n", self.ns, *args, input=input, check=check, timeout=timeout)
+        r = self.node.kubectl("-n", self.ns, *args, input=input, check=False, timeout=timeout)
+        if check and r.returncode != 0:
+            # the stderr in the message: a bare CalledProcessError hides why kubectl failed
+            raise subprocess.CalledProcessError(
+                r.returncode, f"kubectl {' '.join(args)}: {r.stderr.strip()}", r.stdout, r.stderr
+            )
         return r.stdout if check else r.stdout + r.stderr
 
     def apply(self, obj: dict[str, Any]) -> None:

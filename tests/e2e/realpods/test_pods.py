@@ -71,7 +71,7 @@ def test_job_pod_failure_policy(kube: Kube) -> None:
                         {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [3]}}
                     ]
                 },
-                "template": pod("x", ["sh", "-c", "exit 3"])["spec"] | {"restartPolicy": "Never"},
+                "template": {"spec": pod("x", ["sh", "-c", "exit 3"])["spec"]},
             },
         }
     )
