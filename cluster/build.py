@@ -4,6 +4,7 @@
     python3 cluster/build.py            # build what is missing; a warm run does no work
     python3 cluster/build.py --status   # show what is there
     python3 cluster/build.py --print-dir
+    python3 cluster/build.py --node     # + the real node's binaries (kubelet, kube-proxy, ...)
 
 Env: KUBEFORGE_BIN_DIR (cache dir to build into), KUBEFORGE_USE_BINARIES / KUBEBUILDER_ASSETS
 (directories of binaries to use instead of building). Stdlib only; needs Go >= 1.26 to build.
@@ -32,6 +33,12 @@ def main() -> int:
         "--helm3", action="store_true", help=f"also build helm {binaries.HELM3_VERSION} as helm3"
     )
     ap.add_argument("--no-kueue", action="store_true", help="skip kueue (~4 min cold)")
+    ap.add_argument(
+        "--node",
+        action="store_true",
+        help="also build the real node's binaries (containerd, crictl, CoreDNS, kubelet, "
+        "kube-proxy, pause; ~6-10 min cold) into their own cache dir",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild even if present")
     ap.add_argument("--status", action="store_true", help="print what is present and exit")
     ap.add_argument("--print-dir", action="store_true", help="print the cache dir and exit")
@@ -45,6 +52,10 @@ def main() -> int:
             print(f"  {name:24} {st}")
         return 0
     binaries.build(a.bin_dir, helm3=a.helm3, kueue=not a.no_kueue, force=a.force)
+    if a.node:
+        from kubeforge_cluster.realnode import bins as node_bins
+
+        node_bins.build(force=a.force)
     return 0
 
 

@@ -15,14 +15,11 @@ Heavy builds run under ``nice -n 19`` (shared machine). A warm run does no work.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from .. import binaries as cp_binaries
@@ -229,24 +226,15 @@ def _k8s_node_ldflags() -> str:
 NODE_TOOLS = ("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-proxy")
 
 
-@contextlib.contextmanager
-def _node_module(go: str) -> Iterator[Path]:
-    """The wrapper module (cluster/go), which pins the control plane's k8s version. When its
-    ``tool`` block does not list kubelet and kube-proxy yet, a temporary copy that does (plus
-    ``go mod tidy``, which only adds their dependencies' go.sum lines) is used instead."""
+def _node_module() -> Path:
+    """The wrapper module (cluster/go): it pins the control plane's k8s version and its ``tool``
+    block lists kubelet and kube-proxy, so their go.sum lines are there."""
     src = cp_binaries.GO_MODULE_DIR
     gomod = (src / "go.mod").read_text()
-    if all(f"\t{t}\n" in gomod for t in NODE_TOOLS):
-        yield src
-        return
-    with tempfile.TemporaryDirectory(prefix="kubeforge-node-mod-") as tmp:
-        dst = Path(tmp)
-        shutil.copy2(src / "go.mod", dst / "go.mod")
-        shutil.copy2(src / "go.sum", dst / "go.sum")
-        lines = "".join(f"\t{t}\n" for t in NODE_TOOLS if f"\t{t}\n" not in gomod)
-        (dst / "go.mod").write_text(gomod.replace("tool (\n", "tool (\n" + lines, 1))
-        _run([go, "mod", "tidy"], _go_env(), dst, "go mod tidy (kubelet, kube-proxy)")
-        yield dst
+    missing = [t for t in NODE_TOOLS if f"\t{t}\n" not in gomod]
+    if missing:
+        raise SystemExit(f"[node-bins] {src / 'go.mod'} does not list {missing} in its tool block")
+    return src
 
 
 def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False) -> Path:
@@ -318,23 +306,22 @@ def build(bin_dir: Path | None = None, *, force: bool = False, apt: bool = False
             )
         kpkgs = [f"k8s.io/kubernetes/cmd/{n}" for n in ("kubelet", "kube-proxy") if n in todo]
         if kpkgs:
-            with _node_module(go) as mod:
-                times["kubelet+kube-proxy"] = _run(
-                    [
-                        go,
-                        "build",
-                        "-tags",
-                        "selinux,notest",
-                        "-ldflags",
-                        _k8s_node_ldflags(),
-                        "-o",
-                        str(d) + "/",
-                        *kpkgs,
-                    ],
-                    _go_env(),
-                    mod,
-                    f"go build {' '.join(kpkgs)} {K8S_VERSION}",
-                )
+            times["kubelet+kube-proxy"] = _run(
+                [
+                    go,
+                    "build",
+                    "-tags",
+                    "selinux,notest",
+                    "-ldflags",
+                    _k8s_node_ldflags(),
+                    "-o",
+                    str(d) + "/",
+                    *kpkgs,
+                ],
+                _go_env(),
+                _node_module(),
+                f"go build {' '.join(kpkgs)} {K8S_VERSION}",
+            )
         bad = [n for n in todo if not version_ok(n, d / n)]
         if bad:
             raise SystemExit(f"[node-bins] built but version check failed: {', '.join(bad)}")

@@ -175,7 +175,7 @@ class RealNode:
         if not self.procs:
             raise NodeStartError(f"no real node running in {self.run_dir}")
         if (self.cp_dir / "state.json").exists():
-            self.cluster = NodeControlPlane.attach(self.cp_dir)  # type: ignore[assignment]
+            self.cluster = NodeControlPlane.attach(self.cp_dir)
         return self
 
     def __enter__(self) -> RealNode:

@@ -142,7 +142,7 @@ class BlobStore:
             return b
         excl = tuple(e.strip("/") for e in exclude)
         with self._writer() as w:  # noqa: SIM117
-            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as t:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as t:
                 done: set[str] = set()
                 for src, dst in entries:
                     _add_tree(t, Path(src), dst.strip("/"), done, force_root, excl)
@@ -280,9 +280,9 @@ def write_archive(
         t.addfile(ti, io.BytesIO(b))
 
     tf = (
-        tarfile.open(out, "w")  # type: ignore[arg-type]  # noqa: SIM115
+        tarfile.open(out, "w")  # noqa: SIM115
         if isinstance(out, (str, Path))
-        else tarfile.open(fileobj=out, mode="w|")  # type: ignore[call-overload]  # noqa: SIM115
+        else tarfile.open(fileobj=out, mode="w|")  # noqa: SIM115
     )
     with tf as t:
         put(t, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
