@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= operator,trainer,server,dev
 
 .PHONY: help venv check lint typecheck unit test integration e2e crds cluster-bins cluster \
-        cluster-down kind demo bench images clean
+        cluster-down kind demo bench images node-bins clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -41,11 +41,19 @@ check: lint typecheck unit ## ruff, mypy, fast unit tests (under a minute)
 integration: venv cluster-bins ## integration tests on the real local control plane
 	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests/integration -q
 
-e2e: venv cluster-bins ## e2e tests (real pods where the machine allows; skipped with a reason otherwise)
+e2e: venv cluster-bins node-bins ## e2e tests (real pods where the machine allows; skipped with a reason otherwise)
 	$(BIN)/pytest tests/e2e -q
 
-test: venv cluster-bins ## everything README promises: unit + integration + e2e (what .ci/run calls)
+test: venv cluster-bins node-bins ## everything README promises: unit + integration + e2e (what .ci/run calls)
 	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests -q
+
+# The real node's binaries (containerd, crictl, CoreDNS, kubelet, kube-proxy, pause + Debian's
+# runc, CNI plugins, iptables, busybox-static), built once and cached, only where this machine can
+# run real pods (root, netns, cgroups, bridge netfilter); elsewhere it says why and does nothing,
+# and tests/e2e/realpods skips with that reason. Cold ~7 min on 2 cores after cluster-bins (see
+# cluster/kubeforge_cluster/realnode/README.md); KUBEFORGE_REALPODS=0 turns it and the suite off.
+node-bins: venv cluster-bins ## build (once, cached) the real node's binaries where real pods can run
+	$(BIN)/python -m kubeforge_cluster.realnode build --if-supported --apt
 
 crds: venv ## regenerate crds/ (and the chart's copy) from the pydantic models
 	$(BIN)/python -m kubeforge.crdgen crds

@@ -521,8 +521,14 @@ def main() -> int:
         action="store_true",
         help="load the images into the running real node (make cluster NODES=real)",
     )
+    ap.add_argument(
+        "--import-if-running",
+        action="store_true",
+        help="like --import when a real node is running; otherwise just build (`make images`)",
+    )
     a = ap.parse_args()
-    build([n.strip() for n in a.only.split(",") if n.strip()], a.out, a.do_import)
+    names = [n.strip() for n in a.only.split(",") if n.strip()]
+    build(names, a.out, a.do_import or a.import_if_running, a.import_if_running)
     return 0
 
 

@@ -12,6 +12,7 @@ from .node import (
     RealNode,
     cleanup_leftovers,
     default_run_dir,
+    host_unsupported_reason,
     teardown,
     unsupported_reason,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "RealNode",
     "cleanup_leftovers",
     "default_run_dir",
+    "host_unsupported_reason",
     "teardown",
     "unsupported_reason",
 ]

@@ -49,6 +49,8 @@ APT_PACKAGES = {
     "/usr/lib/cni/bridge": "containernetworking-plugins",
     "iptables": "iptables",
     "conntrack": "conntrack",
+    "busybox (static)": "busybox-static",
+    "gcc": "gcc",
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
@@ -123,10 +125,25 @@ def missing_system() -> list[str]:
         miss.append("runc")
     if not all((CNI_BIN_DIR / p).is_file() for p in CNI_PLUGINS):
         miss.append("containernetworking-plugins")
-    for tool, pkg in (("iptables", "iptables"), ("conntrack", "conntrack")):
+    for tool, pkg in (("iptables", "iptables"), ("conntrack", "conntrack"), ("gcc", "gcc")):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             miss.append(pkg)
+    if static_busybox() is None:
+        miss.append("busybox-static")
     return miss
+
+
+def static_busybox() -> Path | None:
+    """Debian's busybox-static: the test image ``local/busybox:1`` is made from it."""
+    for p in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+        if p and Path(p).is_file():
+            try:
+                head = Path(p).read_bytes()[:4096]
+            except OSError:
+                continue
+            if b"ld-linux" not in head:  # no program interpreter: static
+                return Path(p)
+    return None
 
 
 def apt_install(pkgs: list[str]) -> None:

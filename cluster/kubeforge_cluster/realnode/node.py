@@ -60,8 +60,15 @@ def cache_root() -> Path:
     return cp_binaries.default_bin_dir().parent.parent
 
 
-def unsupported_reason() -> str | None:
-    """Why a real node cannot start here (None = it can). Reads state only."""
+#: ``KUBEFORGE_REALPODS=0`` turns real nodes off on a machine that could run them.
+REALPODS_ENV = "KUBEFORGE_REALPODS"
+
+
+def host_unsupported_reason() -> str | None:
+    """Why this host (kernel, privileges) cannot run a real node, whatever gets installed or
+    built (None = it can). Reads state only."""
+    if os.environ.get(REALPODS_ENV, "1") == "0":
+        return f"{REALPODS_ENV}=0 (real pods turned off for this run)"
     if os.geteuid() != 0:
         return "needs root (containers, bridge, iptables)"
     if not Path("/proc/self/ns/net").exists():
@@ -69,11 +76,19 @@ def unsupported_reason() -> str | None:
     cg = Path("/sys/fs/cgroup")
     if not ((cg / "memory").is_dir() or (cg / "cgroup.controllers").is_file()):
         return "no memory cgroup"
+    if not Path("/proc/sys/net/bridge").exists() and not _can_bridge():
+        return "no bridge netfilter support"
+    return None
+
+
+def unsupported_reason() -> str | None:
+    """Why a real node cannot start here (None = it can). Reads state only."""
+    host = host_unsupported_reason()
+    if host:
+        return host
     for tool in ("ip", "iptables", "ip6tables", "nsenter", "ss"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
-    if not Path("/proc/sys/net/bridge").exists() and not _can_bridge():
-        return "no bridge netfilter support"
     try:
         bins.require()
         cp_binaries.require_binaries(cp_binaries.CORE_BINARIES)
@@ -1032,8 +1047,9 @@ def build_base_images(pause_bin: Path) -> list[Path]:
             pause, store, [pause_layer], oci.ImageConfig(entrypoint=["/pause"]), PAUSE_IMAGE
         )
         archives = [pause]
-        bb = shutil.which("busybox") or "/bin/busybox"
-        if Path(bb).exists() and _static_hint(bb) == "static":
+        bb_path = bins.static_busybox()
+        if bb_path is not None:
+            bb = str(bb_path)
             r = tmp / "bb-root"
             for d in ("bin", "etc", "tmp", "root", "www", "proc", "sys", "dev"):
                 (r / d).mkdir(parents=True)
@@ -1071,14 +1087,6 @@ def _load_ca(d: Path) -> Any:
     key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
     cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
     return pki.CA(key=key, cert=cert, cert_path=d / "ca.crt")  # type: ignore[arg-type]
-
-
-def _static_hint(path: str) -> str:
-    # `file` may be absent: a static binary has no PT_INTERP; good enough to look for ld-linux
-    try:
-        return "" if b"ld-linux" in Path(path).read_bytes()[:4096] else "static"
-    except OSError:
-        return ""
 
 
 @contextlib.contextmanager
