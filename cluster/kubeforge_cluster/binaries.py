@@ -281,8 +281,8 @@ def _assets_ok(d: Path) -> bool:
     return (
         (d / "kwok-stages" / "pod-ready.yaml").is_file()
         and any((d / "crds" / "prometheus-operator").glob("monitoring.coreos.com_*.yaml"))
-        and (d / "kueue" / "webhook" / "manifests.yaml").is_file()
-        and any((d / "kueue" / "crd").glob("kueue.x-k8s.io_*.yaml"))
+        and (d / "kueue-manifests" / "webhook" / "manifests.yaml").is_file()
+        and any((d / "kueue-manifests" / "crd").glob("kueue.x-k8s.io_*.yaml"))
     )
 
 
@@ -307,8 +307,8 @@ def _copy_assets(d: Path) -> None:
         "monitoring.coreos.com_*.yaml",
     )
     kueue = _mod_dir(f"sigs.k8s.io/kueue@{KUEUE_VERSION}") / "config" / "components"
-    _copy_tree_files(kueue / "crd" / "bases", d / "kueue" / "crd", "*.yaml")
-    _copy_tree_files(kueue / "webhook", d / "kueue" / "webhook", "manifests.yaml")
+    _copy_tree_files(kueue / "crd" / "bases", d / "kueue-manifests" / "crd", "*.yaml")
+    _copy_tree_files(kueue / "webhook", d / "kueue-manifests" / "webhook", "manifests.yaml")
     _write_manifest(
         d,
         {

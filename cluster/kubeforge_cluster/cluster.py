@@ -547,7 +547,9 @@ class LocalCluster:
         items = self.client.get("/api/v1/nodes")["items"]
         ready = 0
         for n in items:
-            conds = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}
+            conds = {
+                c["type"]: c["status"] for c in (n.get("status") or {}).get("conditions") or []
+            }
             taints = {t["key"] for t in n.get("spec", {}).get("taints") or []}
             if conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
                 ready += 1
@@ -695,7 +697,7 @@ def wait_crds_established(client: KubeClient, names: Iterable[str], timeout: flo
         crd = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         return any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in crd.get("status", {}).get("conditions", [])
+            for c in (crd.get("status") or {}).get("conditions") or []
         )
 
     for n in names:

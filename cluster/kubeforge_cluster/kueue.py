@@ -49,7 +49,7 @@ class Kueue:
         exe = binaries.find_binary("kueue", c.bin_dir)
         if exe is None:
             raise binaries.MissingBinaries(["kueue"], c.bin_dir or binaries.default_bin_dir())
-        data = binaries.data_dir(c.bin_dir) / "kueue"
+        data = binaries.data_dir(c.bin_dir) / "kueue-manifests"
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in ("webhook", "metrics", "health"):
             self.ports[p] = free_port()
