@@ -118,7 +118,16 @@ def test_examples_do_not_drift_after_reconciling(
                 return False
         return True
 
-    kube.wait_for("every example reconciled", all_reconciled, timeout=60)
+    try:
+        kube.wait_for("every example reconciled", all_reconciled, timeout=120)
+    except TimeoutError as exc:
+        statuses = {
+            (kind, name): kube.get(
+                f"/apis/kubeforge.io/v1alpha1/namespaces/{namespace}/{KINDS[kind]}/{name}"
+            ).get("status")
+            for kind, name in objs
+        }
+        raise AssertionError(f"{exc}: {statuses}") from None
     for kind, name in objs:
         if kind in reconciled:
             capture(
