@@ -1,9 +1,11 @@
 """`kubeforge-operator [--namespace NS]... [--metrics-port 8000]`: the operator's entry point.
 
 Kubeconfig from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; all
-namespaces when none is named. kopf runs the watches (standalone: no peering objects), with its
-own bookkeeping under the `kubeforge.io` prefix and its info Events off; kubeforge's controllers
-do the reconciling (see `kubeforge.controller`).
+namespaces when none is named. kopf runs the operator's lifecycle (login, startup/cleanup, signals,
+liveness; standalone: no peering objects), with its bookkeeping under the `kubeforge.io` prefix and
+its info Events off. The `@kopf.index`/`@kopf.on.event` handlers of every kind are fed by
+kubeforge's own watch layer (`kubeforge.watching`: kopf's per-event machinery was most of the
+operator's CPU), and kubeforge's controllers do the reconciling (see `kubeforge.controller`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kubeforge import metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
 from kubeforge.settings import Settings
+from kubeforge.watching import Watcher, lifecycle_registry
 
 log = logging.getLogger("kubeforge")
 
@@ -66,6 +69,13 @@ def kopf_settings(
     ks.networking.request_timeout = 60
     ks.watching.server_timeout = 600
     ks.watching.client_timeout = 660
+    if (
+        registry is not None
+        and lean
+        and not any(True for _ in registry._indexing.get_all_handlers())
+        and not any(True for _ in registry._watching.get_all_handlers())
+    ):
+        ks.scanning.disabled = True  # no resource handlers: no CRD/namespace discovery either
     return ks
 
 
@@ -102,6 +112,7 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
 
     @kopf.on.startup(registry=reg)
     async def start_controllers(**_: Any) -> None:
+        watcher = Watcher(reg, ctx.indexers, ctx.kube, ctx.settings.namespaces)
         for ctl in ctx.controllers:
             ctl.start()
             keys = getattr(ctl, "all_keys", None)
@@ -112,6 +123,7 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
                         ctl.resync(keys, ctx.settings.resync_seconds, before=ctx.progress.reset)
                     )
                 )
+        tasks.append(asyncio.create_task(watcher.run(), name="kubeforge-watch"))
 
     @kopf.on.cleanup(registry=reg)
     async def stop_controllers(**_: Any) -> None:
@@ -174,13 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": settings.concurrency,
         },
     )
+    lifecycle = lifecycle_registry(ctx.registry)
     kopf.run(
-        registry=ctx.registry,
-        indexers=ctx.indexers,
-        settings=kopf_settings(settings, ctx.registry),
+        registry=lifecycle,
+        settings=kopf_settings(settings, lifecycle),
         standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
+        clusterwide=True,  # kopf watches nothing itself (see kubeforge.watching)
         liveness_endpoint=liveness,
     )
     return 0
