@@ -58,7 +58,7 @@ def test_apply_to_succeeded(operator: Any, kube: Any, kubectl: Any, namespace: s
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "digits" and pod["securityContext"]["runAsNonRoot"] is True
     cmd = pod["containers"][0]["command"]
-    assert cmd[:2] == ["torchrun", "--nnodes"] and "digits-0.digits" in cmd
+    assert cmd[:2] == ["kubeforge-launch", "--nnodes"] and "digits-0.digits" in cmd
     svc = kube.wait_for("Service", lambda: kube.get(f"/api/v1/namespaces/{namespace}/services/digits"), timeout=30)
     assert svc["spec"]["clusterIP"] == "None"
     pods = pod_driver.wait_pods("kubeforge.io/trainingjob=digits", count=2, phase="Running")
