@@ -31,7 +31,10 @@ class Controller(Generic[S]):
     - `snapshot(key)`: runs on the event loop, returns what the reconcile needs (or None: the
       object is gone);
     - `reconcile(key, snapshot)`: runs in a worker thread; returns None, or seconds after which
-      to look again (polling, e.g. waiting for something outside the cluster).
+      to look again (polling, e.g. waiting for something outside the cluster);
+    - `quick(key, snapshot)` (optional): runs on the event loop first; True means the reconcile
+      would change nothing (then no worker thread is involved: most events of a busy object and
+      every resync of a settled one need no write, and the thread handoff was their main cost).
     """
 
     def __init__(
@@ -43,10 +46,15 @@ class Controller(Generic[S]):
         pool: ThreadPoolExecutor,
         workers: int = 16,
         max_backoff: float = 300.0,
+        quick: Callable[[Key, S], bool] | None = None,
     ) -> None:
         self.kind = kind
         self._snapshot = snapshot
         self._reconcile = reconcile
+        self._quick = quick
+        self._ok = RECONCILES.labels(kind, "ok")
+        self._errors = RECONCILES.labels(kind, "error")
+        self._seconds = RECONCILE_SECONDS.labels(kind)
         self._pool = pool
         self._workers = workers
         self._max_backoff = max_backoff
@@ -137,10 +145,21 @@ class Controller(Generic[S]):
             self.forget(key)
             return
         started = time.perf_counter()
+        if self._quick is not None:
+            try:
+                done = self._quick(key, snap)
+            except Exception:
+                log.debug("quick look at %s %s/%s failed", self.kind, *key, exc_info=True)
+                done = False
+            if done:
+                self._seconds.observe(time.perf_counter() - started)
+                self._ok.inc()
+                self._failures.pop(key, None)
+                return
         try:
             again = await loop.run_in_executor(self._pool, self._reconcile, key, snap)
         except Exception as exc:
-            RECONCILES.labels(self.kind, "error").inc()
+            self._errors.inc()
             ERRORS.labels(self.kind, type(exc).__name__).inc()
             n = self._failures.get(key, 0) + 1
             self._failures[key] = n
@@ -157,8 +176,8 @@ class Controller(Generic[S]):
             self.enqueue_after(key, delay)
             return
         finally:
-            RECONCILE_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
-        RECONCILES.labels(self.kind, "ok").inc()
+            self._seconds.observe(time.perf_counter() - started)
+        self._ok.inc()
         self._failures.pop(key, None)
         if again is not None:
             self.enqueue_after(key, again)

@@ -82,6 +82,10 @@ class ProgressAccess:
         with self._lock:
             self._done.clear()
 
+    def ready(self, namespace: str, service_account: str) -> bool:
+        """Whether `ensure(namespace, service_account)` has nothing to do."""
+        return (namespace, service_account) in self._done
+
     def ensure(self, namespace: str, service_account: str) -> None:
         key = (namespace, service_account)
         if key in self._done:

@@ -100,6 +100,10 @@ def slim_pod(body: Any) -> JSON:
     }
 
 
+class _WouldWrite(Exception):
+    """A dry run reached a write (or a first validation): the reconcile goes to a thread."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     tj: JSON
@@ -161,7 +165,21 @@ class TrainingJobReconciler:
 
     # --- the reconcile (worker thread) ------------------------------------------------------
 
+    def quick(self, key: Key, snap: Snapshot) -> bool:
+        """The reconcile as a dry run on the event loop: True when it would write nothing (the
+        usual case for child events and resyncs), False at the first write it would make."""
+        try:
+            self.reconcile(key, snap, dry=True)
+        except _WouldWrite:
+            return False
+        return True
+
     def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        return self.reconcile(key, snap)
+
+    def reconcile(self, key: Key, snap: Snapshot, dry: bool = False) -> float | None:
+        """The reconcile; `dry`: raise _WouldWrite instead of any API call (and of validating
+        a new generation: pydantic stays in the worker threads)."""
         tj = snap.tj
         meta = tj["metadata"]
         if meta.get("deletionTimestamp"):
@@ -176,6 +194,8 @@ class TrainingJobReconciler:
         cached = self.built.get(key)
         if cached is not None and cached[0] == version:
             spec, desired = cached[1], cached[2]
+        elif dry:
+            raise _WouldWrite
         else:
             try:
                 spec = TrainingJobSpec.model_validate(tj["spec"])
@@ -190,18 +210,22 @@ class TrainingJobReconciler:
 
         assert self.ctx.progress is not None
         sa = spec.pod.service_account_name or self.settings.trainer_service_account
-        self.ctx.progress.ensure(namespace, sa)
+        if dry:
+            if not self.ctx.progress.ready(namespace, sa):
+                raise _WouldWrite
+        else:
+            self.ctx.progress.ensure(namespace, sa)
 
-        job = self._sync_job(key, tj, snap.job, desired)
+        job = self._sync_job(key, tj, snap.job, desired, dry)
         if desired.service is not None:
-            self._sync_service(key, snap.service, desired)
+            self._sync_service(key, snap.service, desired, dry)
 
         status = compute_status(tj, spec, job, snap.pods, now=now, workload=snap.workload)
-        self._write_status(key, tj, base_status, status)
+        self._write_status(key, tj, base_status, status, dry)
         return None
 
     def _sync_job(
-        self, key: Key, tj: JSON, observed: JSON | None, desired: tjbuild.Desired
+        self, key: Key, tj: JSON, observed: JSON | None, desired: tjbuild.Desired, dry: bool = False
     ) -> JSON | None:
         recent = self.recent_job.get(key)
         if (
@@ -225,6 +249,8 @@ class TrainingJobReconciler:
             have = current["metadata"]["annotations"].get(self.hash_key)
             if have == desired.job_hash or self.rejected.get(key) == desired.job_hash:
                 return current
+            if dry:
+                raise _WouldWrite
             job = current
             try:
                 applied = self.kube.apply(desired.job)
@@ -237,6 +263,8 @@ class TrainingJobReconciler:
                 raise
             self.recent_job[key] = slim_child(applied)
             return self.recent_job[key]
+        if dry:
+            raise _WouldWrite
         try:
             created = self.kube.create(desired.job_for_create())
         except ApiError as exc:
@@ -249,16 +277,24 @@ class TrainingJobReconciler:
         self.recent_job[key] = slim_child(created)
         return self.recent_job[key]
 
-    def _sync_service(self, key: Key, observed: JSON | None, desired: tjbuild.Desired) -> None:
+    def _sync_service(
+        self, key: Key, observed: JSON | None, desired: tjbuild.Desired, dry: bool = False
+    ) -> None:
         assert desired.service is not None
         have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
         if have == desired.service_hash or self.recent_svc.get(key) == desired.service_hash:
             return
+        if dry:
+            raise _WouldWrite
         self.kube.apply(desired.service)
         self.recent_svc[key] = desired.service_hash or ""
 
-    def _write_status(self, key: Key, tj: JSON, base: JSON, status: JSON) -> None:
+    def _write_status(
+        self, key: Key, tj: JSON, base: JSON, status: JSON, dry: bool = False
+    ) -> None:
         patch = merge_patch(base, status)
+        if patch and dry:
+            raise _WouldWrite
         if patch:
             self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
             self.written_status[key] = status
@@ -309,7 +345,12 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     rec = TrainingJobReconciler(ctx)
     assert ctx.pool is not None
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, pool=ctx.pool, workers=s.concurrency
+        KIND,
+        snapshot=rec.snapshot,
+        reconcile=rec,
+        pool=ctx.pool,
+        workers=s.concurrency,
+        quick=rec.quick,
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 

@@ -130,3 +130,21 @@ def test_snapshot_none_means_gone() -> None:
 
     asyncio.run(run())
     assert ran == []
+
+
+def test_quick_look_skips_the_worker_thread() -> None:
+    ran: list[str] = []
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: k[1],
+                                          reconcile=lambda k, s: ran.append(s),  # type: ignore[func-returns-value]
+                                          pool=ThreadPoolExecutor(1), workers=1,
+                                          quick=lambda k, s: s == "settled")
+        ctl.start()
+        ctl.enqueue(("n", "settled"))
+        ctl.enqueue(("n", "busy"))
+        await asyncio.sleep(0.05)
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert ran == ["busy"]

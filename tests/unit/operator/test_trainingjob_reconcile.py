@@ -140,3 +140,29 @@ def test_invalid_spec_fails_with_reason_once() -> None:
     assert "dataset" in writes[0][2]["message"]
     rec(("ml", "digits"), snap(obj))
     assert len(kube.tj_writes()) == 1
+
+
+def test_quick_look_never_writes_and_agrees_with_the_reconcile() -> None:
+    """`quick` (the dry run on the event loop) is False exactly when the reconcile would write."""
+    kube, rec, obj = setup(with_spec())
+    key = ("ml", "digits")
+    assert rec.quick(key, snap(obj)) is False  # new generation: validate + create in a thread
+    assert kube.writes == []
+    rec(key, snap(obj))
+    n = len(kube.writes)
+    assert rec.quick(key, snap(obj)) is True  # same view again: nothing to write
+    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    obj2 = {**obj, "status": kube.tj_writes()[1][2]}
+    assert rec.quick(key, snap(obj2, live_job)) is True
+    # a pod starts running: the status must change → not quick
+    pod = {"metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+           "status": {"phase": "Running", "containerStatuses": []}}
+    assert rec.quick(key, snap(obj2, live_job, [pod])) is False
+    assert len(kube.writes) == n
+    rec(key, snap(obj2, live_job, [pod]))
+    assert kube.tj_writes()[-1][2]["phase"] == "Running"
+    # the progress permission forgotten (resync): the reconcile re-checks it in a thread
+    assert rec.quick(key, snap(obj2, live_job, [pod])) is True
+    assert rec.ctx.progress is not None
+    rec.ctx.progress.reset()
+    assert rec.quick(key, snap(obj2, live_job, [pod])) is False
