@@ -24,7 +24,6 @@ callables, and `when=`; label filters without callables are also sent to the API
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import urllib.parse
@@ -34,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import orjson
 
 from kubeforge.apply import Kube
 
@@ -258,7 +258,7 @@ class Watcher:
                 raw = await r.read()
                 if r.status >= 300:
                     raise WatchError(f"list {g.describe(ns)}: {r.status} {raw[:200]!r}")
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
             if meta.get("continue"):
@@ -324,7 +324,7 @@ class Watcher:
                         raise WatchError(f"{r.status} {(await r.read())[:200]!r}")
                     failures = 0
                     async for line in _lines(r.content):
-                        event = json.loads(line)
+                        event = orjson.loads(line)
                         etype = event.get("type")
                         obj = event.get("object") or {}
                         if etype == "ERROR":
@@ -374,7 +374,14 @@ class Watcher:
             and (h.when is None or bool(h.when(**kw)))
         )
 
-    def _index(self, g: _Group, etype: str | None, obj: JSON, known: dict[ObjKey, JSON]) -> ObjKey:
+    def _index(
+        self,
+        g: _Group,
+        etype: str | None,
+        obj: JSON,
+        known: dict[ObjKey, JSON],
+        kw: JSON | None = None,
+    ) -> ObjKey:
         """Run the index handlers of `g` on one object (synchronously: they must not wait)."""
         meta = obj.get("metadata") or {}
         key: ObjKey = (meta.get("namespace"), meta.get("name"), meta.get("uid"))
@@ -395,7 +402,8 @@ class Watcher:
         }
         if not g.indexing:
             return key
-        kw = self._kwargs(etype, obj)
+        if kw is None:
+            kw = self._kwargs(etype, obj)
         for h in g.indexing:
             indexer = self.indexers[h.id]
             try:
@@ -413,10 +421,13 @@ class Watcher:
                 indexer.replace(key, result)
         return key
 
-    async def _events(self, g: _Group, etype: str | None, obj: JSON) -> None:
+    async def _events(
+        self, g: _Group, etype: str | None, obj: JSON, kw: JSON | None = None
+    ) -> None:
         if not g.watching:
             return
-        kw = self._kwargs(etype, obj)
+        if kw is None:
+            kw = self._kwargs(etype, obj)
         for h in g.watching:
             try:
                 if self._matches(h, kw):
@@ -427,8 +438,9 @@ class Watcher:
                 log.exception("event handler %s failed", h.id)
 
     async def _dispatch(self, g: _Group, etype: str, obj: JSON, known: dict[ObjKey, JSON]) -> None:
-        self._index(g, etype, obj, known)
-        await self._events(g, etype, obj)
+        kw = self._kwargs(etype, obj)
+        self._index(g, etype, obj, known, kw)
+        await self._events(g, etype, obj, kw)
 
 
 def _run_sync(result: Any) -> Any:
