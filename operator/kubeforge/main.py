@@ -160,6 +160,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when installed (less CPU per watch event, write and thread handoff
+    than asyncio's own loop), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_env(
@@ -187,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     lifecycle = lifecycle_registry(ctx.registry)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     kopf.run(
+        loop=loop,
         registry=lifecycle,
         settings=kopf_settings(settings, lifecycle),
         standalone=True,
