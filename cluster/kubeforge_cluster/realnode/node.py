@@ -205,7 +205,7 @@ class RealNode:
             raise NodeUnsupported(reason)
         t0 = time.monotonic()
         self.bins = bins.require(self.bin_dir)
-        cleanup_leftovers(verbose=self.verbose)
+        cleanup_leftovers(verbose=self.verbose, own_run_dir=self.run_dir)
         self._lap("leftovers-cleaned", t0)
         problems = net.check_preconditions()
         if problems:
@@ -1017,13 +1017,32 @@ def teardown(
     return timings
 
 
-def cleanup_leftovers(verbose: bool = True) -> bool:
-    """Tear down what a crashed/killed run left (found through the owner file). True if any."""
+def live_owner() -> Path | None:
+    """Run dir of another real node that is still running (its kubelet or containerd alive),
+    or None when the bridge's owner is gone (crashed/killed) or there is none."""
+    try:
+        run_dir = Path(json.loads(OWNER_FILE.read_text())["run_dir"])
+    except (OSError, ValueError, KeyError):
+        return None
+    alive = [p for p in _procs_from_state(run_dir) if p.name in ("kubelet", "containerd")]
+    return run_dir if any(p.alive() for p in alive) else None
+
+
+def cleanup_leftovers(verbose: bool = True, own_run_dir: Path | None = None) -> bool:
+    """Tear down what a crashed/killed run left (found through the owner file). True if any.
+    A node that is still running in another run dir is not touched: that raises."""
     try:
         owner = json.loads(OWNER_FILE.read_text())
     except (OSError, ValueError):
         return False
     run_dir = Path(owner["run_dir"])
+    live = live_owner()
+    if live is not None and own_run_dir is not None and live != own_run_dir:
+        raise NodeStartError(
+            f"another real node is running ({live}); it owns {net.BRIDGE}. Stop it first "
+            f"(`python -m kubeforge_cluster.realnode down --name "
+            f"{live.name.removeprefix('kubeforge-realnode-')}` or `make cluster-down NODES=real`)"
+        )
     if verbose:
         print(
             f"[kubeforge-realnode] cleaning leftovers of a previous run in {run_dir}",
@@ -1118,6 +1137,7 @@ __all__ = [
     "RealNode",
     "_pid_alive",
     "cleanup_leftovers",
+    "live_owner",
     "teardown",
     "unsupported_reason",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from kubeforge_cluster.realnode import RealNode, default_run_dir, net, unsupported_reason
-from kubeforge_cluster.realnode.node import OWNER_FILE
+from kubeforge_cluster.realnode.node import OWNER_FILE, live_owner
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +24,9 @@ def skip_reason() -> str | None:
         return f"real pods unavailable here: {reason}"
     if net.bridge_exists() and not OWNER_FILE.exists():
         return f"{net.BRIDGE} exists and is not ours: another rig owns the pod network"
+    live = live_owner()
+    if live is not None:
+        return f"a real node is running ({live}) and owns {net.BRIDGE}: stop it to run this suite"
     return None
 
 

@@ -1,0 +1,113 @@
+"""A TrainingJob reconciled by the operator (a local process against the real-node cluster)
+whose pod runs the project's trainer image: real training of the digits MLP in a container,
+progress patched through the API server from the pod, Succeeded with the real metrics, and a
+delete that cascades to the Job and its pods.
+
+The trainer image is big (torch from PyPI bundles CUDA: ~6.4 GB), so this test never builds it:
+it runs where ``make images`` has built ``cluster/images/out/kubeforge-trainer.oci.tar`` and
+skips with that reason elsewhere. The import into the node's image store happens once (kept in
+``~/.cache/kubeforge/node``; ~2-7 min on 2 cores), later runs find it there."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Kube
+from kubeforge_cluster.realnode import RealNode, net
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[3]
+TRAINER_ARCHIVE = REPO / "cluster" / "images" / "out" / "kubeforge-trainer.oci.tar"
+TRAINER_IMAGE = "local/kubeforge-trainer:dev"
+
+
+@pytest.fixture(scope="module")
+def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    if not TRAINER_ARCHIVE.is_file():
+        pytest.skip(
+            f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (the trainer "
+            "image is ~6.4 GB, so the e2e suite does not build it)"
+        )
+    from integration.kf_operator_process import OperatorProcess
+
+    t = time.monotonic()
+    imported = real_node.import_images([TRAINER_ARCHIVE])
+    print(f"trainer image {'imported' if imported else 'present'} ({time.monotonic() - t:.1f}s)")
+    real_node.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), timeout=120
+    )
+    real_node.kubectl(
+        "wait", "--for=condition=Established", "crd/trainingjobs.kubeforge.io", "--timeout=60s"
+    )
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(
+        str(real_node.kubeconfig),
+        log,
+        KUBEFORGE_TRAINER_IMAGE=TRAINER_IMAGE,
+        KUBEFORGE_NAMESPACES="rp-test",
+    ).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.logs(20)}")
+
+
+@pytest.mark.timeout(600)
+def test_trainingjob_trains_in_the_trainer_image(
+    real_node: RealNode, kube: Kube, operator: object
+) -> None:
+    kube.apply(
+        {
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "digits"},
+            "spec": {
+                "model": {"recipe": "mlp-classifier"},
+                "dataset": {"uri": "builtin://digits"},
+                "hyperparameters": {"lr": 0.01, "epochs": 6, "batch_size": 64, "hidden": 64},
+                "resources": {"cpu": "1", "memory": "2Gi"},
+            },
+        }
+    )
+    t = time.monotonic()
+
+    def finished() -> dict[str, object] | None:
+        st = kube.get("trainingjob", "digits").get("status", {})
+        return dict(st) if st.get("phase") in ("Succeeded", "Failed") else None
+
+    try:
+        st = kube.wait("TrainingJob digits finished", finished, timeout=420)
+    except AssertionError:
+        print(kube.k("logs", "-l", "job-name=digits", "--tail=40", check=False))
+        print(operator.logs(40))  # type: ignore[attr-defined]
+        raise
+    took = time.monotonic() - t
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    metrics = st["metrics"]
+    assert isinstance(metrics, dict)
+    assert metrics["val_accuracy"] > 0.9
+    assert metrics["epoch"] == 6
+    arts = st["artifacts"]
+    assert isinstance(arts, dict)
+    assert str(arts["model"]).endswith("model.onnx") and len(str(arts["sha256"])) == 64
+    # the pod patched its own progress through the API server (pod -> 10.96.0.1 -> 10.88.0.1)
+    progress = st["progress"]
+    assert isinstance(progress, dict) and int(progress["step"]) > 0
+    print(f"TrainingJob Succeeded {took:.1f}s after apply: {metrics}")
+    assert net.check_guard_counters() == []
+
+    # deleting the TrainingJob cascades to its Job and pods
+    kube.k("delete", "trainingjob", "digits", "--wait=true", "--timeout=60s")
+
+    def gone() -> bool:
+        jobs = kube.k("get", "jobs", "--ignore-not-found", "-o", "name")
+        pods = json.loads(kube.k("get", "pods", "-l", "job-name=digits", "-o", "json"))
+        return "job.batch/digits" not in jobs and not pods["items"]
+
+    kube.wait("Job and pods of digits deleted", gone, timeout=60)
