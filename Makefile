@@ -34,7 +34,7 @@ typecheck: venv ## mypy strict on the operator package
 	$(BIN)/mypy
 
 unit: venv ## fast unit tests (no cluster)
-	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest tests/unit -q -m "not slow"
 
 check: lint typecheck unit ## ruff, mypy, fast unit tests (under a minute)
 

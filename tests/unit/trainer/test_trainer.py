@@ -177,7 +177,7 @@ def test_stop_request_exits_3(tmp_path: Path, run_inprocess) -> None:
 
 
 # ------------------------------------------------------------------- resume, SIGTERM, DDP
-RESUME_HP = {"epochs": 4, "batch_size": 128, "hidden": [32], "dropout": 0.1}
+RESUME_HP = {"epochs": 8, "batch_size": 128, "hidden": [32], "dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,8 @@ def test_killed_then_rerun_resumes(tmp_path: Path, run_inprocess, reference) -> 
     state = torch.load(
         io.BytesIO((tmp_path / "out" / "checkpoint.pt").read_bytes()), weights_only=False
     )
-    assert 2 <= state["epoch"] < 4
+    # Killed mid-run: the last checkpoint may trail the last progress report by an epoch.
+    assert 1 <= state["epoch"] < RESUME_HP["epochs"]
     (tmp_path / "progress.jsonl").unlink()
     r = run_inprocess(tmp_path, doc)
     assert r.rc == 0
