@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import shutil
@@ -237,6 +238,16 @@ def infer(out: Out, url: str, model: str, n_warm: int = 50) -> dict[str, float]:
 # main
 
 
+def _exists(client: KubeClient, path: str) -> bool:
+    try:
+        client.get(path)
+    except ApiError as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m kubeforge_cluster.demo",
@@ -298,6 +309,30 @@ def main(argv: list[str] | None = None) -> int:
             f"({times['helm install']:.1f}s; helm {helm.major})"
         )
 
+        ns = a.namespace
+        # A fresh namespace, before the operator starts: a reused cluster may hold an earlier
+        # run's objects (the operator remembers per-namespace setup until its next resync).
+        if _exists(client, f"/api/v1/namespaces/{ns}"):
+            with contextlib.suppress(ApiError):  # 409 while it is already terminating
+                client.delete(f"/api/v1/namespaces/{ns}")
+            out.say(f"    deleting the earlier run's namespace {ns}")
+            client.wait_for(
+                f"namespace {ns} gone",
+                lambda: not _exists(client, f"/api/v1/namespaces/{ns}"),
+                timeout=120,
+            )
+        try:
+            client.post(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            )
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        client.wait_for(
+            f"ServiceAccount {ns}/default",
+            lambda: client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
+        )
         out.step("the operator (a local process with the chart's ServiceAccount token)")
         out.say(
             "    kwok's pods are fake, so the chart's operator pod runs no code; "
@@ -326,19 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         out.say(
             "    each serving pod the real kubeforge-server on 127.0.0.1 (Ready when "
             "/v2/health/ready says so)."
-        )
-        ns = a.namespace
-        try:
-            client.post(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-            )
-        except ApiError as e:
-            if e.status != 409:
-                raise
-        client.wait_for(
-            f"ServiceAccount {ns}/default",
-            lambda: client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
         )
         player = PodPlayer(client, work, [ns], say=lambda m: out.say("    " + m)).start()
 
