@@ -118,6 +118,20 @@ class Kube:
         self.timeout = timeout
         self.user_agent = f"{field_manager}-operator"
         self._writes: dict[tuple[str, str], Any] = {}  # API_WRITES children, by (verb, resource)
+        self.http = self.pool.connection_from_url(self.config.host)
+        """The API server's connection pool (one host)."""
+        self._auth: dict[str, str] | None = None
+
+    def _headers(self, path: str, method: str) -> dict[str, str]:
+        """Request headers with authentication; computed once unless the client refreshes its
+        token (in-cluster service account tokens, exec/OIDC plugins)."""
+        if self._auth is not None:
+            return dict(self._auth)
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        self.api_client.update_params_for_auth(headers, [], ["BearerToken"], path, method, None)
+        if getattr(self.config, "refresh_api_key_hook", None) is None:
+            self._auth = dict(headers)
+        return headers
 
     # --- raw -----------------------------------------------------------------------------
 
@@ -132,20 +146,24 @@ class Kube:
         resource: str = "",
     ) -> JSON:
         """One HTTP request; the answer as a dict. Raises ApiError on a non-2xx answer."""
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
-        queries: list[tuple[str, str]] = []
-        self.api_client.update_params_for_auth(
-            headers, queries, ["BearerToken"], path, method, None
-        )
-        url = self.config.host + path
+        headers = self._headers(path, method)
+        url = path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data: bytes | None = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = body if isinstance(body, bytes) else orjson.dumps(body)
-        resp = self.pool.request(
-            method, url, body=data, headers=headers, timeout=self.timeout, preload_content=True
+        # straight to the host's connection pool (PoolManager's per-request URL parsing, pool
+        # lookup and header merging were a fifth of a write's client CPU)
+        resp = self.http.urlopen(
+            method,
+            url,
+            body=data,
+            headers=headers,
+            timeout=self.timeout,
+            preload_content=True,
+            redirect=False,
         )
         raw = resp.data
         try:
