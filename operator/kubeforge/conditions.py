@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+import time
 from collections.abc import Iterable
 from typing import Any
 
 Conditions = list[dict[str, Any]]
 
+_now: tuple[int, str] = (0, "")
+
 
 def now_rfc3339() -> str:
-    """The current UTC time, second precision, as Kubernetes writes it."""
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current UTC time, second precision, as Kubernetes writes it (formatted once a
+    second: every reconcile asks)."""
+    global _now
+    sec = int(time.time())
+    cached = _now
+    if cached[0] != sec:
+        cached = _now = (sec, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec)))
+    return cached[1]
 
 
 def set_condition(
