@@ -157,7 +157,9 @@ class Controller(Generic[S]):
                 self._failures.pop(key, None)
                 return
         try:
-            again = await loop.run_in_executor(self._pool, self._reconcile, key, snap)
+            # = run_in_executor, without its per-call coroutine-function check of the callable
+            fut = self._pool.submit(self._reconcile, key, snap)
+            again = await asyncio.wrap_future(fut, loop=loop)
         except Exception as exc:
             self._errors.inc()
             ERRORS.labels(self.kind, type(exc).__name__).inc()
