@@ -166,3 +166,18 @@ def test_quick_look_never_writes_and_agrees_with_the_reconcile() -> None:
     assert rec.ctx.progress is not None
     rec.ctx.progress.reset()
     assert rec.quick(key, snap(obj2, live_job, [pod])) is False
+
+
+def test_quick_look_remembers_a_settled_view() -> None:
+    kube, rec, obj = setup(with_spec())
+    key = ("ml", "digits")
+    rec(key, snap(obj))
+    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    view = snap({**obj, "status": kube.tj_writes()[1][2]}, live_job)
+    assert rec.quick(key, view) is True
+    calls: list[int] = []
+    rec.reconcile = lambda *a, **k: calls.append(1)  # type: ignore[method-assign]
+    assert rec.quick(key, view) is True and calls == []  # the same objects again: no dry run
+    assert rec.quick(key, snap(view.tj, dict(live_job))) is True and calls == [1]  # a new value
+    rec.forget(key)
+    assert rec.quick(key, view) is True and calls == [1, 1]
