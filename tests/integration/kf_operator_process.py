@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +23,9 @@ def free_port() -> int:
 
 class OperatorProcess:
     """`kubeforge-operator` in a subprocess against the test cluster."""
+
+    running: ClassVar[list[OperatorProcess]] = []
+    """Operators alive now (suites that need to be the only operator pause these)."""
 
     def __init__(self, kubeconfig: str, log_path: Path, **env: str) -> None:
         self.metrics_port = free_port()
@@ -59,6 +63,7 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+        OperatorProcess.running.append(self)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,6 +98,8 @@ class OperatorProcess:
             return ""
 
     def stop(self) -> None:
+        if self in OperatorProcess.running:
+            OperatorProcess.running.remove(self)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

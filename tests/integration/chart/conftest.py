@@ -24,6 +24,20 @@ from kubeforge_cluster.client import KubeClient
 from kubeforge_cluster.helm import Helm, find_helm
 
 
+@pytest.fixture(scope="package", autouse=True)
+def only_the_charts_operator() -> Iterator[None]:
+    """The chart's tests prove what the chart's RBAC allows: no other operator (such as the
+    admin-powered session operator of the other suites) may reconcile meanwhile."""
+    from kf_operator_process import OperatorProcess as SessionOperator
+
+    paused = list(SessionOperator.running)
+    for op in paused:
+        op.stop()
+    yield
+    for op in paused:
+        op.start()
+
+
 @pytest.fixture(scope="session")
 def helm(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     if find_helm("helm") is None:
