@@ -1,0 +1,105 @@
+"""The Helm chart installs the operator as a real pod (the project's operator image, its own
+ServiceAccount and RBAC, talking to the API server through ``kubernetes.default.svc``), and that
+in-cluster operator runs a TrainingJob in the trainer image to Succeeded.
+
+Needs the trainer image built by ``make images`` (~6.4 GB; never built here: skipped with that
+reason); the operator image is built (cached layers) and imported by the test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Kube
+from kubeforge_cluster import binaries
+from kubeforge_cluster.realnode import RealNode, net
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[3]
+OUT = REPO / "cluster" / "images" / "out"
+TRAINER_ARCHIVE = OUT / "kubeforge-trainer.oci.tar"
+
+
+@pytest.mark.timeout(600)
+def test_chart_operator_in_cluster_runs_a_trainingjob(real_node: RealNode, kube: Kube) -> None:
+    if not TRAINER_ARCHIVE.is_file():
+        pytest.skip(f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (~6.4 GB)")
+    helm = binaries.find_binary("helm")
+    if helm is None:
+        pytest.skip("helm not built (make cluster-bins)")
+    sys.path.insert(0, str(REPO / "cluster" / "images"))
+    try:
+        import build as images
+    finally:
+        sys.path.pop(0)
+    try:
+        images.base_rootfs()
+    except (SystemExit, OSError, RuntimeError) as e:
+        pytest.skip(f"cannot build the operator image here (Debian base via debootstrap): {e}")
+    (op_archive,) = images.build(["operator"], OUT, do_import=False)
+    real_node.import_images([op_archive, TRAINER_ARCHIVE])
+
+    t = time.monotonic()
+    r = subprocess.run(
+        [
+            str(helm),
+            f"--kubeconfig={real_node.kubeconfig}",
+            "install",
+            "kubeforge",
+            str(REPO / "charts" / "kubeforge"),
+            "-n",
+            "kubeforge-system",
+            "--create-namespace",
+            "--set",
+            "image.repository=local/kubeforge-operator",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "images.trainer=local/kubeforge-trainer:dev",
+            "--set",
+            "images.server=local/kubeforge-server:dev",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    if r.returncode != 0:
+        logs = real_node.kubectl(
+            "-n", "kubeforge-system", "logs", "deploy/kubeforge", "--tail=30", check=False
+        )
+        pytest.fail(f"helm install failed: {r.stderr}\noperator log:\n{logs.stdout}{logs.stderr}")
+    print(f"chart installed, operator pod Available in {time.monotonic() - t:.1f}s")
+
+    kube.apply(
+        {
+            "apiVersion": "kubeforge.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "digits-incluster"},
+            "spec": {
+                "model": {"recipe": "mlp-classifier"},
+                "dataset": {"uri": "builtin://digits"},
+                "hyperparameters": {"lr": 0.01, "epochs": 4, "batch_size": 64, "hidden": 64},
+                "resources": {"cpu": "1", "memory": "2Gi"},
+            },
+        }
+    )
+    t = time.monotonic()
+
+    def finished() -> dict[str, object] | None:
+        st = kube.get("trainingjob", "digits-incluster").get("status", {})
+        return dict(st) if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = kube.wait("TrainingJob digits-incluster finished", finished, timeout=420)
+    assert st["phase"] == "Succeeded", st
+    metrics = st["metrics"]
+    assert isinstance(metrics, dict) and metrics["val_accuracy"] > 0.9
+    print(f"in-cluster operator: TrainingJob Succeeded in {time.monotonic() - t:.1f}s: {metrics}")
+    assert net.check_guard_counters() == []
+    assert net.check_listeners() == []
