@@ -78,6 +78,7 @@ def server_image(real_node: RealNode) -> Iterator[str]:
     yield SERVER_IMAGE
 
 
+@pytest.mark.timeout(900)  # a cold run builds the Debian base (~1 min) and the deps (~1 min)
 def test_server_image_serves_onnx_behind_clusterip(
     real_node: RealNode, kube: Kube, server_image: str
 ) -> None:
