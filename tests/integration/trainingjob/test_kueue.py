@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import OperatorProcess
-from test_trainingjob import RESULT, apply, get_tj, trainingjob, wait_phase
+from kf_operator_process import OperatorProcess
+from tj_support import RESULT, apply, get_tj, trainingjob, wait_phase
 
 pytestmark = pytest.mark.integration
 

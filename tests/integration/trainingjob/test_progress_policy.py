@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_trainingjob import apply, trainingjob, wait_phase
+from tj_support import apply, trainingjob, wait_phase
 
 pytestmark = pytest.mark.integration
 
