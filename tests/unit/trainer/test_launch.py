@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from kubeforge_trainer.launch import combined_exit_code
 
 
