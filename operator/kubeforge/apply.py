@@ -258,7 +258,10 @@ def make_kube(field_manager: str = "kubeforge", pool_size: int = 16) -> Kube:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            # KUBECONFIG read now (the client reads it once, at import)
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg
+            )
     except config.ConfigException:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     cfg.connection_pool_maxsize = max(pool_size, 4)
