@@ -50,7 +50,7 @@ test: venv cluster-bins node-bins ## everything README promises: unit + integrat
 # The real node's binaries (containerd, crictl, CoreDNS, kubelet, kube-proxy, pause + Debian's
 # runc, CNI plugins, iptables, busybox-static), built once and cached, only where this machine can
 # run real pods (root, netns, cgroups, bridge netfilter); elsewhere it says why and does nothing,
-# and tests/e2e/realpods skips with that reason. Cold ~7 min on 2 cores after cluster-bins (see
+# and tests/e2e/realpods skips with that reason. Cold ~8-14 min on 2 idle cores (see
 # cluster/kubeforge_cluster/realnode/README.md); KUBEFORGE_REALPODS=0 turns it and the suite off.
 node-bins: venv cluster-bins ## build (once, cached) the real node's binaries where real pods can run
 	$(BIN)/python -m kubeforge_cluster.realnode build --if-supported --apt
