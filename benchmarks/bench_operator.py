@@ -8,9 +8,13 @@ with --kube-api-qps 500 + scheduler + kwok):
      created by the same 16 threads.
 Reported: time until all Jobs exist (both), the ratio, operator API writes per TrainingJob to
 reach Running (operator's own counter, cross-checked with apiserver_request_total), operator
-CPU per object, peak RSS, and writes over 10 idle seconds.
+CPU per object (beside the bare client's own CPU per object for its writes), peak RSS, writes
+and CPU over 12 idle seconds (two resyncs).
 
 Run: .venv/bin/python benchmarks/bench_operator.py [--sizes 100,1000]
+Before/after in one session: git archive OLD operator | tar -x -C /tmp/old, then
+  --before-src /tmp/old/operator. KUBEFORGE_BENCH_PYSPY=PREFIX records a py-spy profile
+  (GIL-holding samples, all threads) of the operator to PREFIX-N.txt (py-spy is not a dependency).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "trainingjob"))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from conftest import OperatorProcess  # noqa: E402
 from kubeforge.api.trainingjob import TrainingJobSpec  # noqa: E402
@@ -73,8 +78,9 @@ def wait_jobs(kube: Kube, ns: str, n: int, t0: float, timeout: float = 300) -> f
         time.sleep(0.05)
 
 
-def bare_client(kube: Kube, ns: str, n: int, settings: Settings) -> float:
-    """create TrainingJob + create Job + patch status, per object, 16 threads."""
+def bare_client(kube: Kube, ns: str, n: int, settings: Settings) -> tuple[float, float]:
+    """create TrainingJob + create Job + patch status, per object, 16 threads.
+    Returns (seconds until all Jobs exist, CPU seconds this process spent making the writes)."""
     spec = TrainingJobSpec.model_validate(SPEC)
 
     def one(i: int) -> None:
@@ -84,10 +90,11 @@ def bare_client(kube: Kube, ns: str, n: int, settings: Settings) -> float:
         status = compute_status(created, spec, desired.job, [], now="2026-01-01T00:00:00Z")
         kube.patch_status("kubeforge.io/v1alpha1", "TrainingJob", ns, created["metadata"]["name"], status)
 
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(one, range(n)))
-    return wait_jobs(kube, ns, n, t0)
+    cpu = time.process_time() - c0
+    return wait_jobs(kube, ns, n, t0), cpu
 
 
 def apiserver_writes(kube: Kube) -> dict[str, float]:
@@ -131,11 +138,16 @@ def count_running(kube: Kube, ns: str) -> int:
     return sum(1 for o in items if (o.get("status") or {}).get("phase") == "Running")
 
 
-def run_size(n: int) -> dict[str, Any]:
+_RUNS = 0
+
+
+def run_size(n: int, operator_src: str = "") -> dict[str, Any]:
     from kubeforge_cluster.cluster import LocalCluster
 
     nodes = max(2, math.ceil(2 * n / 100) + 1)
-    with LocalCluster(name=f"bench-op-{n}", cpu_nodes=nodes, gpu_nodes=0, verbose=False) as cluster:
+    global _RUNS
+    _RUNS += 1  # a fresh name per run: two runs (or two people) never share a cluster directory
+    with LocalCluster(name=f"bench-op-{n}-{os.getpid()}-{_RUNS}", cpu_nodes=nodes, gpu_nodes=0, verbose=False) as cluster:
         subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "apply",
                         "--server-side", "-f", os.environ.get("KUBEFORGE_BENCH_CRDS", str(ROOT / "crds"))], check=True, capture_output=True)
         subprocess.run([str(cluster.bins["kubectl"]), "--kubeconfig", str(cluster.kubeconfig), "wait",
@@ -148,16 +160,24 @@ def run_size(n: int) -> dict[str, Any]:
         make_namespace(kube, bare_ns)
         make_namespace(kube, op_ns)
 
-        bare_s = bare_client(kube, bare_ns, n, settings)
+        bare_s, bare_cpu_s = bare_client(kube, bare_ns, n, settings)
+        bare_cpu_ms = bare_cpu_s * 1000 / n
         time.sleep(2)
 
         log = Path(cluster.run_dir) / "operator.log"
         op = OperatorProcess(str(cluster.kubeconfig), log, KUBEFORGE_CONCURRENCY=str(THREADS),
                              KUBEFORGE_RESYNC_SECONDS="5", KUBEFORGE_LOG_LEVEL="WARNING")
         op.env["KUBEFORGE_NAMESPACES"] = op_ns
+        if operator_src:  # another copy of the operator (e.g. the last commit, for before/after)
+            op.env["PYTHONPATH"] = operator_src
         op.start()
         assert op.proc is not None
         pid = op.proc.pid
+        spy = None
+        if os.environ.get("KUBEFORGE_BENCH_PYSPY"):  # profile the operator (all threads)
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", "250", "--gil",
+                                    "-f", "raw", "-o", f"{os.environ['KUBEFORGE_BENCH_PYSPY']}-{n}.txt", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         api0, opw0, cpu0 = apiserver_writes(kube), op.writes(), proc_cpu(pid)
         t0 = time.monotonic()
@@ -172,8 +192,11 @@ def run_size(n: int) -> dict[str, Any]:
         running_s = time.monotonic() - t0
         time.sleep(3)  # settle
         api1, opw1, cpu1 = apiserver_writes(kube), op.writes(), proc_cpu(pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         time.sleep(12)  # idle: two resyncs
-        api2, opw2 = apiserver_writes(kube), op.writes()
+        api2, opw2, cpu2 = apiserver_writes(kube), op.writes(), proc_cpu(pid)
         rss = peak_rss_mb(pid)
         op.stop()
         api_delta = diff(api0, api1)
@@ -184,7 +207,8 @@ def run_size(n: int) -> dict[str, Any]:
         return {
             "n": n, "bare_s": bare_s, "op_s": op_s, "ratio": op_s / bare_s, "running_s": running_s,
             "writes_per_tj": (opw1 - opw0) / n, "apiserver_op_writes_per_tj": op_api / n,
-            "cpu_ms": (cpu1 - cpu0) * 1000 / n, "rss_mb": rss, "idle_writes": opw2 - opw1,
+            "cpu_ms": (cpu1 - cpu0) * 1000 / n, "bare_cpu_ms": bare_cpu_ms, "rss_mb": rss, "idle_writes": opw2 - opw1,
+            "idle_cpu_ms_s": (cpu2 - cpu1) * 1000 / 12,
             "idle_api_tj": sum(v for k, v in idle_api.items() if "trainingjobs" in k or k.endswith(" jobs")),
             "api_delta": api_delta,
         }
@@ -194,18 +218,32 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100,1000")
     ap.add_argument("--json", default="")
+    ap.add_argument("--operator-src", default="",
+                    help="directory holding the `kubeforge` package to run as the operator (PYTHONPATH)")
+    ap.add_argument("--before-src", default="",
+                    help="also run this copy of the operator (e.g. `git archive` of an older commit) "
+                         "before the current one at each N, same session: a before/after table")
     args = ap.parse_args()
-    rows = [run_size(int(s)) for s in args.sizes.split(",")]
+    variants = ([("before", args.before_src)] if args.before_src else []) + [
+        ("after" if args.before_src else "", args.operator_src)]
+    rows = []
+    for s in args.sizes.split(","):
+        for label, src in variants:
+            rows.append({**run_size(int(s), src), "operator": label})
+            r = rows[-1]
+            print(f"N={r['n']} {label}: operator CPU {r['cpu_ms']:.2f} ms/object (bare client {r['bare_cpu_ms']:.2f}), "
+                  f"ratio {r['ratio']:.2f}x, writes/TJ {r['writes_per_tj']:.2f}, RSS {r['rss_mb']:.0f} MB", flush=True)
     print()
-    print("| N | bare client: all Jobs (s) | operator: all Jobs (s) | ratio | all Running (s) | "
-          "operator writes/TJ to Running | (apiserver view) | CPU ms/object | peak RSS MB | idle writes (12 s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| N | operator | bare client: all Jobs (s) | operator: all Jobs (s) | ratio | all Running (s) | "
+          "operator writes/TJ to Running | (apiserver view) | operator CPU ms/object (bare client's) | "
+          "peak RSS MB | idle writes (12 s) | idle CPU ms/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']} | {r['bare_s']:.2f} | {r['op_s']:.2f} | {r['ratio']:.2f}x | {r['running_s']:.1f} | "
-              f"{r['writes_per_tj']:.2f} | {r['apiserver_op_writes_per_tj']:.2f} | {r['cpu_ms']:.2f} | "
-              f"{r['rss_mb']:.0f} | {r['idle_writes']:.0f} (+{r['idle_api_tj']:.0f} apiserver) |")
+        print(f"| {r['n']} | {r['operator']} | {r['bare_s']:.2f} | {r['op_s']:.2f} | {r['ratio']:.2f}x | {r['running_s']:.1f} | "
+              f"{r['writes_per_tj']:.2f} | {r['apiserver_op_writes_per_tj']:.2f} | {r['cpu_ms']:.2f} ({r['bare_cpu_ms']:.2f}) | "
+              f"{r['rss_mb']:.0f} | {r['idle_writes']:.0f} (+{r['idle_api_tj']:.0f} apiserver) | {r['idle_cpu_ms_s']:.1f} |")
     for r in rows:
-        print(f"N={r['n']} apiserver writes during the operator run: {json.dumps(r['api_delta'], sort_keys=True)}")
+        print(f"N={r['n']} {r['operator']} apiserver writes during the operator run: {json.dumps(r['api_delta'], sort_keys=True)}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
