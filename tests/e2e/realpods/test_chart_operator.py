@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Kube
 from kubeforge_cluster import binaries
 from kubeforge_cluster.realnode import RealNode, net
+from realpods_support import Kube
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Kube, pod, skip_reason
 from kubeforge_cluster.realnode import RealNode, default_run_dir, net
 from kubeforge_cluster.realnode.node import KUBELET_HEALTHZ_PORT, KUBELET_PORT
+from realpods_support import Kube, pod, skip_reason
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ import ipaddress
 import json
 
 import pytest
-from conftest import Kube, pod
 from kubeforge_cluster.realnode import RealNode, net
+from realpods_support import Kube, pod
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kube, pod
 from kubeforge_cluster.realnode import RealNode, net
+from realpods_support import Kube, pod
 
 pytestmark = pytest.mark.e2e
 

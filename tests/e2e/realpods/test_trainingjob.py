@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kube
 from kubeforge_cluster.realnode import RealNode, net
+from realpods_support import Kube
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -24,10 +24,11 @@ from kubeforge_cluster.client import KubeClient
 from kubeforge_cluster.helm import Helm, find_helm
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def only_the_charts_operator() -> Iterator[None]:
     """The chart's tests prove what the chart's RBAC allows: no other operator (such as the
-    admin-powered session operator of the other suites) may reconcile meanwhile."""
+    admin-powered session operator of the other suites) may reconcile meanwhile. (Module scope:
+    this folder is not a Python package, so "package" scope would last the whole session.)"""
     from kf_operator_process import OperatorProcess as SessionOperator
 
     paused = list(SessionOperator.running)

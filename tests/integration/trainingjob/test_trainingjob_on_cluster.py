@@ -114,7 +114,7 @@ def test_idle_operator_writes_nothing(cluster: Any, kubeforge_crds: Any, kube: A
     operator resyncs every 10 s (every object is reconciled at least twice in the window), and
     reconciles are the only source of writes; kopf itself writes nothing (no change-detection
     handlers, no finalizers)."""
-    from conftest import OperatorProcess
+    from kf_operator_process import OperatorProcess
 
     op = OperatorProcess(str(cluster.kubeconfig), tmp_path / "operator.log", KUBEFORGE_NAMESPACES=namespace)
     op.start()

@@ -3,7 +3,6 @@ and a trainer player that plays every trial pod with a known objective of its pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -12,13 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_TJ_CONFTEST = Path(__file__).resolve().parents[1] / "trainingjob" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("_kubeforge_tj_conftest", _TJ_CONFTEST)
-assert _spec is not None and _spec.loader is not None
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-OperatorProcess = _mod.OperatorProcess
+from kf_operator_process import OperatorProcess
 
 TRIAL_LABEL = "kubeforge.io/trainingjob"
 JSON = dict[str, Any]

@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import Run, job, popen_trainer  # noqa: E402
 from kubeforge_trainer import storage  # noqa: E402
 from kubeforge_trainer.config import ConfigError, resolve  # noqa: E402
+from trainer_support import Run, job, popen_trainer  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -183,8 +183,8 @@ RESUME_HP = {"epochs": 8, "batch_size": 128, "hidden": [32], "dropout": 0.1}
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, float]:
     """The uninterrupted run the resumed ones must match."""
-    from conftest import channel_env
     from kubeforge_trainer import _api, cli
+    from trainer_support import channel_env
 
     tmp = tmp_path_factory.mktemp("ref")
     mp = pytest.MonkeyPatch()

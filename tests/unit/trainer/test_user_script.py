@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import job
+from trainer_support import job
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "scripts" / "train_custom.py"
 
