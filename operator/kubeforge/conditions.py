@@ -78,3 +78,29 @@ def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
 def copy_conditions(conditions: Iterable[dict[str, Any]] | None) -> Conditions:
     """A deep-enough copy (each condition dict copied) to edit without touching the input."""
     return [dict(c) for c in conditions or ()]
+
+
+def invalid_spec_status(
+    obj: dict[str, Any], errors: Iterable[Any], now: str, *, condition: str
+) -> dict[str, Any]:
+    """The status of an object whose spec the models refuse (`errors`: pydantic's
+    `ValidationError.errors()`; what CEL cannot check at admission): phase Failed, `condition` set with reason InvalidSpec, the fields named as
+    `spec.<path>: <problem>`. Nothing else is made for such an object."""
+    base: dict[str, Any] = obj.get("status") or {}
+    message = "invalid spec: " + "; ".join(
+        "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+        + f": {e['msg']}"
+        for e in list(errors)[:5]
+    )
+    message = message[:1024]
+    gen = obj["metadata"].get("generation")
+    conds = [dict(c) for c in base.get("conditions") or []]
+    # Failed means the condition is True; for Ready it is False.
+    set_condition(
+        conds, condition, condition != "Ready", "InvalidSpec", message, now=now,
+        observed_generation=gen,
+    )
+    status = {**base, "phase": "Failed", "message": message, "conditions": conds}
+    if gen is not None:
+        status["observedGeneration"] = gen
+    return status

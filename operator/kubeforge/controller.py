@@ -195,3 +195,28 @@ class Controller(Generic[S]):
                 before()
             for key in list(keys()):
                 self.enqueue(key)
+
+
+def slim_owner(body: Any, kind: str, api_version: str, annotations: Iterable[str] = ()) -> dict[str, Any]:
+    """The slim copy of one of our own objects kept in an index: identity, generation, spec and
+    status, and only the named annotations (memory: what reconcile and status read)."""
+    meta = body["metadata"]
+    slim_meta: dict[str, Any] = {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "uid": meta.get("uid"),
+        "generation": meta.get("generation"),
+        "deletionTimestamp": meta.get("deletionTimestamp"),
+    }
+    keep = set(annotations)
+    if keep:
+        slim_meta["annotations"] = {
+            k: v for k, v in (meta.get("annotations") or {}).items() if k in keep
+        }
+    return {
+        "apiVersion": body.get("apiVersion", api_version),
+        "kind": kind,
+        "metadata": slim_meta,
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }

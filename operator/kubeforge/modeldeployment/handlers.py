@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.apply import ApiError, Kube, merge_patch, resource_path
-from kubeforge.conditions import now_rfc3339, set_condition
+from kubeforge.conditions import invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
-from kubeforge.controller import Controller, Key
+from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
 from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
@@ -63,20 +63,7 @@ JSON = dict[str, Any]
 
 
 def slim_md(body: Any) -> JSON:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion", API_VERSION),
-        "kind": KIND,
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "generation": meta.get("generation"),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
+    return slim_owner(body, KIND, API_VERSION)
 
 
 def _meta(body: Any) -> JSON:
@@ -444,19 +431,8 @@ class ModelDeploymentReconciler:
             events.post(self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}")
 
     def _invalid(self, key: Key, md: JSON, exc: ValidationError, now: str) -> None:
-        base = md.get("status") or {}
-        message = "invalid spec: " + "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        conds = [dict(c) for c in base.get("conditions") or []]
-        gen = md["metadata"].get("generation")
-        set_condition(
-            conds, "Ready", False, "InvalidSpec", message[:1024], now=now, observed_generation=gen
-        )
-        status = {**base, "phase": "Failed", "message": message[:1024], "conditions": conds}
-        if gen is not None:
-            status["observedGeneration"] = gen
-        self._write_status(key, md, base, status)
+        status = invalid_spec_status(md, exc.errors(), now, condition="Ready")
+        self._write_status(key, md, md.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.apply import ApiError, merge_patch
-from kubeforge.conditions import now_rfc3339, set_condition
+from kubeforge.conditions import invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
-from kubeforge.controller import Controller, Key
+from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
 from kubeforge.trainingjob import build as tjbuild
 from kubeforge.trainingjob.status import compute_status
@@ -44,26 +44,8 @@ JSON = dict[str, Any]
 
 
 def slim_tj(body: Any) -> JSON:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion", API_VERSION),
-        "kind": KIND,
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "generation": meta.get("generation"),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-            # only the annotation the builder reads (a trial's objective for kubeforge-report)
-            "annotations": {
-                k: v
-                for k, v in (meta.get("annotations") or {}).items()
-                if k == tjbuild.OBJECTIVE_METRIC_ANNOTATION
-            },
-        },
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
+    # only the annotation the builder reads (a trial's objective for kubeforge-report)
+    return slim_owner(body, KIND, API_VERSION, (tjbuild.OBJECTIVE_METRIC_ANNOTATION,))
 
 
 def slim_child(body: Any) -> JSON:
@@ -354,17 +336,8 @@ class TrainingJobReconciler:
             events.post(self.kube, tj, events.NORMAL, after, msg)
 
     def _invalid(self, key: Key, tj: JSON, exc: ValidationError, now: str) -> None:
-        base = tj.get("status") or {}
-        message = "invalid spec: " + "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        conds = [dict(c) for c in base.get("conditions") or []]
-        set_condition(conds, "Failed", True, "InvalidSpec", message[:1024], now=now)
-        status = {**base, "phase": "Failed", "message": message[:1024], "conditions": conds}
-        gen = tj["metadata"].get("generation")
-        if gen is not None:
-            status["observedGeneration"] = gen
-        self._write_status(key, tj, base, status)
+        status = invalid_spec_status(tj, exc.errors(), now, condition="Failed")
+        self._write_status(key, tj, tj.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:

@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.apply import ApiError, merge_patch
-from kubeforge.conditions import now_rfc3339, set_condition
+from kubeforge.conditions import invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
-from kubeforge.controller import Controller, Key
+from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy.status import decide
@@ -43,20 +43,7 @@ _OUR_ANNOTATIONS = (tb.PARAMS, tb.SYSTEM_ATTRS, tb.STUDY_SYSTEM_ATTRS, tb.REPORT
 
 
 def slim_study(body: Any) -> JSON:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion", API_VERSION),
-        "kind": KIND,
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "generation": meta.get("generation"),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
+    return slim_owner(body, KIND, API_VERSION)
 
 
 def slim_trial(body: Any) -> JSON:
@@ -277,17 +264,8 @@ class TuningStudyReconciler:
         self.phases.set(key, status.get("phase", "Pending"))
 
     def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:
-        base = study.get("status") or {}
-        message = "invalid spec: " + "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        conds = [dict(c) for c in base.get("conditions") or []]
-        set_condition(conds, "Failed", True, "InvalidSpec", message[:1024], now=now)
-        status = {**base, "phase": "Failed", "message": message[:1024], "conditions": conds}
-        gen = study["metadata"].get("generation")
-        if gen is not None:
-            status["observedGeneration"] = gen
-        self._write_status(key, study, base, status)
+        status = invalid_spec_status(study, exc.errors(), now, condition="Failed")
+        self._write_status(key, study, study.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:

@@ -148,3 +148,41 @@ def test_quick_look_skips_the_worker_thread() -> None:
 
     asyncio.run(run())
     assert ran == ["busy"]
+
+
+class TestInvalidSpecStatus:
+    """What CEL cannot check at admission (hyperparameter names) fails the object, naming the
+    field, and nothing else is made."""
+
+    def _errors(self) -> list[Any]:
+        from kubeforge.api import TrainingJobSpec
+        from pydantic import ValidationError
+
+        try:
+            TrainingJobSpec.model_validate(
+                {"model": {"recipe": "mlp-classifier"}, "dataset": {"uri": "builtin://digits"},
+                 "hyperparameters": {"batch-size": 1, "batch_size": 2}}
+            )
+        except ValidationError as exc:
+            return list(exc.errors())
+        raise AssertionError("the collision was accepted")
+
+    def test_failed_naming_the_field(self) -> None:
+        from kubeforge.conditions import invalid_spec_status
+
+        obj = {"metadata": {"name": "x", "generation": 3}, "status": {}}
+        status = invalid_spec_status(obj, self._errors(), "2026-01-01T00:00:00Z", condition="Failed")
+        assert status["phase"] == "Failed" and status["observedGeneration"] == 3
+        assert status["message"].startswith("invalid spec: spec.hyperparameters: ")
+        assert "HP_BATCH_SIZE" in status["message"]
+        (cond,) = status["conditions"]
+        assert (cond["type"], cond["status"], cond["reason"]) == ("Failed", "True", "InvalidSpec")
+
+    def test_ready_false_for_serving(self) -> None:
+        from kubeforge.conditions import invalid_spec_status
+
+        obj = {"metadata": {"name": "x"}, "status": {"phase": "Ready"}}
+        status = invalid_spec_status(obj, self._errors(), "2026-01-01T00:00:00Z", condition="Ready")
+        (cond,) = status["conditions"]
+        assert (cond["type"], cond["status"]) == ("Ready", "False")
+        assert "observedGeneration" not in status
