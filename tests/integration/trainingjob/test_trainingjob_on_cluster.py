@@ -70,6 +70,23 @@ def test_failing_pod_fails_with_reason(operator: Any, kube: Any, kubectl: Any, n
     assert len(pod_driver.pods("kubeforge.io/trainingjob=bad")) == 1
 
 
+def test_spec_the_api_server_cannot_check_fails_naming_the_field(
+    operator: Any, kube: Any, kubectl: Any, namespace: str
+) -> None:
+    # Two names that map to one HP_ variable: CEL cannot type free-form values, the operator can.
+    apply(kubectl, namespace, trainingjob(
+        "clash", hyperparameters={"batch-size": 32, "batch_size": 64}))
+    out = kubectl.result("wait", "-n", namespace, "--for=condition=Failed", "trainingjob/clash",
+                         "--timeout=30s")
+    assert out.returncode == 0, out.stderr
+    st = get_tj(kube, namespace, "clash")["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.hyperparameters" in failed["message"] and "HP_BATCH_SIZE" in failed["message"]
+    jobs = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    assert jobs == []  # nothing half-made
+
+
 def test_admitted_under_pss_restricted(operator: Any, kube: Any, kubectl: Any, namespace: str, pod_driver: Any) -> None:
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
             "pod-security.kubernetes.io/enforce-version=latest", "--overwrite")
