@@ -104,3 +104,15 @@ def invalid_spec_status(
     if gen is not None:
         status["observedGeneration"] = gen
     return status
+
+
+def condition_reason(
+    status: dict[str, Any], types: Iterable[str], default: str, *, only_status: str | None = None
+) -> str:
+    """The reason of the first condition of one of `types` (with `only_status`, if given), or
+    `default`: what an Event about a phase change is titled with."""
+    wanted = set(types)
+    for c in status.get("conditions") or []:
+        if c.get("type") in wanted and (only_status is None or c.get("status") == only_status):
+            return str(c.get("reason") or default)
+    return default

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.apply import ApiError, Kube, merge_patch, resource_path
-from kubeforge.conditions import invalid_spec_status, now_rfc3339
+from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
@@ -418,15 +418,8 @@ class ModelDeploymentReconciler:
             return
         msg = new.get("message", "")
         if after in ("Degraded", "Failed"):
-            reason = next(
-                (
-                    c.get("reason")
-                    for c in new.get("conditions", [])
-                    if c.get("type") in ("ModelLoaded", "Ready") and c.get("status") == "False"
-                ),
-                after,
-            )
-            events.post(self.kube, md, events.WARNING, reason or after, msg)
+            reason = condition_reason(new, ("ModelLoaded", "Ready"), after, only_status="False")
+            events.post(self.kube, md, events.WARNING, reason, msg)
         elif after == "Ready":
             events.post(self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}")
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.apply import ApiError, merge_patch
-from kubeforge.conditions import invalid_spec_status, now_rfc3339
+from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
@@ -322,11 +322,8 @@ class TrainingJobReconciler:
             return
         msg = new.get("message", "")
         if after == "Failed":
-            reason = next(
-                (c.get("reason") for c in new.get("conditions", []) if c.get("type") == "Failed"),
-                "Failed",
-            )
-            events.post(self.kube, tj, events.WARNING, reason or "Failed", msg)
+            reason = condition_reason(new, ("Failed",), "Failed")
+            events.post(self.kube, tj, events.WARNING, reason, msg)
         elif after == "Succeeded":
             metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(new.get("metrics", {}).items()))
             events.post(

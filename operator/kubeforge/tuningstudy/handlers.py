@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kubeforge import events
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.apply import ApiError, merge_patch
-from kubeforge.conditions import invalid_spec_status, now_rfc3339
+from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
@@ -251,16 +251,9 @@ class TuningStudyReconciler:
             self.written_status[key] = status
             before, after = base.get("phase"), status.get("phase")
             if before != after and after in ("Succeeded", "Failed"):
-                reason = next(
-                    (
-                        c.get("reason")
-                        for c in status.get("conditions", [])
-                        if c.get("type") == after
-                    ),
-                    after,
-                )
+                reason = condition_reason(status, (after,), after)
                 kind = events.NORMAL if after == "Succeeded" else events.WARNING
-                events.post(self.kube, study, kind, reason or after, status.get("message", ""))
+                events.post(self.kube, study, kind, reason, status.get("message", ""))
         self.phases.set(key, status.get("phase", "Pending"))
 
     def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:
