@@ -116,6 +116,8 @@ class LocalCluster:
     """
 
     local = True  # vs testing.ExternalCluster
+    kcm_controllers = KCM_CONTROLLERS
+    """The controller-manager's ``--controllers`` (a subclass adds what its nodes need)."""
 
     def __init__(
         self,
@@ -425,7 +427,7 @@ class LocalCluster:
                 "--leader-elect=false",
                 f"--service-account-private-key-file={d / 'sa.key'}",
                 f"--root-ca-file={d / 'ca.crt'}",
-                f"--controllers={KCM_CONTROLLERS}",
+                f"--controllers={self.kcm_controllers}",
                 f"--kube-api-qps={self.kcm_qps}",
                 f"--kube-api-burst={self.kcm_burst}",
                 "--profiling=false",

@@ -5,6 +5,12 @@ Differences from a plain LocalCluster (REALPODS.md §3, §9): the API server bin
 kube-proxy), its serving cert has that IP as a SAN, it has a client cert for the kubelets (logs,
 exec, port-forward) and dials them by InternalIP only (a hostname lookup would leave the
 machine), and the endpoint reconciler is on (it is off on loopback clusters).
+
+Its controller-manager also runs the PersistentVolume binder and the PV/PVC protection
+controllers: a real kubelet mounts a claim only once the binder has bound it (a hand-set
+``Bound`` status is not enough), and the API server's StorageObjectInUseProtection admission
+puts finalizers on claims and volumes that only the protection controllers remove (without
+them, deleting a namespace with a claim would hang). The kwok-only cluster does not need them.
 """
 
 from __future__ import annotations
@@ -12,11 +18,18 @@ from __future__ import annotations
 from typing import Any
 
 from .. import pki
-from ..cluster import LocalCluster
+from ..cluster import KCM_CONTROLLERS, LocalCluster
 from . import net
+
+STORAGE_CONTROLLERS = (
+    "persistentvolume-binder-controller,persistentvolume-protection-controller,"
+    "persistentvolumeclaim-protection-controller"
+)
 
 
 class NodeControlPlane(LocalCluster):
+    kcm_controllers = f"{KCM_CONTROLLERS},{STORAGE_CONTROLLERS}"
+
     def __init__(self, *args: Any, bind_address: str = net.NODE_IP, **kw: Any) -> None:
         self.bind_address = bind_address
         extra = list(kw.pop("extra_apiserver_args", ()))

@@ -42,6 +42,9 @@ KUBELET_HEALTHZ_PORT = 10248
 BUSYBOX_IMAGE = "local/busybox:1"
 PAUSE_IMAGE = "local/pause:1"
 REAL_NODE_LABEL = "kubeforge.io/real-node"
+ARTIFACT_CLAIM = "kubeforge-artifacts"
+"""The claim the real node's artifact store is reached by (operator ``pvc://kubeforge-artifacts/``)."""
+ARTIFACT_LABEL = "kubeforge.io/artifact-store"
 
 
 class NodeUnsupported(RuntimeError):
@@ -709,6 +712,97 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
     def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         assert self.cluster is not None
         return self.cluster.kubectl(*args, **kw)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.run_dir / "artifacts"
+
+    def artifact_store(
+        self, namespace: str, claim: str = ARTIFACT_CLAIM, fs_group: int = 1000
+    ) -> str:
+        """A shared artifact store for the pods of ``namespace``; returns its URI for the
+        operator's ``artifactStore`` (``pvc://CLAIM/``).
+
+        A ReadWriteMany hostPath PersistentVolume (``<run dir>/artifacts/<namespace>``, one
+        directory per namespace so namespaces do not see each other's models) pre-bound to the
+        claim ``CLAIM`` in ``namespace`` (PV ``claimRef`` + PVC ``volumeName``, empty storage
+        class: no provisioner involved; the binder controller completes the binding). The
+        kubelet does not apply ``fsGroup`` to hostPath volumes, so the directory is made the way
+        fsGroup would: group ``fs_group`` (the pods' default fsGroup/runAsGroup), setgid,
+        group-writable (2775), so the restricted-PSS trainer (uid 1000, gid 1000) writes there and
+        new folders keep the group. Idempotent; a volume left ``Released`` by a deleted namespace
+        is replaced (the files stay)."""
+        host = self.artifacts_dir / namespace
+        host.mkdir(parents=True, exist_ok=True)
+        for d in (self.artifacts_dir, host):
+            os.chown(d, 0, fs_group)
+            d.chmod(0o2775)
+        pv_name = f"{claim}-{namespace}"
+        r = self.kubectl("get", "pv", pv_name, "-o", "json", check=False)
+        if r.returncode == 0 and json.loads(r.stdout).get("status", {}).get("phase") in (
+            "Released",
+            "Failed",
+        ):
+            self.kubectl("delete", "pv", pv_name, "--wait=true", "--timeout=60s")
+        size = "10Gi"
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "labels": {ARTIFACT_LABEL: namespace}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(host), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/hostname",
+                                        "operator": "In",
+                                        "values": [self.node_name],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        }
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": size}},
+            },
+        }
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": [pv, pvc]}),
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            r = self.kubectl(
+                "-n", namespace, "get", "pvc", claim, "-o", "jsonpath={.status.phase}", check=False
+            )
+            if r.stdout.strip() == "Bound":
+                return f"pvc://{claim}/"
+            if time.monotonic() > deadline:
+                raise NodeStartError(
+                    f"claim {namespace}/{claim} not Bound after 60s ({r.stdout}{r.stderr}); "
+                    + _tail(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
+                )
+            time.sleep(0.3)
 
     def crictl(self, *args: str, check: bool = True) -> str:
         r = subprocess.run(
