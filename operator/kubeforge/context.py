@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 from kopf._core.engines.indexing import OperatorIndexers
 
-from kubeforge.apply import Kube
+from kubeforge.apply import Kube, async_kube
 from kubeforge.controller import Controller
 from kubeforge.progress import ProgressAccess
 from kubeforge.settings import Settings
@@ -20,6 +20,10 @@ from kubeforge.settings import Settings
 class OperatorContext:
     settings: Settings
     kube: Kube
+    """The blocking client (reconciles that run in worker threads)."""
+    api: Any = None
+    """The event loop's client (`AsyncKube`; reconciles that are coroutines); made from `kube`
+    when not given."""
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
     indexers: Any = field(default_factory=OperatorIndexers)
     pool: ThreadPoolExecutor | None = None
@@ -29,12 +33,14 @@ class OperatorContext:
     """Whether Kueue's Workload API is served (then its reason shows in a queued job's status)."""
 
     def __post_init__(self) -> None:
+        if self.api is None and isinstance(self.kube, Kube):
+            self.api = async_kube(self.kube, max_idle=self.settings.concurrency)
         if self.pool is None:
             self.pool = ThreadPoolExecutor(
                 max_workers=self.settings.concurrency, thread_name_prefix="kubeforge"
             )
         if self.progress is None:
-            self.progress = ProgressAccess(self.kube, self.settings)
+            self.progress = ProgressAccess(self.api, self.settings)
 
     def index(self, name: str) -> Any:
         """kopf's index `name` (read it on the event loop only)."""

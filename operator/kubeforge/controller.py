@@ -1,19 +1,21 @@
 """The reconcile engine every kind uses: a de-duplicating work queue, one reconcile per object at
-a time, a thread pool for the blocking API calls, retries with backoff, and a periodic resync.
+a time, retries with backoff, and a periodic resync.
 
 Semantics of controller-runtime's workqueue: an object queued twice runs once; an object that
 changes while it is being reconciled runs again right after; two reconciles of one object never
 overlap (so events of children and of the parent cannot race). The snapshot of the observed
-state is taken on the event loop (where kopf updates its indexes), the reconcile itself runs in a
-worker thread.
+state is taken on the event loop (where the watch layer updates the indexes). A reconcile is
+either a coroutine function, awaited on the event loop (its API calls through
+`kubeforge.apply.AsyncKube`), or a plain function run in a worker thread of `pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -30,8 +32,9 @@ class Controller(Generic[S]):
 
     - `snapshot(key)`: runs on the event loop, returns what the reconcile needs (or None: the
       object is gone);
-    - `reconcile(key, snapshot)`: runs in a worker thread; returns None, or seconds after which
-      to look again (polling, e.g. waiting for something outside the cluster);
+    - `reconcile(key, snapshot)`: a coroutine function (awaited on the event loop) or a plain
+      function (run in a worker thread of `pool`); returns None, or seconds after which to look
+      again (polling, e.g. waiting for something outside the cluster);
     - `quick(key, snapshot)` (optional): runs on the event loop first; True means the reconcile
       would change nothing (then no worker thread is involved: most events of a busy object and
       every resync of a settled one need no write, and the thread handoff was their main cost).
@@ -42,8 +45,8 @@ class Controller(Generic[S]):
         kind: str,
         *,
         snapshot: Callable[[Key], S | None],
-        reconcile: Callable[[Key, S], float | None],
-        pool: ThreadPoolExecutor,
+        reconcile: Callable[[Key, S], float | None] | Callable[[Key, S], Awaitable[float | None]],
+        pool: ThreadPoolExecutor | None = None,
         workers: int = 16,
         max_backoff: float = 300.0,
         quick: Callable[[Key, S], bool] | None = None,
@@ -56,6 +59,11 @@ class Controller(Generic[S]):
         self._errors = RECONCILES.labels(kind, "error")
         self._seconds = RECONCILE_SECONDS.labels(kind)
         self._pool = pool
+        # a function, or an object whose __call__ is a coroutine function
+        call = reconcile if inspect.isroutine(reconcile) else type(reconcile).__call__
+        self._on_loop = inspect.iscoroutinefunction(call)
+        if not self._on_loop and pool is None:
+            raise ValueError(f"{kind}: a blocking reconcile needs a thread pool")
         self._workers = workers
         self._max_backoff = max_backoff
         self._queue: asyncio.Queue[Key] | None = None
@@ -157,9 +165,13 @@ class Controller(Generic[S]):
                 self._failures.pop(key, None)
                 return
         try:
-            # = run_in_executor, without its per-call coroutine-function check of the callable
-            fut = self._pool.submit(self._reconcile, key, snap)
-            again = await asyncio.wrap_future(fut, loop=loop)
+            if self._on_loop:
+                again = await self._reconcile(key, snap)  # type: ignore[misc]
+            else:
+                # = run_in_executor, without its per-call coroutine-function check
+                assert self._pool is not None
+                fut = self._pool.submit(self._reconcile, key, snap)
+                again = await asyncio.wrap_future(fut, loop=loop)
         except Exception as exc:
             self._errors.inc()
             ERRORS.labels(self.kind, type(exc).__name__).inc()
@@ -184,15 +196,11 @@ class Controller(Generic[S]):
         if again is not None:
             self.enqueue_after(key, again)
 
-    async def resync(
-        self, keys: Callable[[], Iterable[Key]], period: float, before: Any = None
-    ) -> None:
+    async def resync(self, keys: Callable[[], Iterable[Key]], period: float) -> None:
         """Every `period` seconds, queue every known object (a safety net: level-based
-        reconciles write nothing when nothing differs). `before()` runs before each round."""
+        reconciles write nothing when nothing differs)."""
         while True:
             await asyncio.sleep(period)
-            if before is not None:
-                before()
             for key in list(keys()):
                 self.enqueue(key)
 

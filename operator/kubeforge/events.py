@@ -10,7 +10,7 @@ import logging
 import secrets
 from typing import Any
 
-from kubeforge.apply import ApiError, Kube
+from kubeforge.apply import ApiError, AsyncKube, Kube
 from kubeforge.conditions import now_rfc3339
 
 log = logging.getLogger("kubeforge.events")
@@ -56,8 +56,21 @@ def build_event(
     }
 
 
-def post(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+async def post(
+    kube: AsyncKube, obj: dict[str, Any], type_: str, reason: str, message: str
+) -> None:
     """Post one Event about `obj`; errors are logged and swallowed."""
+    event = build_event(
+        obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339()
+    )
+    try:
+        await kube.create(event)
+    except (ApiError, OSError, TimeoutError) as exc:
+        log.warning("event not posted: %s", exc)
+
+
+def post_blocking(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """`post` from a worker thread, with the blocking client."""
     event = build_event(
         obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339()
     )

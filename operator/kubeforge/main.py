@@ -112,17 +112,15 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
 
     @kopf.on.startup(registry=reg)
     async def start_controllers(**_: Any) -> None:
-        watcher = Watcher(reg, ctx.indexers, ctx.kube, ctx.settings.namespaces)
+        watcher = Watcher(reg, ctx.indexers, ctx.api, ctx.settings.namespaces)
+        period = ctx.settings.resync_seconds
         for ctl in ctx.controllers:
             ctl.start()
             keys = getattr(ctl, "all_keys", None)
-            if keys is not None and ctx.settings.resync_seconds > 0:
-                assert ctx.progress is not None
-                tasks.append(
-                    asyncio.create_task(
-                        ctl.resync(keys, ctx.settings.resync_seconds, before=ctx.progress.reset)
-                    )
-                )
+            if keys is not None and period > 0:
+                tasks.append(asyncio.create_task(ctl.resync(keys, period)))
+        if period > 0:
+            tasks.append(asyncio.create_task(_recheck_progress(ctx, period)))
         tasks.append(asyncio.create_task(watcher.run(), name="kubeforge-watch"))
 
     @kopf.on.cleanup(registry=reg)
@@ -131,6 +129,14 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
             task.cancel()
         for ctl in ctx.controllers:
             await ctl.stop()
+
+
+async def _recheck_progress(ctx: OperatorContext, period: float) -> None:
+    """With each resync, check again the progress permissions made so far."""
+    assert ctx.progress is not None
+    while True:
+        await asyncio.sleep(period)
+        await ctx.progress.recheck()
 
 
 def configure_logging(settings: Settings) -> None:

@@ -31,6 +31,17 @@ API_WRITES = Counter(
     ["verb", "resource"],
 )
 
+WATCH_EVENTS = Counter(
+    "kubeforge_watch_events_total",
+    "Watch events received, by resource.",
+    ["resource"],
+)
+WATCH_BYTES = Counter(
+    "kubeforge_watch_bytes_total",
+    "Bytes of watch streams received, by resource (the operator's main parsing cost).",
+    ["resource"],
+)
+
 
 def serve(port: int, address: str = "127.0.0.1") -> None:
     """Expose /metrics on address:port (in a daemon thread); port 0 disables it."""

@@ -12,14 +12,17 @@ Two halves:
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import logging
 from typing import Any
 
-from kubeforge.apply import ApiError, Kube
+from kubeforge.apply import ApiError, AsyncKube
 from kubeforge.pod import safe_name
 from kubeforge.settings import Settings
 
 JSON = dict[str, Any]
+
+log = logging.getLogger("kubeforge.progress")
 
 ROLE = "kubeforge-progress"
 
@@ -68,37 +71,53 @@ def desired_objects(settings: Settings, namespace: str, service_account: str) ->
 class ProgressAccess:
     """Makes sure each (namespace, ServiceAccount) has its progress permission, once.
 
-    Reads before it writes (an operator restart costs GETs, no writes); `reset()` (each resync)
-    forgets what it knows, so a namespace recreated meanwhile is repaired.
+    Reads before it writes (an operator restart costs GETs, no writes); `recheck()` (each resync)
+    reads them again, so a namespace recreated meanwhile is repaired.
     """
 
-    def __init__(self, kube: Kube, settings: Settings) -> None:
+    def __init__(self, kube: AsyncKube, settings: Settings) -> None:
         self.kube = kube
         self.settings = settings
         self._done: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def reset(self) -> None:
-        with self._lock:
-            self._done.clear()
+        """Forget what is known: the next `ensure` of each pair checks again."""
+        self._done.clear()
+
+    async def recheck(self) -> None:
+        """Check again every pair made so far (each resync: a namespace may have been recreated
+        meanwhile), while reconciles go on as if they were there."""
+        for namespace, service_account in list(self._done):
+            try:
+                await self._make(namespace, service_account)
+            except (ApiError, OSError, TimeoutError) as exc:
+                log.warning("progress permission in %s not checked: %s", namespace, exc)
 
     def ready(self, namespace: str, service_account: str) -> bool:
         """Whether `ensure(namespace, service_account)` has nothing to do."""
         return (namespace, service_account) in self._done
 
-    def ensure(self, namespace: str, service_account: str) -> None:
+    async def ensure(self, namespace: str, service_account: str) -> None:
         key = (namespace, service_account)
         if key in self._done:
             return
-        with self._lock:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # many reconciles of one namespace at once: one makes the objects
             if key in self._done:
                 return
-            for obj in desired_objects(self.settings, namespace, service_account):
-                meta = obj["metadata"]
-                if self.kube.get(obj["apiVersion"], obj["kind"], namespace, meta["name"]) is None:
-                    try:
-                        self.kube.create(obj)
-                    except ApiError as exc:
-                        if not exc.conflict:
-                            raise
+            await self._make(namespace, service_account)
             self._done.add(key)
+        self._locks.pop(key, None)
+
+    async def _make(self, namespace: str, service_account: str) -> None:
+        """Read each object; create the missing ones."""
+        for obj in desired_objects(self.settings, namespace, service_account):
+            meta = obj["metadata"]
+            got = await self.kube.get(obj["apiVersion"], obj["kind"], namespace, meta["name"])
+            if got is None:
+                try:
+                    await self.kube.create(obj)
+                except ApiError as exc:
+                    if not exc.conflict:
+                        raise

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import kopf
 import orjson
 
-from kubeforge.apply import Kube
+from kubeforge.apply import ApiError, AsyncKube
+from kubeforge.metrics import WATCH_BYTES, WATCH_EVENTS
 
 log = logging.getLogger("kubeforge.watching")
 
@@ -151,37 +150,25 @@ def plan_groups(registry: kopf.OperatorRegistry) -> list[_Group]:
     return groups
 
 
-def _ssl_context(cfg: Any) -> ssl.SSLContext | bool:
-    if not cfg.host.startswith("https"):
-        return True  # plain http: nothing to verify
-    if not cfg.verify_ssl:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if cfg.assert_hostname is False:
-            ctx.check_hostname = False
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return ctx
+class _Lines:
+    """Splits a JSON-lines body into lines, of any length, as its chunks arrive."""
 
+    __slots__ = ("_buffer", "_on_line")
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Lines of a JSON-lines stream, of any length (aiohttp's own line iterator stops at 128 KiB)."""
-    buffer = b""
-    async for data in content.iter_any():
-        buffer = buffer + data if buffer else data
+    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+        self._buffer = b""
+        self._on_line = on_line
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
         start = 0
         index = buffer.find(b"\n")
         while index >= 0:
             if index > start:
-                yield buffer[start:index]
+                self._on_line(buffer[start:index])
             start = index + 1
             index = buffer.find(b"\n", start)
-        buffer = buffer[start:] if start else buffer
-    if buffer:
-        yield buffer
+        self._buffer = buffer[start:] if start else buffer
 
 
 class Watcher:
@@ -195,7 +182,7 @@ class Watcher:
         self,
         registry: kopf.OperatorRegistry,
         indexers: Any,
-        kube: Kube,
+        kube: AsyncKube,
         namespaces: Iterable[str] = (),
     ) -> None:
         self.kube = kube
@@ -209,56 +196,40 @@ class Watcher:
         self.ready = asyncio.Event()
         self._listed = 0
         self._all_listed = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
 
     @property
     def streams(self) -> int:
         return len(self.groups) * len(self.namespaces)
 
     async def run(self) -> None:
-        cfg = self.kube.config
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(cfg), limit=0)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_TIMEOUT + 60)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            self._session = session
-            if self.streams == 0:
-                self._all_listed.set()
-                self.ready.set()
-            tasks = [
-                asyncio.create_task(self._stream(g, ns), name=f"watch {g.describe(ns)}")
-                for g in self.groups
-                for ns in self.namespaces
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        if self.streams == 0:
+            self._all_listed.set()
+            self.ready.set()
+        tasks = [
+            asyncio.create_task(self._stream(g, ns), name=f"watch {g.describe(ns)}")
+            for g in self.groups
+            for ns in self.namespaces
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    def _headers(self, path: str) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self.kube.user_agent}
-        self.kube.api_client.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
-        return headers
-
-    def _url(self, path: str, query: dict[str, str]) -> str:
-        return f"{self.kube.config.host}{path}?{urllib.parse.urlencode(query)}"
-
     async def _list(self, g: _Group, ns: str | None) -> tuple[list[JSON], str]:
-        assert self._session is not None
         path = g.path(ns)
         items: list[JSON] = []
         query = {"limit": str(LIST_LIMIT)}
         if g.selector:
             query["labelSelector"] = g.selector
         while True:
-            async with self._session.get(self._url(path, query), headers=self._headers(path)) as r:
-                raw = await r.read()
-                if r.status >= 300:
-                    raise WatchError(f"list {g.describe(ns)}: {r.status} {raw[:200]!r}")
-            data = orjson.loads(raw)
+            try:
+                data = await self.kube.request("GET", path, query=query)
+            except ApiError as exc:
+                raise WatchError(f"list {g.describe(ns)}: {exc}") from exc
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
             if meta.get("continue"):
@@ -275,7 +246,7 @@ class Watcher:
         while True:
             try:
                 items, rv = await self._list(g, ns)
-            except (aiohttp.ClientError, OSError, WatchError, TimeoutError) as exc:
+            except (OSError, WatchError, TimeoutError) as exc:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
                 log.warning("listing %s failed (retry in %.1fs): %s", g.describe(ns), delay, exc)
@@ -293,53 +264,70 @@ class Watcher:
                     self._all_listed.set()
                 await self._all_listed.wait()
             for k in gone:
-                await self._dispatch(g, "DELETED", known[k], known)
+                self._dispatch(g, "DELETED", known[k], known)
             for obj in items:
-                await self._events(g, None, obj)
+                self._events(g, None, obj)
             if self._listed >= self.streams and not self.ready.is_set():
                 self.ready.set()
             await self._watch(g, ns, rv, known)
 
     async def _watch(self, g: _Group, ns: str | None, rv: str, known: dict[ObjKey, JSON]) -> None:
-        """Watch from `rv` until the resourceVersion is too old (then return: relist)."""
-        assert self._session is not None
+        """Watch from `rv` until the resourceVersion is too old (then return: relist).
+
+        Events are handled as their bytes arrive, in the connection's data callback: no task,
+        queue or await per event.
+        """
         path = g.path(ns)
         failures = 0
+        state = {"rv": rv, "expired": False, "error": ""}
+        count_event = WATCH_EVENTS.labels(g.plural).inc
+        count_bytes = WATCH_BYTES.labels(g.plural).inc
+
+        def on_line(line: bytes) -> None:
+            if state["expired"] or state["error"]:
+                return
+            count_event()
+            count_bytes(len(line))
+            event = orjson.loads(line)
+            etype = event.get("type")
+            obj = event.get("object") or {}
+            if etype == "ERROR":
+                if obj.get("code") == 410:
+                    state["expired"] = True
+                else:
+                    state["error"] = f"watch {g.describe(ns)}: {obj}"
+                return
+            state["rv"] = (obj.get("metadata") or {}).get("resourceVersion") or state["rv"]
+            if etype in ("ADDED", "MODIFIED", "DELETED"):
+                self._dispatch(g, etype, obj, known)
+
         while True:
             query = {
                 "watch": "true",
                 "allowWatchBookmarks": "true",
                 "timeoutSeconds": str(WATCH_TIMEOUT),
-                "resourceVersion": rv,
+                "resourceVersion": str(state["rv"]),
             }
             if g.selector:
                 query["labelSelector"] = g.selector
+            target = f"{path}?{urllib.parse.urlencode(query)}"
             try:
-                async with self._session.get(
-                    self._url(path, query), headers=self._headers(path)
-                ) as r:
-                    if r.status == 410:
-                        return
-                    if r.status >= 300:
-                        raise WatchError(f"{r.status} {(await r.read())[:200]!r}")
-                    failures = 0
-                    async for line in _lines(r.content):
-                        event = orjson.loads(line)
-                        etype = event.get("type")
-                        obj = event.get("object") or {}
-                        if etype == "ERROR":
-                            if obj.get("code") == 410:
-                                return
-                            raise WatchError(f"watch {g.describe(ns)}: {obj}")
-                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                        if etype == "BOOKMARK":
-                            continue
-                        if etype not in ("ADDED", "MODIFIED", "DELETED"):
-                            continue
-                        await self._dispatch(g, etype, obj, known)
+                status, body = await self.kube.http.stream(
+                    target, self.kube.headers(path), _Lines(on_line).feed, WATCH_TIMEOUT + 60
+                )
+                if status == 410 or state["expired"]:
+                    return
+                if status >= 300:
+                    raise WatchError(f"{status} {body[:200]!r}")
+                if state["error"]:
+                    raise WatchError(str(state["error"]))
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, OSError, WatchError, TimeoutError, ValueError) as exc:
+            except (OSError, WatchError, TimeoutError, ValueError) as exc:
+                if state["expired"]:
+                    return
+                state["error"] = ""
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
                 log.warning("watch of %s broke (retry in %.1fs): %s", g.describe(ns), delay, exc)
@@ -421,9 +409,8 @@ class Watcher:
                 indexer.replace(key, result)
         return key
 
-    async def _events(
-        self, g: _Group, etype: str | None, obj: JSON, kw: JSON | None = None
-    ) -> None:
+    def _events(self, g: _Group, etype: str | None, obj: JSON, kw: JSON | None = None) -> None:
+        """Run the event handlers of `g` on one object (synchronously: they only queue work)."""
         if not g.watching:
             return
         if kw is None:
@@ -431,21 +418,19 @@ class Watcher:
         for h in g.watching:
             try:
                 if self._matches(h, kw):
-                    result = h.fn(**kw)
-                    if asyncio.iscoroutine(result):
-                        await result
+                    _run_sync(h.fn(**kw))
             except Exception:
                 log.exception("event handler %s failed", h.id)
 
-    async def _dispatch(self, g: _Group, etype: str, obj: JSON, known: dict[ObjKey, JSON]) -> None:
+    def _dispatch(self, g: _Group, etype: str, obj: JSON, known: dict[ObjKey, JSON]) -> None:
         kw = self._kwargs(etype, obj)
         self._index(g, etype, obj, known, kw)
-        await self._events(g, etype, obj, kw)
+        self._events(g, etype, obj, kw)
 
 
 def _run_sync(result: Any) -> Any:
     """The value of a handler's result; a coroutine is run to its end here if it never waits
-    (index handlers only compute)."""
+    (index handlers only compute, event handlers only queue work)."""
     if not asyncio.iscoroutine(result):
         return result
     try:
@@ -453,7 +438,7 @@ def _run_sync(result: Any) -> Any:
     except StopIteration as stop:
         return stop.value
     result.close()
-    raise RuntimeError("an index handler must not wait (await) on anything")
+    raise RuntimeError("an index or event handler must not wait (await) on anything")
 
 
 def lifecycle_registry(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:

@@ -344,7 +344,7 @@ class ModelDeploymentReconciler:
             self.recent_deployment[key] = slim
         new_uri = deployed_model_uri(slim)
         if current is not None and old_uri != new_uri:
-            events.post(self.kube, md, events.NORMAL, "RollingOut", f"rolling out model {new_uri}")
+            events.post_blocking(self.kube, md, events.NORMAL, "RollingOut", f"rolling out model {new_uri}")
         return slim
 
     def _sync_watched(self, key: Key, observed: JSON | None, child: mdbuild.Child) -> None:
@@ -419,9 +419,9 @@ class ModelDeploymentReconciler:
         msg = new.get("message", "")
         if after in ("Degraded", "Failed"):
             reason = condition_reason(new, ("ModelLoaded", "Ready"), after, only_status="False")
-            events.post(self.kube, md, events.WARNING, reason, msg)
+            events.post_blocking(self.kube, md, events.WARNING, reason, msg)
         elif after == "Ready":
-            events.post(self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}")
+            events.post_blocking(self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}")
 
     def _invalid(self, key: Key, md: JSON, exc: ValidationError, now: str) -> None:
         status = invalid_spec_status(md, exc.errors(), now, condition="Ready")

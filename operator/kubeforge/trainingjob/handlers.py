@@ -8,7 +8,6 @@ bookkeeping annotations on every object. Watching events plus in-memory indexes 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +93,6 @@ def _same_view(a: Snapshot, b: Snapshot) -> bool:
     )
 
 
-class _WouldWrite(Exception):
-    """A dry run reached a write (or a first validation): the reconcile goes to a thread."""
-
-
 @dataclass(frozen=True)
 class Snapshot:
     tj: JSON
@@ -108,26 +103,25 @@ class Snapshot:
 
 
 class TrainingJobReconciler:
-    """The reconcile of one TrainingJob (runs in a worker thread; one per object at a time)."""
+    """The reconcile of one TrainingJob (on the event loop; one per object at a time)."""
 
     def __init__(self, ctx: OperatorContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.kube = ctx.kube
+        self.kube = ctx.api
         self.hash_key = self.settings.label("spec-hash")
         self.owner_label = self.settings.label("trainingjob")
         # What we wrote and the watch may not show yet (so we never write it twice):
-        self._lock = threading.Lock()
         self.recent_job: dict[Key, JSON] = {}
         self.recent_svc: dict[Key, str] = {}
         self.written_status: dict[Key, JSON] = {}
         self.rejected: dict[Key, str] = {}
         self.built: dict[Key, tuple[Any, TrainingJobSpec, tjbuild.Desired]] = {}
-        # the last view a dry run found settled: (snapshot, written status, service account)
+        # the last view a reconcile found settled: (snapshot, written status, service account)
         self.settled: dict[Key, tuple[Snapshot, JSON | None, str]] = {}
         self.phases = PhaseTracker(KIND)
 
-    # --- bookkeeping (event loop) -----------------------------------------------------------
+    # --- bookkeeping ------------------------------------------------------------------------
 
     def snapshot(self, key: Key) -> Snapshot | None:
         ctx = self.ctx
@@ -143,61 +137,53 @@ class TrainingJobReconciler:
         )
 
     def forget(self, key: Key) -> None:
-        with self._lock:
-            self.recent_job.pop(key, None)
-            self.recent_svc.pop(key, None)
-            self.written_status.pop(key, None)
-            self.rejected.pop(key, None)
-            self.built.pop(key, None)
-            self.settled.pop(key, None)
+        self.recent_job.pop(key, None)
+        self.recent_svc.pop(key, None)
+        self.written_status.pop(key, None)
+        self.rejected.pop(key, None)
+        self.built.pop(key, None)
+        self.settled.pop(key, None)
         self.phases.forget(key)
 
     def job_gone(self, key: Key) -> None:
-        with self._lock:
-            self.recent_job.pop(key, None)
+        self.recent_job.pop(key, None)
 
     def service_gone(self, key: Key) -> None:
-        with self._lock:
-            self.recent_svc.pop(key, None)
+        self.recent_svc.pop(key, None)
 
-    # --- the reconcile (worker thread) ------------------------------------------------------
+    # --- the reconcile ----------------------------------------------------------------------
 
-    def quick(self, key: Key, snap: Snapshot) -> bool:
-        """The reconcile as a dry run on the event loop: True when it would write nothing (the
-        usual case for child events and resyncs), False at the first write it would make."""
-        written = self.written_status.get(key)
+    def _still_settled(self, key: Key, snap: Snapshot) -> bool:
+        """Whether `snap` holds the very objects the last reconcile found settled (index values
+        are replaced, never mutated, on every event; our own state changes only through a
+        write): then a resync or a repeated event costs nothing."""
         seen = self.settled.get(key)
-        if (
+        return (
             seen is not None
-            and seen[1] is written
+            and seen[1] is self.written_status.get(key)
             and _same_view(seen[0], snap)
             and self.ctx.progress is not None
             and self.ctx.progress.ready(key[0], seen[2])
-        ):
-            # the very objects it found settled (index values are replaced, never mutated, on
-            # every event; our own state changes only through a write): a resync costs nothing
-            return True
-        try:
-            self.reconcile(key, snap, dry=True)
-        except _WouldWrite:
-            self.settled.pop(key, None)
-            return False
+        )
+
+    async def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        if self._still_settled(key, snap):
+            return None
+        self.settled.pop(key, None)
+        writes = self.kube.write_count
+        await self.reconcile(key, snap)
         cached = self.built.get(key)
-        if cached is not None:
+        if self.kube.write_count == writes and cached is not None:
             sa = cached[1].pod.service_account_name or self.settings.trainer_service_account
-            self.settled[key] = (snap, written, sa)
-        return True
+            self.settled[key] = (snap, self.written_status.get(key), sa)
+        return None
 
-    def __call__(self, key: Key, snap: Snapshot) -> float | None:
-        return self.reconcile(key, snap)
-
-    def reconcile(self, key: Key, snap: Snapshot, dry: bool = False) -> float | None:
-        """The reconcile; `dry`: raise _WouldWrite instead of any API call (and of validating
-        a new generation: pydantic stays in the worker threads)."""
+    async def reconcile(self, key: Key, snap: Snapshot) -> None:
+        """Level-based: make the children match the spec, then write the status if it differs."""
         tj = snap.tj
         meta = tj["metadata"]
         if meta.get("deletionTimestamp"):
-            return None  # children go by owner references
+            return  # children go by owner references
         namespace = key[0]
         now = now_rfc3339()
         base_status = self.written_status.get(key) or tj.get("status") or {}
@@ -208,38 +194,32 @@ class TrainingJobReconciler:
         cached = self.built.get(key)
         if cached is not None and cached[0] == version:
             spec, desired = cached[1], cached[2]
-        elif dry:
-            raise _WouldWrite
         else:
             try:
                 spec = TrainingJobSpec.model_validate(tj["spec"])
             except ValidationError as exc:
-                self._invalid(key, tj, exc, now)
-                return None
+                await self._invalid(key, tj, exc, now)
+                return
             desired = tjbuild.build(tj, spec, self.settings)
             self.built[key] = (version, spec, desired)
 
         if snap.job is None and base_status.get("phase") in ("Succeeded", "Failed"):
-            return None  # finished, and its Job is gone (ttlSecondsAfterFinished): never rerun
+            return  # finished, and its Job is gone (ttlSecondsAfterFinished): never rerun
 
         assert self.ctx.progress is not None
         sa = spec.pod.service_account_name or self.settings.trainer_service_account
-        if dry:
-            if not self.ctx.progress.ready(namespace, sa):
-                raise _WouldWrite
-        else:
-            self.ctx.progress.ensure(namespace, sa)
+        if not self.ctx.progress.ready(namespace, sa):
+            await self.ctx.progress.ensure(namespace, sa)
 
-        job = self._sync_job(key, tj, snap.job, desired, dry)
+        job = await self._sync_job(key, tj, snap.job, desired)
         if desired.service is not None:
-            self._sync_service(key, snap.service, desired, dry)
+            await self._sync_service(key, snap.service, desired)
 
         status = compute_status(tj, spec, job, snap.pods, now=now, workload=snap.workload)
-        self._write_status(key, tj, base_status, status, dry)
-        return None
+        await self._write_status(key, tj, base_status, status)
 
-    def _sync_job(
-        self, key: Key, tj: JSON, observed: JSON | None, desired: tjbuild.Desired, dry: bool = False
+    async def _sync_job(
+        self, key: Key, tj: JSON, observed: JSON | None, desired: tjbuild.Desired
     ) -> JSON | None:
         recent = self.recent_job.get(key)
         if (
@@ -263,59 +243,50 @@ class TrainingJobReconciler:
             have = current["metadata"]["annotations"].get(self.hash_key)
             if have == desired.job_hash or self.rejected.get(key) == desired.job_hash:
                 return current
-            if dry:
-                raise _WouldWrite
-            job = current
             try:
-                applied = self.kube.apply(desired.job)
+                applied = await self.kube.apply(desired.job)
             except ApiError as exc:
                 if exc.status == 422:
                     # a change the Job cannot take (its pod template is immutable): say so once
                     self.rejected[key] = desired.job_hash
-                    events.post(self.kube, tj, events.WARNING, "SpecChangeRejected", str(exc))
-                    return job
+                    await events.post(
+                        self.kube, tj, events.WARNING, "SpecChangeRejected", str(exc)
+                    )
+                    return current
                 raise
             self.recent_job[key] = slim_child(applied)
             return self.recent_job[key]
-        if dry:
-            raise _WouldWrite
         try:
-            created = self.kube.create(desired.job_for_create())
+            created = await self.kube.create(desired.job_for_create())
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            got = self.kube.get("batch/v1", "Job", key[0], key[1])
+            got = await self.kube.get("batch/v1", "Job", key[0], key[1])
             if got is None:
                 raise
             created = got
         self.recent_job[key] = slim_child(created)
         return self.recent_job[key]
 
-    def _sync_service(
-        self, key: Key, observed: JSON | None, desired: tjbuild.Desired, dry: bool = False
+    async def _sync_service(
+        self, key: Key, observed: JSON | None, desired: tjbuild.Desired
     ) -> None:
         assert desired.service is not None
         have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
         if have == desired.service_hash or self.recent_svc.get(key) == desired.service_hash:
             return
-        if dry:
-            raise _WouldWrite
-        self.kube.apply(desired.service)
+        await self.kube.apply(desired.service)
         self.recent_svc[key] = desired.service_hash or ""
 
-    def _write_status(
-        self, key: Key, tj: JSON, base: JSON, status: JSON, dry: bool = False
-    ) -> None:
+    async def _write_status(self, key: Key, tj: JSON, base: JSON, status: JSON) -> None:
         patch = merge_patch(base, status)
-        if patch and dry:
-            raise _WouldWrite
         if patch:
-            self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+            await self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
             self.written_status[key] = status
-            self._announce(tj, base, status)
+            await self._announce(tj, base, status)
         self.phases.set(key, status.get("phase", "Pending"))
 
-    def _announce(self, tj: JSON, old: JSON, new: JSON) -> None:
+    async def _announce(self, tj: JSON, old: JSON, new: JSON) -> None:
         """Events for what a user must see: the phase changes that matter."""
         before, after = old.get("phase"), new.get("phase")
         if before == after:
@@ -323,18 +294,18 @@ class TrainingJobReconciler:
         msg = new.get("message", "")
         if after == "Failed":
             reason = condition_reason(new, ("Failed",), "Failed")
-            events.post(self.kube, tj, events.WARNING, reason, msg)
+            await events.post(self.kube, tj, events.WARNING, reason, msg)
         elif after == "Succeeded":
             metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(new.get("metrics", {}).items()))
-            events.post(
+            await events.post(
                 self.kube, tj, events.NORMAL, "Succeeded", f"training finished {metrics}".strip()
             )
         elif after in ("Suspended", "Queued"):
-            events.post(self.kube, tj, events.NORMAL, after, msg)
+            await events.post(self.kube, tj, events.NORMAL, after, msg)
 
-    def _invalid(self, key: Key, tj: JSON, exc: ValidationError, now: str) -> None:
+    async def _invalid(self, key: Key, tj: JSON, exc: ValidationError, now: str) -> None:
         status = invalid_spec_status(tj, exc.errors(), now, condition="Failed")
-        self._write_status(key, tj, tj.get("status") or {}, status)
+        await self._write_status(key, tj, tj.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
@@ -345,14 +316,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     owner_label = s.label("trainingjob")
     selector = {owner_label: kopf.PRESENT}
     rec = TrainingJobReconciler(ctx)
-    assert ctx.pool is not None
     ctl: Controller[Snapshot] = Controller(
-        KIND,
-        snapshot=rec.snapshot,
-        reconcile=rec,
-        pool=ctx.pool,
-        workers=s.concurrency,
-        quick=rec.quick,
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 

@@ -166,7 +166,7 @@ class TuningStudyReconciler:
             # the record first (survives a restart), then the request the trainer obeys
             self._patch_trial(key, ns, name, {"metadata": {"annotations": {tb.STOP: reason}}})
             if reason == tb.PRUNED:
-                events.post(self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned")
+                events.post_blocking(self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned")
         for trial in trials:
             reason = tb.stop_reason(trial) or d.stop.get(trial["metadata"]["name"], "")
             if reason and tb.trial_state(trial) == "running":
@@ -240,7 +240,7 @@ class TuningStudyReconciler:
             return
         self.kube.apply(body)
         self.promoted[key] = uri
-        events.post(
+        events.post_blocking(
             self.kube, study, events.NORMAL, "Promoted", f"ModelDeployment {name} now serves {uri}"
         )
 
@@ -253,7 +253,7 @@ class TuningStudyReconciler:
             if before != after and after in ("Succeeded", "Failed"):
                 reason = condition_reason(status, (after,), after)
                 kind = events.NORMAL if after == "Succeeded" else events.WARNING
-                events.post(self.kube, study, kind, reason, status.get("message", ""))
+                events.post_blocking(self.kube, study, kind, reason, status.get("message", ""))
         self.phases.set(key, status.get("phase", "Pending"))
 
     def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:

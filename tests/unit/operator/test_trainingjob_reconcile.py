@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -13,20 +14,26 @@ from kubeforge.trainingjob.handlers import Snapshot, TrainingJobReconciler, slim
 
 
 class FakeKube:
+    """The operator's AsyncKube, in memory."""
+
     field_manager = "kubeforge"
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []
 
+    @property
+    def write_count(self) -> int:
+        return len(self.writes)
+
     def _path(self, obj: dict[str, Any]) -> str:
         m = obj["metadata"]
         return resource_path(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])
 
-    def get(self, api_version: str, kind: str, ns: str | None, name: str) -> dict[str, Any] | None:
+    async def get(self, api_version: str, kind: str, ns: str | None, name: str) -> dict[str, Any] | None:
         return self.objects.get(resource_path(api_version, kind, ns, name))
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         path = self._path(obj)
         if path in self.objects:
             raise ApiError(409, "Conflict")
@@ -36,7 +43,7 @@ class FakeKube:
         self.objects[path] = stored
         return stored
 
-    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+    async def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
         path = self._path(obj)
         self.writes.append(("APPLY", path, obj))
         old = self.objects.get(path, {})
@@ -47,7 +54,7 @@ class FakeKube:
         self.objects[path] = stored
         return stored
 
-    def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: Any) -> Any:
+    async def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: Any) -> Any:
         self.writes.append(("STATUS", name, patch))
         return {}
 
@@ -56,10 +63,28 @@ class FakeKube:
                 and "/serviceaccounts" not in w[1] and "/events" not in w[1]]
 
 
-def setup(spec: dict[str, Any]) -> tuple[FakeKube, TrainingJobReconciler, dict[str, Any]]:
+class Rec:
+    """A reconciler driven synchronously (each call runs the coroutine to its end)."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.inner = TrainingJobReconciler(
+            OperatorContext(settings=Settings(), kube=kube, api=kube)  # type: ignore[arg-type]
+        )
+
+    def __call__(self, key: tuple[str, str], view: Snapshot) -> None:
+        asyncio.run(self.inner(key, view))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def setup(spec: dict[str, Any]) -> tuple[FakeKube, Rec, dict[str, Any]]:
     kube = FakeKube()
-    ctx = OperatorContext(settings=Settings(), kube=kube)  # type: ignore[arg-type]
-    return kube, TrainingJobReconciler(ctx), tj(spec)
+    return kube, Rec(kube), tj(spec)
+
+
+def stored(kube: FakeKube, api_version: str, kind: str, ns: str, name: str) -> Any:
+    return kube.objects.get(resource_path(api_version, kind, ns, name))
 
 
 def snap(obj: dict[str, Any], job: dict[str, Any] | None = None, pods: list[Any] | None = None) -> Snapshot:
@@ -79,14 +104,13 @@ def test_two_writes_to_created_then_none() -> None:
     rec(key, snap(obj))
     assert len(kube.tj_writes()) == 2
     # the watch caught up (Job in the index, status written) → still nothing
-    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    live_job = slim_child(stored(kube, "batch/v1", "Job", "ml", "digits"))
     obj2 = {**obj, "status": writes[1][2]}
     rec(key, snap(obj2, live_job))
     assert len(kube.tj_writes()) == 2
     # a fresh operator (restart) with a current view writes nothing either
     kube2 = kube
-    rec2 = TrainingJobReconciler(OperatorContext(settings=Settings(), kube=kube2))  # type: ignore[arg-type]
-    rec2(key, snap(obj2, live_job))
+    Rec(kube2)(key, snap(obj2, live_job))
     assert len(kube.writes) == 5
 
 
@@ -96,7 +120,7 @@ def test_kueue_flip_is_not_reverted() -> None:
     rec(key, snap(obj))
     post = kube.tj_writes()[0]
     assert post[0] == "POST" and post[2]["spec"]["suspend"] is True
-    live = kube.get("batch/v1", "Job", "ml", "digits")
+    live = stored(kube, "batch/v1", "Job", "ml", "digits")
     assert live is not None
     obj["status"] = kube.tj_writes()[1][2]
     st = rec.written_status[key]
@@ -117,7 +141,7 @@ def test_user_suspend_applies_only_that() -> None:
     kube, rec, obj = setup(with_spec())
     key = ("ml", "digits")
     rec(key, snap(obj))
-    live = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
+    live = slim_child(stored(kube, "batch/v1", "Job", "ml", "digits"))
     obj = {**obj, "spec": {**obj["spec"], "suspend": True}, "status": rec.written_status[key],
            "metadata": {**obj["metadata"], "generation": 2}}
     rec(key, snap(obj, live))
@@ -142,42 +166,39 @@ def test_invalid_spec_fails_with_reason_once() -> None:
     assert len(kube.tj_writes()) == 1
 
 
-def test_quick_look_never_writes_and_agrees_with_the_reconcile() -> None:
-    """`quick` (the dry run on the event loop) is False exactly when the reconcile would write."""
+def test_a_settled_view_is_not_reconciled_again() -> None:
+    """A reconcile that wrote nothing remembers the view; the very same objects again (a resync,
+    a repeated event) cost no reconcile at all; any new value, or a forgotten progress
+    permission, reconciles again."""
     kube, rec, obj = setup(with_spec())
     key = ("ml", "digits")
-    assert rec.quick(key, snap(obj)) is False  # new generation: validate + create in a thread
-    assert kube.writes == []
     rec(key, snap(obj))
     n = len(kube.writes)
-    assert rec.quick(key, snap(obj)) is True  # same view again: nothing to write
-    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
-    obj2 = {**obj, "status": kube.tj_writes()[1][2]}
-    assert rec.quick(key, snap(obj2, live_job)) is True
-    # a pod starts running: the status must change → not quick
-    pod = {"metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-           "status": {"phase": "Running", "containerStatuses": []}}
-    assert rec.quick(key, snap(obj2, live_job, [pod])) is False
-    assert len(kube.writes) == n
-    rec(key, snap(obj2, live_job, [pod]))
-    assert kube.tj_writes()[-1][2]["phase"] == "Running"
-    # the progress permission forgotten (resync): the reconcile re-checks it in a thread
-    assert rec.quick(key, snap(obj2, live_job, [pod])) is True
+    live_job = slim_child(stored(kube, "batch/v1", "Job", "ml", "digits"))
+    view = snap({**obj, "status": kube.tj_writes()[1][2]}, live_job)
+    rec(key, view)
+    assert len(kube.writes) == n and key in rec.settled
+    calls: list[int] = []
+    real = rec.inner.reconcile
+
+    async def counting(*a: Any) -> None:
+        calls.append(1)
+        await real(*a)
+
+    rec.inner.reconcile = counting  # type: ignore[method-assign]
+    rec(key, view)
+    assert calls == []  # the same objects again: nothing runs
+    rec(key, snap(view.tj, dict(live_job)))
+    assert calls == [1] and len(kube.writes) == n  # a new value: reconciled, nothing to write
     assert rec.ctx.progress is not None
     rec.ctx.progress.reset()
-    assert rec.quick(key, snap(obj2, live_job, [pod])) is False
-
-
-def test_quick_look_remembers_a_settled_view() -> None:
-    kube, rec, obj = setup(with_spec())
-    key = ("ml", "digits")
-    rec(key, snap(obj))
-    live_job = slim_child(kube.get("batch/v1", "Job", "ml", "digits"))
-    view = snap({**obj, "status": kube.tj_writes()[1][2]}, live_job)
-    assert rec.quick(key, view) is True
-    calls: list[int] = []
-    rec.reconcile = lambda *a, **k: calls.append(1)  # type: ignore[method-assign]
-    assert rec.quick(key, view) is True and calls == []  # the same objects again: no dry run
-    assert rec.quick(key, snap(view.tj, dict(live_job))) is True and calls == [1]  # a new value
+    rec(key, snap(view.tj, dict(live_job)))
+    assert calls == [1, 1]
+    # a pod starts running: the status changes (one write), and that view is not "settled"
+    pod = {"metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+           "status": {"phase": "Running", "containerStatuses": []}}
+    rec(key, snap(view.tj, live_job, [pod]))
+    assert kube.tj_writes()[-1][2]["phase"] == "Running" and key not in rec.settled
     rec.forget(key)
-    assert rec.quick(key, view) is True and calls == [1, 1]
+    rec(key, view)
+    assert len(calls) == 4

@@ -76,20 +76,20 @@ def test_dispatch_indexes_then_queues() -> None:
     ctl = ctx.controllers[0]
     queued: list[Any] = []
     ctl.enqueue = queued.append  # type: ignore[method-assign]
-    w = Watcher(ctx.registry, ctx.indexers, ctx.kube)
+    w = Watcher(ctx.registry, ctx.indexers, ctx.api)
     pods = next(g for g in w.groups if g.plural == "pods")
     known: dict[Any, Any] = {}
 
     async def go() -> None:
-        await w._dispatch(pods, "ADDED", _pod("p0", "tj"), known)
+        w._dispatch(pods, "ADDED", _pod("p0", "tj"), known)
         assert ctx.one(handlers.IDX_PODS, ("ml", "tj"))["status"]["phase"] == "Running"
         assert queued == [("ml", "tj")]
         # a pod that loses the label (client-side filter) leaves the index
-        await w._dispatch(pods, "MODIFIED", _pod("p0", None), known)
+        w._dispatch(pods, "MODIFIED", _pod("p0", None), known)
         assert ctx.all(handlers.IDX_PODS, ("ml", "tj")) == []
-        await w._dispatch(pods, "MODIFIED", _pod("p0", "tj", "Pending"), known)
+        w._dispatch(pods, "MODIFIED", _pod("p0", "tj", "Pending"), known)
         assert ctx.one(handlers.IDX_PODS, ("ml", "tj"))["status"]["phase"] == "Pending"
-        await w._dispatch(pods, "DELETED", _pod("p0", "tj"), known)
+        w._dispatch(pods, "DELETED", _pod("p0", "tj"), known)
         assert ctx.all(handlers.IDX_PODS, ("ml", "tj")) == [] and known == {}
 
     asyncio.run(go())
@@ -114,9 +114,9 @@ def test_failing_index_handler_drops_the_object() -> None:
     (g,) = w.groups
 
     async def go() -> None:
-        await w._dispatch(g, "ADDED", _pod("p", None), {})
+        w._dispatch(g, "ADDED", _pod("p", None), {})
         assert "p" in indexers.indices["idx"]
-        await w._dispatch(g, "MODIFIED", {**_pod("p", None), "bad": True}, {})
+        w._dispatch(g, "MODIFIED", {**_pod("p", None), "bad": True}, {})
         assert "p" not in indexers.indices["idx"]
 
     asyncio.run(go())
