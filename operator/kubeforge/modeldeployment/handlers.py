@@ -10,8 +10,8 @@ are applied when their hash changes and re-checked with one GET per resync perio
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kubeforge import events
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
-from kubeforge.apply import ApiError, Kube, merge_patch, resource_path
+from kubeforge.apply import APPLY, ApiError, AsyncKube, merge_patch, plural, resource_path
 from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
@@ -146,6 +146,20 @@ def model_source_key(spec: Any) -> tuple[str, str] | None:
     return None
 
 
+async def _apply_unread(kube: AsyncKube, obj: JSON) -> None:
+    """`kube.apply(obj)` (forced, our field manager) whose answer is not read, so not parsed."""
+    meta = obj["metadata"]
+    await kube.request(
+        "PATCH",
+        resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+        body=obj,
+        content_type=APPLY,
+        query={"fieldManager": kube.field_manager, "force": "true"},
+        resource=plural(obj["kind"]),
+        parse=False,
+    )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     md: JSON
@@ -158,43 +172,64 @@ class Snapshot:
 
 
 class MonitoringDiscovery:
-    """Whether the Prometheus Operator's CRDs are served (discovery API, cached)."""
+    """Whether the Prometheus Operator's CRDs are served (discovery API, cached).
 
-    def __init__(self, kube: Kube) -> None:
+    Shared by the reconciles of every ModelDeployment, which interleave at awaits: one discovery
+    request at a time (the others wait for its answer, as behind the old thread lock), and an
+    `invalidate` while a request is in flight is not undone by that request's answer.
+    """
+
+    def __init__(self, kube: AsyncKube) -> None:
         self.kube = kube
-        self._lock = threading.Lock()
+        self._checking: asyncio.Future[bool] | None = None
         self._value: bool | None = None
         self._checked = 0.0
+        self._generation = 0
+        """Bumped by `invalidate` (an answer asked for before it is not kept)."""
 
-    def available(self) -> bool:
-        with self._lock:
-            ttl = DISCOVERY_TTL_OK if self._value else DISCOVERY_TTL_MISSING
-            if self._value is not None and time.monotonic() - self._checked < ttl:
-                return self._value
-            try:
-                doc = self.kube.request("GET", "/apis/" + mdbuild.MONITORING_GROUP)
-                names = {r.get("name") for r in doc.get("resources") or []}
-                self._value = {"servicemonitors", "prometheusrules"} <= names
-            except (ApiError, OSError):
-                self._value = False
+    async def available(self) -> bool:
+        value = self._value
+        if value is not None:
+            ttl = DISCOVERY_TTL_OK if value else DISCOVERY_TTL_MISSING
+            if time.monotonic() - self._checked < ttl:
+                return value
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self._check())
+        # shielded: a cancelled reconcile does not cancel the answer the others wait for
+        return await asyncio.shield(self._checking)
+
+    async def _check(self) -> bool:
+        generation = self._generation
+        try:
+            doc = await self.kube.request("GET", "/apis/" + mdbuild.MONITORING_GROUP)
+            names = {r.get("name") for r in doc.get("resources") or []}
+            value = {"servicemonitors", "prometheusrules"} <= names
+        except (ApiError, OSError):
+            value = False
+        if generation == self._generation:
+            self._value = value
             self._checked = time.monotonic()
-            return self._value
+        return value
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._value = None
+        self._generation += 1
+        self._value = None
+        self._checking = None
 
 
 class ModelDeploymentReconciler:
-    """The reconcile of one ModelDeployment (a worker thread; one per object at a time)."""
+    """The reconcile of one ModelDeployment (on the event loop; one per object at a time).
+
+    Reconciles of different objects interleave at each await: all state here is keyed by the
+    object, except the monitoring discovery (see `MonitoringDiscovery`).
+    """
 
     def __init__(self, ctx: OperatorContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.kube = ctx.kube
+        self.kube: AsyncKube = ctx.api
         self.hash_key = self.settings.label(mdbuild.SPEC_HASH)
-        self.discovery = MonitoringDiscovery(ctx.kube)
-        self._lock = threading.Lock()
+        self.discovery = MonitoringDiscovery(ctx.api)
         self.recent: dict[tuple[Key, str], str] = {}
         """(key, kind) → hash we applied that the watch may not show yet."""
         self.verified: dict[tuple[Key, str], tuple[str, float]] = {}
@@ -229,24 +264,22 @@ class ModelDeploymentReconciler:
         )
 
     def forget(self, key: Key) -> None:
-        with self._lock:
-            for k in [k for k in self.recent if k[0] == key]:
-                self.recent.pop(k, None)
-            for k in [k for k in self.verified if k[0] == key]:
-                self.verified.pop(k, None)
-            self.recent_deployment.pop(key, None)
-            self.written_status.pop(key, None)
+        for k in [k for k in self.recent if k[0] == key]:
+            self.recent.pop(k, None)
+        for k in [k for k in self.verified if k[0] == key]:
+            self.verified.pop(k, None)
+        self.recent_deployment.pop(key, None)
+        self.written_status.pop(key, None)
         self.phases.forget(key)
 
     def child_gone(self, key: Key, kind: str) -> None:
-        with self._lock:
-            self.recent.pop((key, kind), None)
-            if kind == "Deployment":
-                self.recent_deployment.pop(key, None)
+        self.recent.pop((key, kind), None)
+        if kind == "Deployment":
+            self.recent_deployment.pop(key, None)
 
-    # --- the reconcile (worker thread) ------------------------------------------------------
+    # --- the reconcile (event loop) ---------------------------------------------------------
 
-    def __call__(self, key: Key, snap: Snapshot) -> float | None:
+    async def __call__(self, key: Key, snap: Snapshot) -> float | None:
         md = snap.md
         if md["metadata"].get("deletionTimestamp"):
             return None  # children go by owner references
@@ -256,7 +289,7 @@ class ModelDeploymentReconciler:
         try:
             spec = ModelDeploymentSpec.model_validate(md["spec"])
         except ValidationError as exc:
-            self._invalid(key, md, exc, now)
+            await self._invalid(key, md, exc, now)
             return None
 
         ref = source_ref(spec.model)
@@ -278,21 +311,21 @@ class ModelDeploymentReconciler:
             spec,
             self.settings,
             model_uri,
-            monitoring_crds=self.discovery.available(),
+            monitoring_crds=await self.discovery.available(),
             keep_replicas=keep,
         )
 
         for child in desired.children():
             if child.kind == "Deployment":
-                applied = self._sync_deployment(key, md, deployment, child)
+                applied = await self._sync_deployment(key, md, deployment, child)
                 if applied is not None:
                     deployment = applied
             elif child.kind in WATCHED:
-                self._sync_watched(key, snap.children.get(child.kind), child)
+                await self._sync_watched(key, snap.children.get(child.kind), child)
             else:
-                self._sync_unwatched(key, child)
+                await self._sync_unwatched(key, child)
         for api_version, kind in desired.absent:
-            self._ensure_absent(key, md, api_version, kind, snap.children.get(kind))
+            await self._ensure_absent(key, md, api_version, kind, snap.children.get(kind))
 
         served = deployed_model_uri(deployment)
         status = compute_status(
@@ -305,7 +338,7 @@ class ModelDeploymentReconciler:
             replica_sets=snap.replica_sets,
             served_uri=served,
         )
-        self._write_status(key, md, base_status, status)
+        await self._write_status(key, md, base_status, status)
         return None
 
     def _current_deployment(self, key: Key, observed: JSON | None) -> JSON | None:
@@ -316,8 +349,7 @@ class ModelDeploymentReconciler:
                 "metadata"
             ]["annotations"].get(self.hash_key)
             if not same_uid or caught_up:
-                with self._lock:
-                    self.recent_deployment.pop(key, None)
+                self.recent_deployment.pop(key, None)
                 return observed
         return recent or observed
 
@@ -327,7 +359,7 @@ class ModelDeploymentReconciler:
         owners = current["metadata"].get("ownerReferences") or []
         return bool(owners) and not any(o.get("uid") == md["metadata"]["uid"] for o in owners)
 
-    def _sync_deployment(
+    async def _sync_deployment(
         self, key: Key, md: JSON, current: JSON | None, child: mdbuild.Child
     ) -> JSON | None:
         if self._owned_by_other(md, current):
@@ -338,47 +370,45 @@ class ModelDeploymentReconciler:
         ):
             return None
         old_uri = deployed_model_uri(current)
-        applied = self.kube.apply(child.manifest)
+        applied = await self.kube.apply(child.manifest)
         slim = slim_deployment(applied, self.settings.field_manager)
-        with self._lock:
-            self.recent_deployment[key] = slim
+        self.recent_deployment[key] = slim
         new_uri = deployed_model_uri(slim)
         if current is not None and old_uri != new_uri:
-            events.post_blocking(self.kube, md, events.NORMAL, "RollingOut", f"rolling out model {new_uri}")
+            await events.post(
+                self.kube, md, events.NORMAL, "RollingOut", f"rolling out model {new_uri}"
+            )
         return slim
 
-    def _sync_watched(self, key: Key, observed: JSON | None, child: mdbuild.Child) -> None:
+    async def _sync_watched(self, key: Key, observed: JSON | None, child: mdbuild.Child) -> None:
         have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
         if have == child.hash or self.recent.get((key, child.kind)) == child.hash:
             return
-        self.kube.apply(child.manifest)
-        with self._lock:
-            self.recent[(key, child.kind)] = child.hash
+        await _apply_unread(self.kube, child.manifest)
+        self.recent[(key, child.kind)] = child.hash
 
-    def _sync_unwatched(self, key: Key, child: mdbuild.Child) -> None:
+    async def _sync_unwatched(self, key: Key, child: mdbuild.Child) -> None:
         mark = (key, child.kind)
         seen = self.verified.get(mark)
         fresh = seen is not None and time.monotonic() - seen[1] < self.settings.resync_seconds
         if seen is not None and seen[0] == child.hash and fresh:
             return
         if seen is not None and seen[0] == child.hash:
-            live = self.kube.get(child.api_version, child.kind, key[0], key[1])
+            live = await self.kube.get(child.api_version, child.kind, key[0], key[1])
             have = ((live or {}).get("metadata") or {}).get("annotations", {}).get(self.hash_key)
             if have == child.hash:
-                with self._lock:
-                    self.verified[mark] = (child.hash, time.monotonic())
+                self.verified[mark] = (child.hash, time.monotonic())
                 return
         try:
-            self.kube.apply(child.manifest)
+            await _apply_unread(self.kube, child.manifest)
         except ApiError as exc:
             if exc.not_found:  # the CRD went away
                 self.discovery.invalidate()
                 return
             raise
-        with self._lock:
-            self.verified[mark] = (child.hash, time.monotonic())
+        self.verified[mark] = (child.hash, time.monotonic())
 
-    def _ensure_absent(
+    async def _ensure_absent(
         self, key: Key, md: JSON, api_version: str, kind: str, observed: JSON | None
     ) -> None:
         if kind in WATCHED:
@@ -389,29 +419,28 @@ class ModelDeploymentReconciler:
             if self.verified.get(mark) == ("", 0.0):
                 return
         try:
-            self.kube.request(
+            await self.kube.request(
                 "DELETE",
                 resource_path(api_version, kind, key[0], key[1]),
                 resource=kind.lower(),
+                parse=False,
             )
         except ApiError as exc:
             if not exc.not_found:
                 raise
-        with self._lock:
-            self.recent.pop((key, kind), None)
-            if kind not in WATCHED:
-                self.verified[(key, kind)] = ("", 0.0)
+        self.recent.pop((key, kind), None)
+        if kind not in WATCHED:
+            self.verified[(key, kind)] = ("", 0.0)
 
-    def _write_status(self, key: Key, md: JSON, base: JSON, status: JSON) -> None:
+    async def _write_status(self, key: Key, md: JSON, base: JSON, status: JSON) -> None:
         patch = merge_patch(base, status)
         if patch:
-            self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
-            with self._lock:
-                self.written_status[key] = status
-            self._announce(md, base, status)
+            await self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+            self.written_status[key] = status
+            await self._announce(md, base, status)
         self.phases.set(key, status.get("phase", "Pending"))
 
-    def _announce(self, md: JSON, old: JSON, new: JSON) -> None:
+    async def _announce(self, md: JSON, old: JSON, new: JSON) -> None:
         """Events for the phase changes a user must see."""
         before, after = old.get("phase"), new.get("phase")
         if before == after:
@@ -419,13 +448,15 @@ class ModelDeploymentReconciler:
         msg = new.get("message", "")
         if after in ("Degraded", "Failed"):
             reason = condition_reason(new, ("ModelLoaded", "Ready"), after, only_status="False")
-            events.post_blocking(self.kube, md, events.WARNING, reason, msg)
+            await events.post(self.kube, md, events.WARNING, reason, msg)
         elif after == "Ready":
-            events.post_blocking(self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}")
+            await events.post(
+                self.kube, md, events.NORMAL, "Ready", f"{msg}; serving at {new['url']}"
+            )
 
-    def _invalid(self, key: Key, md: JSON, exc: ValidationError, now: str) -> None:
+    async def _invalid(self, key: Key, md: JSON, exc: ValidationError, now: str) -> None:
         status = invalid_spec_status(md, exc.errors(), now, condition="Ready")
-        self._write_status(key, md, md.get("status") or {}, status)
+        await self._write_status(key, md, md.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
@@ -436,9 +467,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     owner_label = s.label("modeldeployment")
     selector = {owner_label: kopf.PRESENT}
     rec = ModelDeploymentReconciler(ctx)
-    assert ctx.pool is not None
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, pool=ctx.pool, workers=s.concurrency
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 
@@ -548,7 +578,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
 
         return on_child
 
-    for group, version, plural, kind in (
+    for group, version, resource, kind in (
         ("apps", "v1", "deployments", "Deployment"),
         ("apps", "v1", "replicasets", "ReplicaSet"),
         ("", "v1", "pods", "Pod"),
@@ -559,8 +589,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         kopf.on.event(
             group,
             version,
-            plural,
-            id=f"kubeforge-modeldeployment-{plural}-event",
+            resource,
+            id=f"kubeforge-modeldeployment-{resource}-event",
             labels=selector,
             registry=reg,
         )(child_event(kind))

@@ -11,7 +11,6 @@ its watch event) and which stop requests were already delivered to pods.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 
 from kubeforge import events
 from kubeforge.api.tuningstudy import TuningStudySpec
-from kubeforge.apply import ApiError, merge_patch
+from kubeforge.apply import APPLY, MERGE, ApiError, AsyncKube, merge_patch, plural, resource_path
 from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
@@ -83,6 +82,35 @@ def _rv(obj: JSON | None) -> int:
         return 0
 
 
+async def _apply_unread(kube: AsyncKube, obj: JSON) -> None:
+    """`kube.apply(obj)` (forced, our field manager) whose answer is not read, so not parsed."""
+    meta = obj["metadata"]
+    await kube.request(
+        "PATCH",
+        resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+        body=obj,
+        content_type=APPLY,
+        query={"fieldManager": kube.field_manager, "force": "true"},
+        resource=plural(obj["kind"]),
+        parse=False,
+    )
+
+
+async def _patch_unread(
+    kube: AsyncKube, api_version: str, kind: str, namespace: str, name: str, patch: JSON
+) -> None:
+    """`kube.patch(...)` (a merge patch) whose answer is not read, so not parsed."""
+    await kube.request(
+        "PATCH",
+        resource_path(api_version, kind, namespace, name),
+        body=patch,
+        content_type=MERGE,
+        query={"fieldManager": kube.field_manager},
+        resource=plural(kind),
+        parse=False,
+    )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     study: JSON
@@ -90,13 +118,16 @@ class Snapshot:
 
 
 class TuningStudyReconciler:
-    """The reconcile of one TuningStudy (worker thread; one per study at a time)."""
+    """The reconcile of one TuningStudy (on the event loop; one per study at a time).
+
+    Reconciles of different studies interleave at each await: every piece of state here is
+    either keyed by the study (one reconcile of it at a time) or by a trial of one study.
+    """
 
     def __init__(self, ctx: OperatorContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.kube = ctx.kube
-        self._lock = threading.Lock()
+        self.kube: AsyncKube = ctx.api
         self.written_status: dict[Key, JSON] = {}
         self.recent: dict[Key, dict[str, JSON]] = {}
         """Trials we created or patched that the watch may not show yet (name → object)."""
@@ -114,18 +145,16 @@ class TuningStudyReconciler:
         return Snapshot(study=study, trials=self.ctx.all(IDX_TRIALS, key))
 
     def forget(self, key: Key) -> None:
-        with self._lock:
-            self.written_status.pop(key, None)
-            self.recent.pop(key, None)
-            self.promoted.pop(key, None)
+        self.written_status.pop(key, None)
+        self.recent.pop(key, None)
+        self.promoted.pop(key, None)
         self.phases.forget(key)
 
-    # --- the reconcile (worker thread) ---
+    # --- the reconcile (event loop) ---
 
     def _trials(self, key: Key, observed: list[JSON]) -> list[JSON]:
         """The watch's trials, with our own newer writes laid over them."""
-        with self._lock:
-            recent = dict(self.recent.get(key) or {})
+        recent = dict(self.recent.get(key) or {})
         by_name = {t["metadata"]["name"]: t for t in observed}
         for name, mine in list(recent.items()):
             seen = by_name.get(name)
@@ -133,15 +162,13 @@ class TuningStudyReconciler:
                 recent.pop(name)  # the watch caught up
                 continue
             by_name[name] = mine
-        with self._lock:
-            self.recent[key] = recent
+        self.recent[key] = recent
         return list(by_name.values())
 
     def _remember(self, key: Key, obj: JSON) -> None:
-        with self._lock:
-            self.recent.setdefault(key, {})[obj["metadata"]["name"]] = slim_trial(obj)
+        self.recent.setdefault(key, {})[obj["metadata"]["name"]] = slim_trial(obj)
 
-    def __call__(self, key: Key, snap: Snapshot) -> float | None:
+    async def __call__(self, key: Key, snap: Snapshot) -> float | None:
         study = snap.study
         if study["metadata"].get("deletionTimestamp"):
             return None
@@ -151,49 +178,53 @@ class TuningStudyReconciler:
         try:
             spec = TuningStudySpec.model_validate(study["spec"])
         except ValidationError as exc:
-            self._invalid(key, study, exc, now)
+            await self._invalid(key, study, exc, now)
             return None
         trials = self._trials(key, snap.trials)
         d = decide(study, spec, trials, now)
         ns = key[0]
         for name, value in d.reports.items():
             patch = {"metadata": {"annotations": {tb.REPORTS: value}}}
-            self._patch_trial(key, ns, name, patch)
+            await self._patch_trial(key, ns, name, patch)
         for name, value in d.system_attrs.items():
             patch = {"metadata": {"annotations": {tb.SYSTEM_ATTRS: value}}}
-            self._patch_trial(key, ns, name, patch)
+            await self._patch_trial(key, ns, name, patch)
         for name, reason in d.stop.items():
             # the record first (survives a restart), then the request the trainer obeys
-            self._patch_trial(key, ns, name, {"metadata": {"annotations": {tb.STOP: reason}}})
+            await self._patch_trial(key, ns, name, {"metadata": {"annotations": {tb.STOP: reason}}})
             if reason == tb.PRUNED:
-                events.post_blocking(self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned")
+                await events.post(
+                    self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned"
+                )
         for trial in trials:
             reason = tb.stop_reason(trial) or d.stop.get(trial["metadata"]["name"], "")
             if reason and tb.trial_state(trial) == "running":
-                self._deliver_stop(ns, trial["metadata"]["name"], reason)
+                await self._deliver_stop(ns, trial["metadata"]["name"], reason)
         for manifest in d.create:
-            self._create_trial(key, manifest)
+            await self._create_trial(key, manifest)
         if d.promote is not None:
-            self._promote(key, study, d.promote)
-        self._write_status(key, study, base, d.status)
+            await self._promote(key, study, d.promote)
+        await self._write_status(key, study, base, d.status)
         return None
 
-    def _patch_trial(self, key: Key, ns: str, name: str, patch: JSON) -> None:
+    async def _patch_trial(self, key: Key, ns: str, name: str, patch: JSON) -> None:
         try:
-            obj = self.kube.patch(API_VERSION, "TrainingJob", ns, name, patch)
+            obj = await self.kube.patch(API_VERSION, "TrainingJob", ns, name, patch)
         except ApiError as exc:
             if exc.not_found:
                 return
             raise
         self._remember(key, obj)
 
-    def _create_trial(self, key: Key, manifest: JSON) -> None:
+    async def _create_trial(self, key: Key, manifest: JSON) -> None:
         try:
-            obj = self.kube.create(manifest)
+            obj = await self.kube.create(manifest)
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            got = self.kube.get(API_VERSION, "TrainingJob", key[0], manifest["metadata"]["name"])
+            got = await self.kube.get(
+                API_VERSION, "TrainingJob", key[0], manifest["metadata"]["name"]
+            )
             if got is None:
                 raise
             owners = got["metadata"].get("ownerReferences") or []
@@ -204,61 +235,64 @@ class TuningStudyReconciler:
             obj = got
         self._remember(key, obj)
 
-    def _deliver_stop(self, ns: str, trial: str, reason: str) -> None:
+    async def _deliver_stop(self, ns: str, trial: str, reason: str) -> None:
         selector = f"{self.settings.label('trainingjob')}={trial}"
-        pods = (
-            self.kube.request(
-                "GET",
-                f"/api/v1/namespaces/{ns}/pods",
-                query={"labelSelector": selector},
-            ).get("items")
-            or []
+        found = await self.kube.request(
+            "GET",
+            f"/api/v1/namespaces/{ns}/pods",
+            query={"labelSelector": selector},
         )
+        pods = found.get("items") or []
         for pod in pods:
             pname = pod["metadata"]["name"]
             if (ns, trial, pname) in self.delivered:
                 continue
             if (pod["metadata"].get("annotations") or {}).get(tb.STOP) != reason:
                 try:
-                    self.kube.patch(
-                        "v1", "Pod", ns, pname, {"metadata": {"annotations": {tb.STOP: reason}}}
+                    await _patch_unread(
+                        self.kube,
+                        "v1",
+                        "Pod",
+                        ns,
+                        pname,
+                        {"metadata": {"annotations": {tb.STOP: reason}}},
                     )
                 except ApiError as exc:
                     if not exc.not_found:
                         raise
             self.delivered.add((ns, trial, pname))
 
-    def _promote(self, key: Key, study: JSON, body: JSON) -> None:
+    async def _promote(self, key: Key, study: JSON, body: JSON) -> None:
         uri = body["spec"]["model"]["uri"]
         if self.promoted.get(key) == uri:
             return
         name = body["metadata"]["name"]
-        current = self.kube.get(API_VERSION, "ModelDeployment", key[0], name)
+        current = await self.kube.get(API_VERSION, "ModelDeployment", key[0], name)
         model = ((current or {}).get("spec") or {}).get("model") or {}
         if model.get("fromTuningStudy") == key[1] or model.get("uri") == uri:
             self.promoted[key] = uri  # already pointing at this study / this model
             return
-        self.kube.apply(body)
+        await _apply_unread(self.kube, body)
         self.promoted[key] = uri
-        events.post_blocking(
+        await events.post(
             self.kube, study, events.NORMAL, "Promoted", f"ModelDeployment {name} now serves {uri}"
         )
 
-    def _write_status(self, key: Key, study: JSON, base: JSON, status: JSON) -> None:
+    async def _write_status(self, key: Key, study: JSON, base: JSON, status: JSON) -> None:
         patch = merge_patch(base, status)
         if patch:
-            self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+            await self.kube.patch_status(API_VERSION, KIND, key[0], key[1], patch)
             self.written_status[key] = status
             before, after = base.get("phase"), status.get("phase")
             if before != after and after in ("Succeeded", "Failed"):
                 reason = condition_reason(status, (after,), after)
                 kind = events.NORMAL if after == "Succeeded" else events.WARNING
-                events.post_blocking(self.kube, study, kind, reason, status.get("message", ""))
+                await events.post(self.kube, study, kind, reason, status.get("message", ""))
         self.phases.set(key, status.get("phase", "Pending"))
 
-    def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:
+    async def _invalid(self, key: Key, study: JSON, exc: ValidationError, now: str) -> None:
         status = invalid_spec_status(study, exc.errors(), now, condition="Failed")
-        self._write_status(key, study, study.get("status") or {}, status)
+        await self._write_status(key, study, study.get("status") or {}, status)
 
 
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
@@ -267,9 +301,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     reg = ctx.registry
     s = ctx.settings
     rec = TuningStudyReconciler(ctx)
-    assert ctx.pool is not None
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, pool=ctx.pool, workers=s.concurrency
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
     selector = {tb.STUDY_LABEL: kopf.PRESENT}

@@ -3,13 +3,15 @@ and writes, and that it writes nothing when nothing changed."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
-from kubeforge.apply import ApiError
+from kubeforge.apply import APPLY, ApiError
 from kubeforge.context import OperatorContext
 from kubeforge.modeldeployment.handlers import (
     ModelDeploymentReconciler,
+    MonitoringDiscovery,
     Snapshot,
     model_source_key,
     owns_replicas,
@@ -23,28 +25,56 @@ KEY = ("ml", "digits")
 
 
 class FakeKube:
+    """The operator's AsyncKube, in memory."""
+
     field_manager = "kubeforge"
 
     def __init__(self, monitoring: bool = False) -> None:
         self.monitoring = monitoring
         self.applied: list[JSON] = []
+        self.parsed: list[bool] = []
+        """Per apply: whether the caller asked for the answer parsed."""
         self.deleted: list[str] = []
         self.status: list[JSON] = []
         self.events: list[JSON] = []
         self.objects: dict[tuple[str, str], JSON] = {}
+        self.discoveries = 0
 
-    def request(self, method: str, path: str, **_: Any) -> JSON:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+        resource: str = "",
+        parse: bool = True,
+    ) -> JSON:
         if method == "GET" and path == "/apis/monitoring.coreos.com/v1":
-            if not self.monitoring:
+            self.discoveries += 1
+            served = self.monitoring  # when the API server answers
+            await asyncio.sleep(0)  # the answer travels a while: other reconciles run meanwhile
+            if not served:
                 raise ApiError(404, "NotFound")
             return {"resources": [{"name": "servicemonitors"}, {"name": "prometheusrules"}]}
         if method == "DELETE":
+            assert not parse  # nobody reads the answer
             self.deleted.append(path)
             raise ApiError(404, "NotFound")
+        if method == "PATCH" and content_type == APPLY:
+            assert query == {"fieldManager": "kubeforge", "force": "true"}
+            assert path.endswith("/" + body["metadata"]["name"]) and resource
+            live = self._apply(body, parse)
+            return live if parse else {}
         raise AssertionError(f"unexpected {method} {path}")
 
-    def apply(self, obj: JSON, *, force: bool = True) -> JSON:
+    async def apply(self, obj: JSON, *, force: bool = True) -> JSON:
+        return self._apply(obj, True)
+
+    def _apply(self, obj: JSON, parse: bool) -> JSON:
         self.applied.append(obj)
+        self.parsed.append(parse)
         live = copy.deepcopy(obj)
         live["metadata"]["uid"] = "child-" + obj["kind"]
         if obj["kind"] == "Deployment":
@@ -56,14 +86,13 @@ class FakeKube:
         self.objects[(obj["kind"], obj["metadata"]["name"])] = live
         return live
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
         return self.objects.get((kind, name))
 
-    def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: JSON) -> JSON:
+    async def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: JSON) -> None:
         self.status.append(patch)
-        return {}
 
-    def create(self, obj: JSON) -> JSON:
+    async def create(self, obj: JSON) -> JSON:
         self.events.append(obj)
         return obj
 
@@ -79,9 +108,23 @@ def md(spec: JSON, status: JSON | None = None) -> JSON:
     )
 
 
-def reconciler(kube: FakeKube) -> ModelDeploymentReconciler:
-    ctx = OperatorContext(settings=Settings(), kube=kube)  # type: ignore[arg-type]
-    return ModelDeploymentReconciler(ctx)
+class Rec:
+    """A reconciler driven synchronously (each call runs the coroutine to its end)."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.inner = ModelDeploymentReconciler(
+            OperatorContext(settings=Settings(), kube=kube, api=kube)  # type: ignore[arg-type]
+        )
+
+    def __call__(self, key: tuple[str, str], view: Snapshot) -> None:
+        asyncio.run(self.inner(key, view))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def reconciler(kube: FakeKube) -> Rec:
+    return Rec(kube)
 
 
 def snap(obj: JSON, **kw: Any) -> Snapshot:
@@ -106,6 +149,8 @@ def test_first_reconcile_applies_children_and_status() -> None:
     rec = reconciler(kube)
     rec(KEY, snap(md({"model": {"uri": "s3://b/m/"}, "replicas": 2})))
     assert kinds(kube) == ["Service", "Deployment", "PodDisruptionBudget"]
+    # only the Deployment's answer is read (so parsed); the others are not
+    assert kube.parsed == [False, True, False]
     st = kube.status[-1]
     assert st["phase"] == "Pending" and st["url"].endswith("/v2/models/digits")
     assert st["model"]["uri"] == "s3://b/m/"
@@ -193,6 +238,43 @@ def test_monitoring_children_only_when_crds_are_served() -> None:
     n = len(kube.applied)
     rec(KEY, snap(md({"model": {"uri": "s3://b/m/"}})))
     assert kinds(kube)[n:].count("ServiceMonitor") == 0  # applied once, not every reconcile
+
+
+def test_concurrent_reconciles_share_one_discovery_request() -> None:
+    """Reconciles of different objects interleave on the loop: while one discovery request is
+    in flight the others wait for its answer instead of sending their own."""
+    kube = FakeKube(monitoring=True)
+    rec = reconciler(kube)
+    keys = [("ml", f"m{i}") for i in range(3)]
+
+    def obj(name: str) -> JSON:
+        o = md({"model": {"uri": "s3://b/m/"}})
+        return {**o, "metadata": {**o["metadata"], "name": name, "uid": f"uid-{name}"}}
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(rec.inner(k, snap(obj(k[1]))) for k in keys))
+
+    asyncio.run(all_at_once())
+    assert kube.discoveries == 1
+    assert kinds(kube).count("ServiceMonitor") == 3
+    assert len(kube.status) == 3
+
+
+def test_invalidate_during_a_discovery_request_is_kept() -> None:
+    kube = FakeKube(monitoring=True)
+    disc = MonitoringDiscovery(kube)  # type: ignore[arg-type]
+
+    async def run() -> tuple[bool, bool]:
+        first = asyncio.ensure_future(disc.available())
+        while kube.discoveries == 0:
+            await asyncio.sleep(0)  # until the request is in flight
+        disc.invalidate()  # e.g. an apply found the CRD gone
+        kube.monitoring = False
+        return await first, await disc.available()
+
+    assert asyncio.run(run()) == (True, False)  # the answer from before is not cached
+    assert kube.discoveries == 2
+    assert asyncio.run(disc.available()) is False and kube.discoveries == 2  # cached now
 
 
 def test_invalid_spec_is_a_status_not_a_crash() -> None:
