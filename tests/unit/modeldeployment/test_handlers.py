@@ -89,7 +89,9 @@ class FakeKube:
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
         return self.objects.get((kind, name))
 
-    async def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: JSON) -> None:
+    async def patch_status(
+        self, api_version: str, kind: str, ns: str, name: str, patch: JSON
+    ) -> None:
         self.status.append(patch)
 
     async def create(self, obj: JSON) -> JSON:
