@@ -62,12 +62,12 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(HttpClosed(f"bad HTTP response: {exc}"))
+            self.fail(HttpClosed(f"bad HTTP response: {exc}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(HttpClosed(str(exc) if exc else "connection closed by the API server"))
+        self.fail(HttpClosed(str(exc) if exc else "connection closed by the API server"))
 
     # --- httptools callbacks ------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._status = 0
 
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
         waiter = self._waiter
         self._reset()
         if waiter is not None and not waiter.done():
@@ -145,6 +145,8 @@ class AsyncHttp:
         self.ssl = ssl_context if url.scheme == "https" else None
         self.max_idle = max_idle
         self._idle: deque[_Connection] = deque()
+        self._deadlines: dict[_Connection, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -191,12 +193,19 @@ class AsyncHttp:
     ) -> tuple[int, str, bytes]:
         """One request (`target`: path and query); (status, reason, body)."""
         data = self._head(method, target, headers, len(body)) + body
+        loop = asyncio.get_running_loop()
+        if self._watchdog is None or self._watchdog.get_loop() is not loop:
+            # first request (or a new event loop, e.g. one asyncio.run per test): connections
+            # of another loop cannot be used here
+            self._idle.clear()
+            self._deadlines.clear()
+            self._watchdog = loop.create_task(self._expire())
         for attempt in (0, 1):
             conn, reused = await self._acquire()
             done = conn.send(data)
+            self._deadlines[conn] = loop.time() + timeout
             try:
-                async with asyncio.timeout(timeout):
-                    response = await done
+                response = await done
             except HttpClosed:
                 conn.abort()
                 if reused and attempt == 0:
@@ -205,9 +214,24 @@ class AsyncHttp:
             except BaseException:
                 conn.abort()  # timed out or cancelled mid-answer: the connection is unusable
                 raise
+            finally:
+                self._deadlines.pop(conn, None)
             self._release(conn)
             return response.status, response.reason, response.body
         raise AssertionError("unreachable")
+
+    async def _expire(self) -> None:
+        """Fails requests past their deadline, once a second (one timer for all requests:
+        a timeout context per request was 3% of the operator's CPU)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for conn, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    self._deadlines.pop(conn, None)
+                    conn.fail(TimeoutError("no answer from the API server in time"))
+                    conn.abort()
 
     async def stream(
         self,
@@ -247,3 +271,6 @@ class AsyncHttp:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None

@@ -1,4 +1,4 @@
-"""What every kind's handlers share: settings, the API client, kopf's registry and indexes, the
+"""What every kind's handlers share: settings, the API client, kopf's registry, the indexes, the
 thread pool, and the controllers (started together in `main`)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kopf._core.engines.indexing import OperatorIndexers
 
 from kubeforge.apply import Kube, async_kube
 from kubeforge.controller import Controller
+from kubeforge.indexes import Index, Indexes
 from kubeforge.progress import ProgressAccess
 from kubeforge.settings import Settings
 
@@ -25,7 +25,8 @@ class OperatorContext:
     """The event loop's client (`AsyncKube`; reconciles that are coroutines); made from `kube`
     when not given."""
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
-    indexers: Any = field(default_factory=OperatorIndexers)
+    indexes: Indexes = field(default_factory=Indexes)
+    """The indexes the watch layer fills (`kubeforge.indexes`), by handler id."""
     pool: ThreadPoolExecutor | None = None
     progress: ProgressAccess | None = None
     controllers: list[Controller[Any]] = field(default_factory=list)
@@ -42,22 +43,14 @@ class OperatorContext:
         if self.progress is None:
             self.progress = ProgressAccess(self.api, self.settings)
 
-    def index(self, name: str) -> Any:
-        """kopf's index `name` (read it on the event loop only)."""
-        return self.indexers.indices[name]
+    def index(self, name: str) -> Index:
+        """The index `name` (read it on the event loop only)."""
+        return self.indexes.ensure(name)
 
     def one(self, name: str, key: Any) -> Any:
         """The single value an index holds for `key`, or None."""
-        idx = self.indexers.indices[name]
-        if key not in idx:
-            return None
-        for value in idx[key]:
-            return value
-        return None
+        return self.indexes.ensure(name).one(key)
 
     def all(self, name: str, key: Any) -> list[Any]:
         """Every value an index holds for `key`."""
-        idx = self.indexers.indices[name]
-        if key not in idx:
-            return []
-        return list(idx[key])
+        return self.indexes.ensure(name).all(key)

@@ -112,7 +112,7 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
 
     @kopf.on.startup(registry=reg)
     async def start_controllers(**_: Any) -> None:
-        watcher = Watcher(reg, ctx.indexers, ctx.api, ctx.settings.namespaces)
+        watcher = Watcher(reg, ctx.indexes, ctx.api, ctx.settings.namespaces)
         period = ctx.settings.resync_seconds
         for ctl in ctx.controllers:
             ctl.start()

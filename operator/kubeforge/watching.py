@@ -34,13 +34,12 @@ import kopf
 import orjson
 
 from kubeforge.apply import ApiError, AsyncKube
+from kubeforge.indexes import Indexes, ObjKey
 from kubeforge.metrics import WATCH_BYTES, WATCH_EVENTS
 
 log = logging.getLogger("kubeforge.watching")
 
 JSON = dict[str, Any]
-ObjKey = tuple[str | None, str | None, str | None]
-"""(namespace, name, uid): kopf's key of an object in its indexes."""
 
 WATCH_TIMEOUT = 600
 """Seconds the API server keeps one watch request open (then it is renewed from the last
@@ -181,18 +180,17 @@ class Watcher:
     def __init__(
         self,
         registry: kopf.OperatorRegistry,
-        indexers: Any,
+        indexes: Indexes,
         kube: AsyncKube,
         namespaces: Iterable[str] = (),
     ) -> None:
         self.kube = kube
-        self.indexers = indexers
+        self.indexes = indexes
         self.namespaces: list[str | None] = list(namespaces) or [None]
         self.groups = plan_groups(registry)
         indexing, _ = _handlers_of(registry)
         for h in indexing:
-            if h.id not in indexers:
-                indexers.ensure([h])
+            indexes.ensure(h.id)
         self.ready = asyncio.Event()
         self._listed = 0
         self._all_listed = asyncio.Event()
@@ -376,7 +374,7 @@ class Watcher:
         if etype == "DELETED":
             known.pop(key, None)
             for h in g.indexing:
-                self.indexers[h.id].discard(key)
+                self.indexes[h.id].discard(key)
             return key
         known[key] = {
             "metadata": {
@@ -393,7 +391,7 @@ class Watcher:
         if kw is None:
             kw = self._kwargs(etype, obj)
         for h in g.indexing:
-            indexer = self.indexers[h.id]
+            indexer = self.indexes[h.id]
             try:
                 if not self._matches(h, kw):
                     indexer.discard(key)

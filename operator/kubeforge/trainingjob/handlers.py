@@ -166,6 +166,11 @@ class TrainingJobReconciler:
             and self.ctx.progress.ready(key[0], seen[2])
         )
 
+    def idle(self, key: Key) -> bool:
+        """Whether the current view of `key` is the one its last reconcile found settled."""
+        snap = self.snapshot(key) if key in self.settled else None
+        return snap is not None and self._still_settled(key, snap)
+
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
         if self._still_settled(key, snap):
             return None
@@ -317,7 +322,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     selector = {owner_label: kopf.PRESENT}
     rec = TrainingJobReconciler(ctx)
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency, idle=rec.idle
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 
@@ -325,23 +330,23 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         return (namespace or "", labels[owner_label])
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_TJ, registry=reg)
-    async def index_tj(**kw: Any) -> Any:
+    def index_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_tj(kw["body"])}
 
     @kopf.index("batch", "v1", "jobs", id=IDX_JOBS, labels=selector, registry=reg)
-    async def index_jobs(**kw: Any) -> Any:
+    def index_jobs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
-    async def index_pods(**kw: Any) -> Any:
+    def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
     @kopf.index("", "v1", "services", id=IDX_SVCS, labels=selector, registry=reg)
-    async def index_svcs(**kw: Any) -> Any:
+    def index_svcs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-trainingjob-event", registry=reg)
-    async def on_tj(**kw: Any) -> None:
+    def on_tj(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
@@ -352,7 +357,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     @kopf.on.event(
         "batch", "v1", "jobs", id="kubeforge-trainingjob-job-event", labels=selector, registry=reg
     )
-    async def on_job(**kw: Any) -> None:
+    def on_job(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.job_gone(key)
@@ -361,13 +366,13 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     @kopf.on.event(
         "", "v1", "pods", id="kubeforge-trainingjob-pod-event", labels=selector, registry=reg
     )
-    async def on_pod(**kw: Any) -> None:
+    def on_pod(**kw: Any) -> None:
         ctl.enqueue(parent(kw["namespace"], kw["labels"]))
 
     @kopf.on.event(
         "", "v1", "services", id="kubeforge-trainingjob-svc-event", labels=selector, registry=reg
     )
-    async def on_svc(**kw: Any) -> None:
+    def on_svc(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.service_gone(key)
@@ -390,7 +395,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             labels=uid_label,
             registry=reg,
         )
-        async def index_workloads(**kw: Any) -> Any:
+        def index_workloads(**kw: Any) -> Any:
             job = owner_job(kw["body"])
             if job is None:
                 return None
@@ -404,7 +409,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             labels=uid_label,
             registry=reg,
         )
-        async def on_workload(**kw: Any) -> None:
+        def on_workload(**kw: Any) -> None:
             job = owner_job(kw["body"])
             key = (kw["namespace"], job or "")
             if job is not None and key in ctx.index(IDX_TJ):

@@ -150,6 +150,77 @@ def test_quick_look_skips_the_worker_thread() -> None:
     assert ran == ["busy"]
 
 
+def test_coroutine_reconcile_runs_on_the_loop_one_per_key() -> None:
+    calls: list[str] = []
+    active: set[str] = set()
+    overlaps: list[str] = []
+
+    async def reconcile(key: tuple[str, str], snap: str) -> None:
+        if key[1] in active:
+            overlaps.append(key[1])
+        active.add(key[1])
+        await asyncio.sleep(0.02)  # other objects run meanwhile
+        calls.append(key[1])
+        active.discard(key[1])
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile, workers=4)
+        ctl.start()
+        ctl.enqueue(("n", "a"))
+        ctl.enqueue(("n", "b"))
+        await asyncio.sleep(0.005)
+        ctl.enqueue(("n", "a"))  # while running: exactly one more run, after the first
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ctl.pending == 0:
+                break
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert overlaps == [] and calls.count("a") == 2 and calls.count("b") == 1
+
+
+def test_resync_skips_objects_idle_as_they_are() -> None:
+    ran: list[str] = []
+
+    async def reconcile(key: tuple[str, str], snap: str) -> None:
+        ran.append(key[1])
+
+    async def run() -> None:
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
+                                          workers=1, idle=lambda k: k[1].startswith("settled"))
+        ctl.start()
+        task = asyncio.create_task(ctl.resync(lambda: [("n", "settled-1"), ("n", "busy"), ("n", "settled-2")], 0.02))
+        await asyncio.sleep(0.07)
+        task.cancel()
+        await ctl.stop()
+
+    asyncio.run(run())
+    assert ran and set(ran) == {"busy"}
+
+
+def test_loop_metrics_render_at_scrape_time() -> None:
+    from kubeforge.metrics import LoopCounter, LoopHistogram
+    from prometheus_client import REGISTRY, generate_latest
+
+    counter = LoopCounter("kubeforge_test_things", "Things.", ["kind"])
+    hist = LoopHistogram("kubeforge_test_seconds", "Seconds.", ["kind"], buckets=(0.1, 1.0))
+    try:
+        counter.labels("a").inc()
+        counter.labels("a").inc(2)
+        for v in (0.05, 0.5, 5.0):
+            hist.labels("a").observe(v)
+        text = generate_latest().decode()
+    finally:
+        REGISTRY.unregister(counter)
+        REGISTRY.unregister(hist)
+    assert 'kubeforge_test_things_total{kind="a"} 3.0' in text
+    assert 'kubeforge_test_seconds_bucket{kind="a",le="0.1"} 1.0' in text
+    assert 'kubeforge_test_seconds_bucket{kind="a",le="1.0"} 2.0' in text
+    assert 'kubeforge_test_seconds_bucket{kind="a",le="+Inf"} 3.0' in text
+    assert 'kubeforge_test_seconds_sum{kind="a"} 5.55' in text
+
+
 class TestInvalidSpecStatus:
     """What CEL cannot check at admission (hyperparameter names) fails the object, naming the
     field, and nothing else is made."""

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import kopf
-from kopf._core.engines.indexing import OperatorIndexers
 from kubeforge.context import OperatorContext
+from kubeforge.indexes import Indexes
 from kubeforge.main import build_operator
 from kubeforge.settings import Settings
 from kubeforge.trainingjob import handlers
@@ -76,7 +76,7 @@ def test_dispatch_indexes_then_queues() -> None:
     ctl = ctx.controllers[0]
     queued: list[Any] = []
     ctl.enqueue = queued.append  # type: ignore[method-assign]
-    w = Watcher(ctx.registry, ctx.indexers, ctx.api)
+    w = Watcher(ctx.registry, ctx.indexes, ctx.api)
     pods = next(g for g in w.groups if g.plural == "pods")
     known: dict[Any, Any] = {}
 
@@ -109,15 +109,15 @@ def test_failing_index_handler_drops_the_object() -> None:
     async def ev(**kw: Any) -> None:
         calls.append(str(kw["type"]))
 
-    indexers = OperatorIndexers()
-    w = Watcher(reg, indexers, _NoKube())  # type: ignore[arg-type]
+    indexes = Indexes()
+    w = Watcher(reg, indexes, _NoKube())  # type: ignore[arg-type]
     (g,) = w.groups
 
     async def go() -> None:
         w._dispatch(g, "ADDED", _pod("p", None), {})
-        assert "p" in indexers.indices["idx"]
+        assert "p" in indexes["idx"]
         w._dispatch(g, "MODIFIED", {**_pod("p", None), "bad": True}, {})
-        assert "p" not in indexers.indices["idx"]
+        assert "p" not in indexes["idx"]
 
     asyncio.run(go())
     assert calls == ["ADDED", "MODIFIED"]

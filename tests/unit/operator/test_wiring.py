@@ -70,8 +70,7 @@ def test_snapshot_reads_indexes() -> None:
     ctx = _ctx()
     rec = handlers.TrainingJobReconciler(ctx)
     body = kopf.Body({"apiVersion": "kubeforge.io/v1alpha1", "metadata": {"name": "x", "namespace": "ml", "uid": "u"}, "spec": {}})
-    ctx.indexers.ensure(ctx.registry._indexing.get_all_handlers())
-    ctx.indexers[handlers.IDX_TJ].replace(("TrainingJob", "u"), {("ml", "x"): handlers.slim_tj(body)})  # type: ignore[index]
+    ctx.indexes.ensure(handlers.IDX_TJ).replace(("ml", "x", "u"), {("ml", "x"): handlers.slim_tj(body)})
     snap = rec.snapshot(("ml", "x"))
     assert snap is not None and snap.job is None and snap.pods == []
     assert rec.snapshot(("ml", "other")) is None
