@@ -28,6 +28,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any
 
 import kopf
@@ -429,7 +430,7 @@ class Watcher:
 def _run_sync(result: Any) -> Any:
     """The value of a handler's result; a coroutine is run to its end here if it never waits
     (index handlers only compute, event handlers only queue work)."""
-    if not asyncio.iscoroutine(result):
+    if not isinstance(result, CoroutineType):
         return result
     try:
         result.send(None)

@@ -120,20 +120,24 @@ class TrainingJobReconciler:
         # the last view a reconcile found settled: (snapshot, written status, service account)
         self.settled: dict[Key, tuple[Snapshot, JSON | None, str]] = {}
         self.phases = PhaseTracker(KIND)
+        self._tjs = ctx.index(IDX_TJ)
+        self._jobs = ctx.index(IDX_JOBS)
+        self._pods = ctx.index(IDX_PODS)
+        self._svcs = ctx.index(IDX_SVCS)
+        self._workloads = ctx.index(IDX_WORKLOADS)
 
     # --- bookkeeping ------------------------------------------------------------------------
 
     def snapshot(self, key: Key) -> Snapshot | None:
-        ctx = self.ctx
-        tj = ctx.one(IDX_TJ, key)
+        tj = self._tjs.one(key)
         if tj is None:
             return None
         return Snapshot(
             tj=tj,
-            job=ctx.one(IDX_JOBS, key),
-            pods=ctx.all(IDX_PODS, key),
-            service=ctx.one(IDX_SVCS, key),
-            workload=ctx.one(IDX_WORKLOADS, key) if ctx.kueue else None,
+            job=self._jobs.one(key),
+            pods=self._pods.all(key),
+            service=self._svcs.one(key),
+            workload=self._workloads.one(key) if self.ctx.kueue else None,
         )
 
     def forget(self, key: Key) -> None:
@@ -167,9 +171,27 @@ class TrainingJobReconciler:
         )
 
     def idle(self, key: Key) -> bool:
-        """Whether the current view of `key` is the one its last reconcile found settled."""
-        snap = self.snapshot(key) if key in self.settled else None
-        return snap is not None and self._still_settled(key, snap)
+        """Whether the current view of `key` is the one its last reconcile found settled (the
+        resync's check: identities only, no snapshot built)."""
+        seen = self.settled.get(key)
+        if seen is None:
+            return False
+        view = seen[0]
+        if not (
+            self._tjs.one(key) is view.tj
+            and self._jobs.one(key) is view.job
+            and self._svcs.one(key) is view.service
+            and seen[1] is self.written_status.get(key)
+        ):
+            return False
+        pods = self._pods.all(key)
+        return (
+            len(pods) == len(view.pods)
+            and all(x is y for x, y in zip(pods, view.pods, strict=True))
+            and (not self.ctx.kueue or self._workloads.one(key) is view.workload)
+            and self.ctx.progress is not None
+            and self.ctx.progress.ready(key[0], seen[2])
+        )
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
         if self._still_settled(key, snap):
