@@ -341,13 +341,14 @@ class AsyncKube(_Api):
                 return None
             raise
 
-    async def apply(self, obj: JSON, *, force: bool = True) -> JSON:
-        """Server-side apply `obj` under our field manager (force: we own these fields)."""
-        return await self._send(self._apply_args(obj, force))
+    async def apply(self, obj: JSON, *, force: bool = True, parse: bool = True) -> JSON:
+        """Server-side apply `obj` under our field manager (force: we own these fields);
+        `parse=False`: the caller does not read the answer ({} comes back)."""
+        return await self._send(self._apply_args(obj, force), parse)
 
-    async def create(self, obj: JSON) -> JSON:
+    async def create(self, obj: JSON, *, parse: bool = True) -> JSON:
         """POST `obj` (see `Kube.create`)."""
-        return await self._send(self._create_args(obj))
+        return await self._send(self._create_args(obj), parse)
 
     async def patch(
         self,
@@ -358,9 +359,11 @@ class AsyncKube(_Api):
         patch: Any,
         *,
         sub: str = "",
+        parse: bool = True,
     ) -> JSON:
         """A JSON merge patch (of the object or a subresource such as `status`)."""
-        return await self._send(self._patch_args(api_version, kind, namespace, name, patch, sub))
+        args = self._patch_args(api_version, kind, namespace, name, patch, sub)
+        return await self._send(args, parse)
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, patch: JSON

@@ -1,9 +1,8 @@
-"""What every kind's handlers share: settings, the API client, kopf's registry, the indexes, the
-thread pool, and the controllers (started together in `main`)."""
+"""What every kind's handlers share: settings, the API clients, kopf's registry, the indexes and
+the controllers (started together in `main`)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +19,13 @@ from kubeforge.settings import Settings
 class OperatorContext:
     settings: Settings
     kube: Kube
-    """The blocking client (reconciles that run in worker threads)."""
+    """The blocking client (start-up checks; its configuration and credentials are shared)."""
     api: Any = None
-    """The event loop's client (`AsyncKube`; reconciles that are coroutines); made from `kube`
-    when not given."""
+    """The client every reconcile uses, on the event loop (`AsyncKube`); made from `kube` when
+    not given (tests give an in-memory one)."""
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
     indexes: Indexes = field(default_factory=Indexes)
     """The indexes the watch layer fills (`kubeforge.indexes`), by handler id."""
-    pool: ThreadPoolExecutor | None = None
     progress: ProgressAccess | None = None
     controllers: list[Controller[Any]] = field(default_factory=list)
     kueue: bool = False
@@ -36,10 +34,6 @@ class OperatorContext:
     def __post_init__(self) -> None:
         if self.api is None and isinstance(self.kube, Kube):
             self.api = async_kube(self.kube, max_idle=self.settings.concurrency)
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(
-                max_workers=self.settings.concurrency, thread_name_prefix="kubeforge"
-            )
         if self.progress is None:
             self.progress = ProgressAccess(self.api, self.settings)
 

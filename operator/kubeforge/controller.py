@@ -16,7 +16,6 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from kubeforge.metrics import ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -32,15 +31,15 @@ class Controller(Generic[S]):
 
     - `snapshot(key)`: runs on the event loop, returns what the reconcile needs (or None: the
       object is gone);
-    - `reconcile(key, snapshot)`: a coroutine function (awaited on the event loop) or a plain
-      function (run in a worker thread of `pool`); returns None, or seconds after which to look
-      again (polling, e.g. waiting for something outside the cluster);
-    - `quick(key, snapshot)` (optional): runs on the event loop first; True means the reconcile
-      would change nothing (then no worker thread is involved: most events of a busy object and
-      every resync of a settled one need no write, and the thread handoff was their main cost);
+    - `reconcile(key, snapshot)`: a coroutine function, awaited on the event loop (its API
+      calls go through `AsyncKube`); returns None, or seconds after which to look again
+      (polling, e.g. waiting for something outside the cluster);
     - `idle(key)` (optional): True when the object's current view is one its last reconcile
       found settled (the resync skips it: a resync of 1,000 settled objects then costs a few
-      dict lookups each, not a trip through the queue).
+      dict lookups each, not a trip through the queue);
+    - `forget(key)` (optional): the object is gone — drop what the reconciler remembers of it
+      (called after its running reconcile, if any, has finished: that one could otherwise
+      write its memory back, and a new object of the same name would inherit it).
     """
 
     def __init__(
@@ -48,33 +47,31 @@ class Controller(Generic[S]):
         kind: str,
         *,
         snapshot: Callable[[Key], S | None],
-        reconcile: Callable[[Key, S], float | None] | Callable[[Key, S], Awaitable[float | None]],
-        pool: ThreadPoolExecutor | None = None,
+        reconcile: Callable[[Key, S], Awaitable[float | None]],
         workers: int = 16,
         max_backoff: float = 300.0,
-        quick: Callable[[Key, S], bool] | None = None,
         idle: Callable[[Key], bool] | None = None,
+        forget: Callable[[Key], None] | None = None,
     ) -> None:
+        # a function, or an object whose __call__ is a coroutine function
+        call = reconcile if inspect.isroutine(reconcile) else type(reconcile).__call__
+        if not inspect.iscoroutinefunction(call):
+            raise TypeError(f"{kind}: the reconcile must be a coroutine function")
         self.kind = kind
         self._snapshot = snapshot
         self._reconcile = reconcile
-        self._quick = quick
         self._idle = idle
+        self._forget = forget
         self._ok = RECONCILES.labels(kind, "ok")
         self._errors = RECONCILES.labels(kind, "error")
         self._seconds = RECONCILE_SECONDS.labels(kind)
-        self._pool = pool
-        # a function, or an object whose __call__ is a coroutine function
-        call = reconcile if inspect.isroutine(reconcile) else type(reconcile).__call__
-        self._on_loop = inspect.iscoroutinefunction(call)
-        if not self._on_loop and pool is None:
-            raise ValueError(f"{kind}: a blocking reconcile needs a thread pool")
         self._workers = workers
         self._max_backoff = max_backoff
         self._queue: asyncio.Queue[Key] | None = None
         self._queued: set[Key] = set()
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._gone: set[Key] = set()
         self._failures: dict[Key, int] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,11 +104,16 @@ class Controller(Generic[S]):
         self.enqueue(key)
 
     def forget(self, key: Key) -> None:
-        """The object is gone: drop its timers and failure count."""
+        """The object is gone: drop its timers and failure count, and (once no reconcile of it
+        runs) what the reconciler remembers of it."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         self._failures.pop(key, None)
+        if key in self._running:
+            self._gone.add(key)
+        elif self._forget is not None:
+            self._forget(key)
 
     @property
     def pending(self) -> int:
@@ -135,20 +137,23 @@ class Controller(Generic[S]):
 
     async def _work(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
             self._running.add(key)
             try:
-                await self._run_one(loop, key)
+                await self._run_one(key)
             finally:
                 self._running.discard(key)
+                if key in self._gone:
+                    self._gone.discard(key)
+                    if self._forget is not None:
+                        self._forget(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.enqueue(key)
 
-    async def _run_one(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
+    async def _run_one(self, key: Key) -> None:
         try:
             snap = self._snapshot(key)
         except Exception:
@@ -158,25 +163,8 @@ class Controller(Generic[S]):
             self.forget(key)
             return
         started = time.perf_counter()
-        if self._quick is not None:
-            try:
-                done = self._quick(key, snap)
-            except Exception:
-                log.debug("quick look at %s %s/%s failed", self.kind, *key, exc_info=True)
-                done = False
-            if done:
-                self._seconds.observe(time.perf_counter() - started)
-                self._ok.inc()
-                self._failures.pop(key, None)
-                return
         try:
-            if self._on_loop:
-                again = await self._reconcile(key, snap)  # type: ignore[misc]
-            else:
-                # = run_in_executor, without its per-call coroutine-function check
-                assert self._pool is not None
-                fut = self._pool.submit(self._reconcile, key, snap)
-                again = await asyncio.wrap_future(fut, loop=loop)
+            again = await self._reconcile(key, snap)
         except Exception as exc:
             self._errors.inc()
             ERRORS.labels(self.kind, type(exc).__name__).inc()

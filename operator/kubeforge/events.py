@@ -10,7 +10,7 @@ import logging
 import secrets
 from typing import Any
 
-from kubeforge.apply import ApiError, AsyncKube, Kube
+from kubeforge.apply import ApiError, AsyncKube
 from kubeforge.conditions import now_rfc3339
 
 log = logging.getLogger("kubeforge.events")
@@ -66,15 +66,4 @@ async def post(
     try:
         await kube.create(event)
     except (ApiError, OSError, TimeoutError) as exc:
-        log.warning("event not posted: %s", exc)
-
-
-def post_blocking(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    """`post` from a worker thread, with the blocking client."""
-    event = build_event(
-        obj, type_, reason, message, f"{kube.field_manager}-operator", now_rfc3339()
-    )
-    try:
-        kube.create(event)
-    except (ApiError, OSError) as exc:
         log.warning("event not posted: %s", exc)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kubeforge import events
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
-from kubeforge.apply import APPLY, ApiError, AsyncKube, merge_patch, plural, resource_path
+from kubeforge.apply import ApiError, AsyncKube, merge_patch, resource_path
 from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
@@ -144,20 +144,6 @@ def model_source_key(spec: Any) -> tuple[str, str] | None:
     if model.get("fromTuningStudy"):
         return ("TuningStudy", str(model["fromTuningStudy"]))
     return None
-
-
-async def _apply_unread(kube: AsyncKube, obj: JSON) -> None:
-    """`kube.apply(obj)` (forced, our field manager) whose answer is not read, so not parsed."""
-    meta = obj["metadata"]
-    await kube.request(
-        "PATCH",
-        resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
-        body=obj,
-        content_type=APPLY,
-        query={"fieldManager": kube.field_manager, "force": "true"},
-        resource=plural(obj["kind"]),
-        parse=False,
-    )
 
 
 @dataclass(frozen=True)
@@ -384,7 +370,7 @@ class ModelDeploymentReconciler:
         have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
         if have == child.hash or self.recent.get((key, child.kind)) == child.hash:
             return
-        await _apply_unread(self.kube, child.manifest)
+        await self.kube.apply(child.manifest, parse=False)
         self.recent[(key, child.kind)] = child.hash
 
     async def _sync_unwatched(self, key: Key, child: mdbuild.Child) -> None:
@@ -400,7 +386,7 @@ class ModelDeploymentReconciler:
                 self.verified[mark] = (child.hash, time.monotonic())
                 return
         try:
-            await _apply_unread(self.kube, child.manifest)
+            await self.kube.apply(child.manifest, parse=False)
         except ApiError as exc:
             if exc.not_found:  # the CRD went away
                 self.discovery.invalidate()
@@ -468,7 +454,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     selector = {owner_label: kopf.PRESENT}
     rec = ModelDeploymentReconciler(ctx)
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency, forget=rec.forget
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 
@@ -478,22 +464,21 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     # --- the object and who refers to what --------------------------------------------------
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_MD, registry=reg)
-    async def index_md(**kw: Any) -> Any:
+    def index_md(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_md(kw["body"])}
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_BY_SOURCE, registry=reg)
-    async def index_by_source(**kw: Any) -> Any:
+    def index_by_source(**kw: Any) -> Any:
         ref = model_source_key(kw["body"].get("spec"))
         if ref is None:
             return None
         return {(kw["namespace"], *ref): kw["name"]}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-modeldeployment-event", registry=reg)
-    async def on_md(**kw: Any) -> None:
+    def on_md(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
-            rec.forget(key)
         else:
             ctl.enqueue(key)
 
@@ -503,17 +488,17 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         return [str(n) for n in ctx.all(IDX_BY_SOURCE, (namespace, kind, name))]
 
     @kopf.index(GROUP, VERSION, "trainingjobs", id=IDX_SRC_TJ, registry=reg)
-    async def index_src_tj(**kw: Any) -> Any:
+    def index_src_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
     @kopf.index(GROUP, VERSION, "tuningstudies", id=IDX_SRC_TS, registry=reg)
-    async def index_src_ts(**kw: Any) -> Any:
+    def index_src_ts(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
     @kopf.on.event(
         GROUP, VERSION, "trainingjobs", id="kubeforge-modeldeployment-tj-event", registry=reg
     )
-    async def on_tj(**kw: Any) -> None:
+    def on_tj(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
         for md_name in referrers(ns, "TrainingJob", name):
             ctl.enqueue((ns, md_name))
@@ -536,7 +521,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     @kopf.on.event(
         GROUP, VERSION, "tuningstudies", id="kubeforge-modeldeployment-ts-event", registry=reg
     )
-    async def on_ts(**kw: Any) -> None:
+    def on_ts(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
         for md_name in referrers(ns, "TuningStudy", name):
             ctl.enqueue((ns, md_name))
@@ -544,33 +529,33 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     # --- children --------------------------------------------------------------------------
 
     @kopf.index("apps", "v1", "deployments", id=IDX_DEPLOY, labels=selector, registry=reg)
-    async def index_deploy(**kw: Any) -> Any:
+    def index_deploy(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_deployment(kw["body"], s.field_manager)}
 
     @kopf.index("apps", "v1", "replicasets", id=IDX_RS, labels=selector, registry=reg)
-    async def index_rs(**kw: Any) -> Any:
+    def index_rs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
-    async def index_pods(**kw: Any) -> Any:
+    def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
     @kopf.index("", "v1", "services", id=IDX_SVC, labels=selector, registry=reg)
-    async def index_svc(**kw: Any) -> Any:
+    def index_svc(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index(
         "autoscaling", "v2", "horizontalpodautoscalers", id=IDX_HPA, labels=selector, registry=reg
     )
-    async def index_hpa(**kw: Any) -> Any:
+    def index_hpa(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("policy", "v1", "poddisruptionbudgets", id=IDX_PDB, labels=selector, registry=reg)
-    async def index_pdb(**kw: Any) -> Any:
+    def index_pdb(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     def child_event(kind: str) -> Any:
-        async def on_child(**kw: Any) -> None:
+        def on_child(**kw: Any) -> None:
             key = parent(kw["namespace"], kw["labels"])
             if kw["type"] == "DELETED":
                 rec.child_gone(key, kind)

@@ -344,7 +344,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     selector = {owner_label: kopf.PRESENT}
     rec = TrainingJobReconciler(ctx)
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency, idle=rec.idle
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency, idle=rec.idle, forget=rec.forget
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
 
@@ -372,7 +372,6 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
-            rec.forget(key)
         else:
             ctl.enqueue(key)
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from kubeforge import events
 from kubeforge.api.tuningstudy import TuningStudySpec
-from kubeforge.apply import APPLY, MERGE, ApiError, AsyncKube, merge_patch, plural, resource_path
+from kubeforge.apply import ApiError, AsyncKube, merge_patch
 from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3339
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
@@ -80,35 +80,6 @@ def _rv(obj: JSON | None) -> int:
         return int((obj or {}).get("metadata", {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
-
-
-async def _apply_unread(kube: AsyncKube, obj: JSON) -> None:
-    """`kube.apply(obj)` (forced, our field manager) whose answer is not read, so not parsed."""
-    meta = obj["metadata"]
-    await kube.request(
-        "PATCH",
-        resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
-        body=obj,
-        content_type=APPLY,
-        query={"fieldManager": kube.field_manager, "force": "true"},
-        resource=plural(obj["kind"]),
-        parse=False,
-    )
-
-
-async def _patch_unread(
-    kube: AsyncKube, api_version: str, kind: str, namespace: str, name: str, patch: JSON
-) -> None:
-    """`kube.patch(...)` (a merge patch) whose answer is not read, so not parsed."""
-    await kube.request(
-        "PATCH",
-        resource_path(api_version, kind, namespace, name),
-        body=patch,
-        content_type=MERGE,
-        query={"fieldManager": kube.field_manager},
-        resource=plural(kind),
-        parse=False,
-    )
 
 
 @dataclass(frozen=True)
@@ -249,13 +220,13 @@ class TuningStudyReconciler:
                 continue
             if (pod["metadata"].get("annotations") or {}).get(tb.STOP) != reason:
                 try:
-                    await _patch_unread(
-                        self.kube,
+                    await self.kube.patch(
                         "v1",
                         "Pod",
                         ns,
                         pname,
                         {"metadata": {"annotations": {tb.STOP: reason}}},
+                        parse=False,
                     )
                 except ApiError as exc:
                     if not exc.not_found:
@@ -272,7 +243,7 @@ class TuningStudyReconciler:
         if model.get("fromTuningStudy") == key[1] or model.get("uri") == uri:
             self.promoted[key] = uri  # already pointing at this study / this model
             return
-        await _apply_unread(self.kube, body)
+        await self.kube.apply(body, parse=False)
         self.promoted[key] = uri
         await events.post(
             self.kube, study, events.NORMAL, "Promoted", f"ModelDeployment {name} now serves {uri}"
@@ -302,28 +273,27 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     s = ctx.settings
     rec = TuningStudyReconciler(ctx)
     ctl: Controller[Snapshot] = Controller(
-        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency
+        KIND, snapshot=rec.snapshot, reconcile=rec, workers=s.concurrency, forget=rec.forget
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
     selector = {tb.STUDY_LABEL: kopf.PRESENT}
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_STUDIES, registry=reg)
-    async def index_studies(**kw: Any) -> Any:
+    def index_studies(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_study(kw["body"])}
 
     @kopf.index(GROUP, VERSION, TRIAL_PLURAL, id=IDX_TRIALS, labels=selector, registry=reg)
-    async def index_trials(**kw: Any) -> Any:
+    def index_trials(**kw: Any) -> Any:
         study = study_of(kw["body"])
         if study is None:
             return None
         return {(kw["namespace"], study): slim_trial(kw["body"])}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-tuningstudy-event", registry=reg)
-    async def on_study(**kw: Any) -> None:
+    def on_study(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw.get("type") == "DELETED":
             ctl.forget(key)
-            rec.forget(key)
         else:
             ctl.enqueue(key)
 
@@ -335,7 +305,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         labels=selector,
         registry=reg,
     )
-    async def on_trial(**kw: Any) -> None:
+    def on_trial(**kw: Any) -> None:
         study = study_of(kw["body"])
         if study is not None:
             ctl.enqueue((kw["namespace"], study))

@@ -7,7 +7,7 @@ import asyncio
 import copy
 from typing import Any
 
-from kubeforge.apply import APPLY, ApiError
+from kubeforge.apply import ApiError
 from kubeforge.context import OperatorContext
 from kubeforge.modeldeployment.handlers import (
     ModelDeploymentReconciler,
@@ -62,15 +62,12 @@ class FakeKube:
             assert not parse  # nobody reads the answer
             self.deleted.append(path)
             raise ApiError(404, "NotFound")
-        if method == "PATCH" and content_type == APPLY:
-            assert query == {"fieldManager": "kubeforge", "force": "true"}
-            assert path.endswith("/" + body["metadata"]["name"]) and resource
-            live = self._apply(body, parse)
-            return live if parse else {}
         raise AssertionError(f"unexpected {method} {path}")
 
-    async def apply(self, obj: JSON, *, force: bool = True) -> JSON:
-        return self._apply(obj, True)
+    async def apply(self, obj: JSON, *, force: bool = True, parse: bool = True) -> JSON:
+        assert force
+        live = self._apply(obj, parse)
+        return live if parse else {}
 
     def _apply(self, obj: JSON, parse: bool) -> JSON:
         self.applied.append(obj)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from kubeforge.apply import manifest_hash, merge_patch, plural, resource_path
 from kubeforge.conditions import set_condition
 from kubeforge.controller import Controller
@@ -60,53 +59,16 @@ def test_event_shape() -> None:
     assert ev["type"] == "Warning" and ev["reason"] == "Failed"
 
 
-def test_controller_dedupes_and_never_overlaps_one_key() -> None:
-    calls: list[str] = []
-    active: set[str] = set()
-    overlap = threading.Event()
-    lock = threading.Lock()
-
-    def reconcile(key: tuple[str, str], snap: str) -> None:
-        with lock:
-            if key[1] in active:
-                overlap.set()
-            active.add(key[1])
-        time.sleep(0.02)
-        calls.append(key[1])
-        with lock:
-            active.discard(key[1])
-
-    async def run() -> None:
-        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
-                                          pool=ThreadPoolExecutor(4), workers=4)
-        ctl.start()
-        for _ in range(10):
-            ctl.enqueue(("n", "a"))  # folds into one
-        ctl.enqueue(("n", "b"))
-        await asyncio.sleep(0.005)
-        ctl.enqueue(("n", "a"))  # while running: exactly one more run
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if ctl.pending == 0:
-                break
-        await ctl.stop()
-
-    asyncio.run(run())
-    assert not overlap.is_set()
-    assert calls.count("a") == 2 and calls.count("b") == 1
-
-
 def test_controller_retries_with_backoff() -> None:
     attempts: list[float] = []
 
-    def reconcile(key: tuple[str, str], snap: str) -> None:
+    async def reconcile(key: tuple[str, str], snap: str) -> None:
         attempts.append(time.monotonic())
         if len(attempts) < 2:
             raise RuntimeError("apiserver hiccup")
 
     async def run() -> None:
-        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
-                                          pool=ThreadPoolExecutor(1), workers=1)
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile, workers=1)
         ctl.start()
         ctl.enqueue(("n", "a"))
         await asyncio.sleep(0.8)
@@ -118,36 +80,58 @@ def test_controller_retries_with_backoff() -> None:
 
 def test_snapshot_none_means_gone() -> None:
     ran: list[int] = []
+    forgotten: list[tuple[str, str]] = []
+
+    async def reconcile(key: tuple[str, str], snap: str) -> None:
+        ran.append(1)
 
     async def run() -> None:
-        ctl: Controller[str] = Controller("T", snapshot=lambda k: None,
-                                          reconcile=lambda k, s: ran.append(1),  # type: ignore[func-returns-value]
-                                          pool=ThreadPoolExecutor(1), workers=1)
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: None, reconcile=reconcile,
+                                          workers=1, forget=forgotten.append)
         ctl.start()
         ctl.enqueue(("n", "gone"))
         await asyncio.sleep(0.05)
         await ctl.stop()
 
     asyncio.run(run())
-    assert ran == []
+    assert ran == [] and forgotten == [("n", "gone")]
 
 
-def test_quick_look_skips_the_worker_thread() -> None:
-    ran: list[str] = []
+def test_blocking_reconcile_is_refused() -> None:
+    with pytest.raises(TypeError, match="coroutine"):
+        Controller("T", snapshot=lambda k: "s", reconcile=lambda k, s: None)  # type: ignore[arg-type, return-value]
+
+
+def test_forget_waits_for_the_running_reconcile() -> None:
+    """An object deleted while its reconcile awaits the API: the reconciler forgets it only
+    after that reconcile ended (else the reconcile would write its memory back, and a new object
+    of the same name would start from it)."""
+    memory: dict[tuple[str, str], str] = {}
+    order: list[str] = []
+
+    async def reconcile(key: tuple[str, str], snap: str) -> None:
+        await asyncio.sleep(0.05)  # the API answers; meanwhile the DELETED event arrives
+        memory[key] = "written status"
+        order.append("reconciled")
+
+    def forget(key: tuple[str, str]) -> None:
+        memory.pop(key, None)
+        order.append("forgotten")
 
     async def run() -> None:
-        ctl: Controller[str] = Controller("T", snapshot=lambda k: k[1],
-                                          reconcile=lambda k, s: ran.append(s),  # type: ignore[func-returns-value]
-                                          pool=ThreadPoolExecutor(1), workers=1,
-                                          quick=lambda k, s: s == "settled")
+        ctl: Controller[str] = Controller("T", snapshot=lambda k: "s", reconcile=reconcile,
+                                          workers=1, forget=forget)
         ctl.start()
-        ctl.enqueue(("n", "settled"))
-        ctl.enqueue(("n", "busy"))
-        await asyncio.sleep(0.05)
+        ctl.enqueue(("n", "a"))
+        await asyncio.sleep(0.01)
+        ctl.forget(("n", "a"))
+        assert order == []
+        await asyncio.sleep(0.1)
+        ctl.forget(("n", "b"))  # nothing running: forgotten at once
         await ctl.stop()
 
     asyncio.run(run())
-    assert ran == ["busy"]
+    assert order == ["reconciled", "forgotten", "forgotten"] and memory == {}
 
 
 def test_coroutine_reconcile_runs_on_the_loop_one_per_key() -> None:

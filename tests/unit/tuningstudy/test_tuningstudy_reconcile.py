@@ -7,7 +7,7 @@ import asyncio
 import copy
 from typing import Any
 
-from kubeforge.apply import APPLY, MERGE, ApiError
+from kubeforge.apply import ApiError
 from kubeforge.context import OperatorContext
 from kubeforge.settings import Settings
 from kubeforge.tuningstudy import build as tb
@@ -53,8 +53,23 @@ class FakeKube:
         return copy.deepcopy(stored)
 
     async def patch(
-        self, api_version: str, kind: str, ns: str, name: str, patch: JSON, *, sub: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        ns: str,
+        name: str,
+        patch: JSON,
+        *,
+        sub: str = "",
+        parse: bool = True,
     ) -> JSON:
+        if kind == "Pod":
+            assert not parse and not sub  # a write whose answer nobody reads
+            self.writes.append(("POD", name, patch))
+            self.pods[name]["metadata"].setdefault("annotations", {}).update(
+                patch["metadata"]["annotations"]
+            )
+            return {}
         assert kind == "TrainingJob" and not sub
         if name not in self.trials:
             raise ApiError(404, "NotFound")
@@ -86,21 +101,14 @@ class FakeKube:
             label, trial = query["labelSelector"].split("=")
             items = [p for p in self.pods.values() if p["metadata"]["labels"].get(label) == trial]
             return {"items": copy.deepcopy(items)}
-        assert not parse  # a write whose answer nobody reads
-        if method == "PATCH" and content_type == MERGE and "/pods/" in path:
-            name = path.rsplit("/", 1)[1]
-            assert resource == "pods" and query == {"fieldManager": "kubeforge"}
-            self.writes.append(("POD", name, body))
-            self.pods[name]["metadata"].setdefault("annotations", {}).update(
-                body["metadata"]["annotations"]
-            )
-            return {}
-        if method == "PATCH" and content_type == APPLY and "/modeldeployments/" in path:
-            assert query == {"fieldManager": "kubeforge", "force": "true"}
-            self.writes.append(("APPLY", body["metadata"]["name"], body))
-            self.models[body["metadata"]["name"]] = copy.deepcopy(body)
-            return {}
         raise AssertionError(f"unexpected {method} {path}")
+
+    async def apply(self, obj: JSON, *, force: bool = True, parse: bool = True) -> JSON:
+        assert force and not parse  # a write whose answer nobody reads
+        assert obj["kind"] == "ModelDeployment"
+        self.writes.append(("APPLY", obj["metadata"]["name"], obj))
+        self.models[obj["metadata"]["name"]] = copy.deepcopy(obj)
+        return {}
 
     def kinds(self) -> list[str]:
         return [w[0] for w in self.writes]
