@@ -79,8 +79,11 @@ images: venv ## operator/trainer/server images without Docker (cluster/images/ou
 kind: ## a kind cluster, for machines with Docker (not this one; there use `make cluster`)
 	cluster/kind-up.sh
 
-demo: venv cluster-bins ## the main job: install the chart, train, tune and serve on the local cluster
-	$(BIN)/python -m kubeforge_cluster.demo
+# NODES=real (root): on a real node: the chart's operator, the trainer and the server run as real
+# pods from the project's images (built by `make images` when missing or stale, cached otherwise).
+demo: venv cluster-bins ## the main job: install the chart, train, tune and serve on the local cluster (NODES=real: real pods)
+	@if [ "$(NODES)" = real ]; then $(BIN)/python -m kubeforge_cluster.realnode build --apt && \
+	  $(BIN)/python -m kubeforge_cluster.demo --nodes real; else $(BIN)/python -m kubeforge_cluster.demo; fi
 
 bench: venv cluster-bins ## every benchmark; each prints a table
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

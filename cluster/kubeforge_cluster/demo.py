@@ -261,7 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", default="kubeforge-demo")
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for the phases")
     ap.add_argument("--no-color", action="store_true")
+    ap.add_argument(
+        "--nodes",
+        choices=["kwok", "real"],
+        default="kwok",
+        help="kwok: fake nodes, pods played by local processes (default); real: a real node "
+        "(root), the chart's operator, trainer and server run as real pods (demo_real)",
+    )
     a = ap.parse_args(argv)
+    if a.nodes == "real":
+        from . import demo_real
+
+        if a.name == "demo":
+            a.name = "demo-real"
+        return demo_real.main(a)
     out = Out(colour=not a.no_color and not os.environ.get("NO_COLOR"))
     times: dict[str, float] = {}
     t_all = time.monotonic()
