@@ -4,9 +4,8 @@ a time, retries with backoff, and a periodic resync.
 Semantics of controller-runtime's workqueue: an object queued twice runs once; an object that
 changes while it is being reconciled runs again right after; two reconciles of one object never
 overlap (so events of children and of the parent cannot race). The snapshot of the observed
-state is taken on the event loop (where the watch layer updates the indexes). A reconcile is
-either a coroutine function, awaited on the event loop (its API calls through
-`kubeforge.apply.AsyncKube`), or a plain function run in a worker thread of `pool`.
+state is taken on the event loop (where the watch layer updates the indexes); the reconcile is a
+coroutine on the same loop (its API calls through `kubeforge.apply.AsyncKube`).
 """
 
 from __future__ import annotations

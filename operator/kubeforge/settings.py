@@ -44,7 +44,8 @@ class Settings:
     """Namespaces watched; empty: all namespaces (cluster-wide)."""
 
     concurrency: int = 16
-    """Worker threads that reconcile objects (and HTTP connections to the API server)."""
+    """Objects reconciled at once, per kind (and idle HTTP connections kept to the API
+    server)."""
 
     resync_seconds: float = 300.0
     """Period of the safety-net resync of every object (it writes only what differs)."""
