@@ -135,6 +135,17 @@ class _Api:
             self._auth = dict(headers)
         return headers
 
+    def _prepare(
+        self, method: str, path: str, body: Any, content_type: str, query: dict[str, str] | None
+    ) -> tuple[str, dict[str, str], bytes | None]:
+        """(path?query, headers, body bytes or None) of one request."""
+        headers = self._headers(path, method)
+        target = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        if body is None:
+            return target, headers, None
+        headers["Content-Type"] = content_type
+        return target, headers, body if isinstance(body, bytes) else orjson.dumps(body)
+
     def _answer(
         self, method: str, resource: str, status: int, reason: str, raw: bytes, parse: bool = True
     ) -> JSON:
@@ -202,14 +213,7 @@ class Kube(_Api):
         resource: str = "",
     ) -> JSON:
         """One HTTP request; the answer as a dict. Raises ApiError on a non-2xx answer."""
-        headers = self._headers(path, method)
-        url = path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data: bytes | None = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = body if isinstance(body, bytes) else orjson.dumps(body)
+        url, headers, data = self._prepare(method, path, body, content_type, query)
         # straight to the host's connection pool (PoolManager's per-request URL parsing, pool
         # lookup and header merging were a fifth of a write's client CPU)
         resp = self.http.urlopen(
@@ -303,16 +307,9 @@ class AsyncKube(_Api):
     ) -> JSON:
         """One HTTP request; the answer as a dict ({} with `parse=False`). Raises ApiError on
         a non-2xx answer."""
-        headers = self._headers(path, method)
-        target = path
-        if query:
-            target += "?" + urllib.parse.urlencode(query)
-        data = b""
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = body if isinstance(body, bytes) else orjson.dumps(body)
+        target, headers, data = self._prepare(method, path, body, content_type, query)
         status, reason, raw = await self.http.request(
-            method, target, headers, data, timeout=self.timeout
+            method, target, headers, data or b"", timeout=self.timeout
         )
         return self._answer(method, resource, status, reason, raw, parse)
 
