@@ -102,8 +102,9 @@ class TuningStudyReconciler:
         self.written_status: dict[Key, JSON] = {}
         self.recent: dict[Key, dict[str, JSON]] = {}
         """Trials we created or patched that the watch may not show yet (name → object)."""
-        self.delivered: set[tuple[str, str, str]] = set()
-        """(namespace, trial, pod) that already carry our stop request."""
+        self.delivered: dict[Key, set[tuple[str, str]]] = {}
+        """Per study: (trial, pod) that already carry our stop request (pods gone are dropped
+        at the next delivery to their trial; the study's entry goes with the study)."""
         self.promoted: dict[Key, str] = {}
         self.phases = PhaseTracker(KIND)
 
@@ -119,6 +120,7 @@ class TuningStudyReconciler:
         self.written_status.pop(key, None)
         self.recent.pop(key, None)
         self.promoted.pop(key, None)
+        self.delivered.pop(key, None)
         self.phases.forget(key)
 
     # --- the reconcile (event loop) ---
@@ -170,7 +172,7 @@ class TuningStudyReconciler:
         for trial in trials:
             reason = tb.stop_reason(trial) or d.stop.get(trial["metadata"]["name"], "")
             if reason and tb.trial_state(trial) == "running":
-                await self._deliver_stop(ns, trial["metadata"]["name"], reason)
+                await self._deliver_stop(key, trial["metadata"]["name"], reason)
         for manifest in d.create:
             await self._create_trial(key, manifest)
         if d.promote is not None:
@@ -206,7 +208,8 @@ class TuningStudyReconciler:
             obj = got
         self._remember(key, obj)
 
-    async def _deliver_stop(self, ns: str, trial: str, reason: str) -> None:
+    async def _deliver_stop(self, key: Key, trial: str, reason: str) -> None:
+        ns = key[0]
         selector = f"{self.settings.label('trainingjob')}={trial}"
         found = await self.kube.request(
             "GET",
@@ -214,9 +217,12 @@ class TuningStudyReconciler:
             query={"labelSelector": selector},
         )
         pods = found.get("items") or []
+        done = self.delivered.setdefault(key, set())
+        names = {pod["metadata"]["name"] for pod in pods}
+        done -= {(t, p) for t, p in done if t == trial and p not in names}
         for pod in pods:
             pname = pod["metadata"]["name"]
-            if (ns, trial, pname) in self.delivered:
+            if (trial, pname) in done:
                 continue
             if (pod["metadata"].get("annotations") or {}).get(tb.STOP) != reason:
                 try:
@@ -231,7 +237,7 @@ class TuningStudyReconciler:
                 except ApiError as exc:
                     if not exc.not_found:
                         raise
-            self.delivered.add((ns, trial, pname))
+            done.add((trial, pname))
 
     async def _promote(self, key: Key, study: JSON, body: JSON) -> None:
         uri = body["spec"]["model"]["uri"]

@@ -201,7 +201,13 @@ def test_target_stops_running_trials_and_tells_their_pods_once() -> None:
     del kube.writes[:]
     rec(Snapshot(study={**obj, "status": rec.written_status[KEY]}, trials=watched(kube)))
     assert kube.writes == []  # recorded and delivered: not asked twice
-    assert (KEY[0], t1, "p1") in rec.delivered
+    assert rec.delivered[KEY] == {(t1, "p1")}
+    # the pod is gone (a new one would get the request again): its entry goes at the next look
+    del kube.pods["p1"]
+    asyncio.run(rec.inner._deliver_stop(KEY, t1, tb.STUDY_SUCCEEDED))
+    assert rec.delivered[KEY] == set()
+    rec.forget(KEY)
+    assert KEY not in rec.delivered
 
 
 def test_promotion_is_applied_once_with_an_event() -> None:
