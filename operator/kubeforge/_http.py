@@ -135,7 +135,11 @@ class AsyncHttp:
     """A pool of HTTP/1.1 connections to one server (`base_url`), used from one event loop."""
 
     def __init__(
-        self, base_url: str, ssl_context: ssl.SSLContext | None, max_idle: int = 16
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext | None,
+        max_idle: int = 16,
+        connect_timeout: float = 15.0,
     ) -> None:
         url = urlsplit(base_url)
         self.host = url.hostname or "localhost"
@@ -144,18 +148,24 @@ class AsyncHttp:
         self.authority = url.netloc.encode()
         self.ssl = ssl_context if url.scheme == "https" else None
         self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
         self._idle: deque[_Connection] = deque()
         self._deadlines: dict[_Connection, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
     async def _connect(self) -> _Connection:
+        """A new connection (TCP and TLS within `connect_timeout`: a black-holed address must
+        not hang a request or a watch for the kernel's minutes of SYN retries)."""
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            _Connection,
-            self.host,
-            self.port,
-            ssl=self.ssl,
-            server_hostname=self.host if self.ssl is not None else None,
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                _Connection,
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None,
+            ),
+            self.connect_timeout,
         )
         return conn
 

@@ -218,3 +218,27 @@ def test_stream_times_out_when_nothing_arrives() -> None:
                 await http.stream("/w", {}, lambda _: None, 0.2)
 
     run(go())
+
+
+def test_a_connection_that_never_opens_times_out() -> None:
+    """A TLS handshake the server never answers (as with a black-holed address) fails after
+    the connect timeout instead of hanging the request."""
+    import ssl
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # accepts TCP, never speaks TLS
+
+    async def go() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        http = AsyncHttp(f"https://127.0.0.1:{port}", ssl.create_default_context(), connect_timeout=0.2)
+        async with server:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(TimeoutError):
+                await http.request("GET", "/x", {})
+            with pytest.raises(TimeoutError):
+                await http.stream("/w", {}, lambda _: None, 5)
+            assert loop.time() - t0 < 3
+
+    run(go())
