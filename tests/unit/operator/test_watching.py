@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import kopf
+import orjson
 from kubeforge.context import OperatorContext
 from kubeforge.indexes import Indexes
 from kubeforge.main import build_operator
@@ -121,3 +122,78 @@ def test_failing_index_handler_drops_the_object() -> None:
 
     asyncio.run(go())
     assert calls == ["ADDED", "MODIFIED"]
+
+
+class _ScriptedApi:
+    """An AsyncKube stand-in for one stream: lists and watch bodies played from a script."""
+
+    def __init__(self, lists: list[dict[str, Any]], watches: list[tuple[int, list[bytes]]]) -> None:
+        self.lists = lists
+        self.watches = watches
+        self.list_calls: list[dict[str, str]] = []
+        self.watch_targets: list[str] = []
+        self.http = self
+        self.done = asyncio.Event()
+
+    def headers(self, path: str, method: str = "GET") -> dict[str, str]:
+        return {}
+
+    async def request(self, method: str, path: str, *, query: dict[str, str] | None = None,
+                      **_: Any) -> dict[str, Any]:
+        self.list_calls.append(dict(query or {}))
+        return self.lists.pop(0)
+
+    async def stream(self, target: str, headers: dict[str, str], sink: Any, idle: float) -> tuple[int, bytes]:
+        self.watch_targets.append(target)
+        if not self.watches:
+            self.done.set()
+            await asyncio.sleep(3600)
+        status, chunks = self.watches.pop(0)
+        if status >= 300:
+            return status, b"gone"
+        for chunk in chunks:
+            sink(chunk)
+        return 200, b""
+
+
+def _event(etype: str, name: str, rv: int, phase: str = "Running") -> bytes:
+    pod = _pod(name, "tj", phase)
+    pod["metadata"]["resourceVersion"] = str(rv)
+    return orjson.dumps({"type": etype, "object": pod})
+
+
+def test_watch_follows_resource_versions_and_relists_when_expired() -> None:
+    """List, watch from the list's resourceVersion (events split across chunks, a bookmark
+    moves it on), resume from the last one seen, relist on 410 Gone: an object missing from the
+    new list is handed to the handlers as DELETED."""
+    ctx = _ctx()
+    queued: list[Any] = []
+    ctx.controllers[0].enqueue = queued.append  # type: ignore[method-assign]
+    p0 = {**_pod("p0", "tj"), "metadata": {**_pod("p0", "tj")["metadata"], "resourceVersion": "5"}}
+    body = (_event("ADDED", "p1", 7) + b"\n" + _event("MODIFIED", "p1", 8, "Succeeded") + b"\n"
+            + orjson.dumps({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}) + b"\n")
+    api = _ScriptedApi(
+        lists=[{"items": [p0], "metadata": {"resourceVersion": "6"}},
+               {"items": [], "metadata": {"resourceVersion": "20"}}],  # after 410: both pods gone
+        watches=[(200, [body[:30], body[30:31], body[31:]]),
+                 (200, [orjson.dumps({"type": "ERROR", "object": {"code": 410}}) + b"\n"])],
+    )
+    w = Watcher(ctx.registry, ctx.indexes, api)  # type: ignore[arg-type]
+    pods = next(g for g in w.groups if g.plural == "pods")
+    seen: list[list[str]] = []
+
+    async def go() -> None:
+        task = asyncio.create_task(w._stream(pods, "ml"))
+        await asyncio.wait_for(api.done.wait(), 5)
+        seen.append([str(v["status"]["phase"]) for v in ctx.all(handlers.IDX_PODS, ("ml", "tj"))])
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    w._listed = w.streams  # the other streams are not part of this test
+    w._all_listed.set()
+    asyncio.run(go())
+    rvs = [t.split("resourceVersion=")[1].split("&")[0] for t in api.watch_targets]
+    assert rvs == ["6", "9", "20"]  # from the list, then from the bookmark, then from the relist
+    assert [q.get("labelSelector") for q in api.list_calls] == ["kubeforge.io/trainingjob"] * 2
+    assert seen == [[]]  # p0 and p1 both gone after the relist (DELETED dispatched)
+    assert queued.count(("ml", "tj")) >= 4  # listed p0, p1 added, p1 modified, deletions
