@@ -157,6 +157,17 @@ def detail(kind: str, obj: dict[str, Any]) -> str:
     return (s + "  " + (st.get("message") or "")).strip()
 
 
+def apply_documents(kubectl: str, kubeconfig: Any, ns: str, docs: list[dict[str, Any]]) -> None:
+    """`kubectl apply --server-side` the documents into `ns`, as a user would."""
+    subprocess.run(
+        [kubectl, f"--kubeconfig={kubeconfig}", "apply", "-n", ns, "--server-side", "-f", "-"],
+        input=yaml.safe_dump_all(docs),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
 def read_all(client: KubeClient, ns: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for d in docs:
@@ -382,22 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             f"kubectl apply -n {ns}: examples/trainingjob.yaml, a smaller "
             "examples/tuningstudy.yaml, examples/modeldeployment.yaml"
         )
-        subprocess.run(
-            [
-                kubectl_bin(cluster),
-                f"--kubeconfig={cluster.kubeconfig}",
-                "apply",
-                "-n",
-                ns,
-                "--server-side",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(docs),
-            text=True,
-            check=True,
-            capture_output=True,
-        )
+        apply_documents(kubectl_bin(cluster), cluster.kubeconfig, ns, docs)
         t0 = time.monotonic()
         done_at: dict[str, float] = {}
         deadline = t0 + a.timeout

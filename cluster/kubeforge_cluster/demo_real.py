@@ -30,11 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .chartops import NAMESPACE, RELEASE, helm_for, install, kubectl_bin
 from .client import KubeClient
-from .demo import BOLD, FINAL, Out, documents, infer, read_all, render
+from .demo import BOLD, FINAL, Out, apply_documents, documents, infer, read_all, render
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO / "cluster" / "images"
@@ -190,22 +188,7 @@ def main(a: argparse.Namespace) -> int:
             f"kubectl apply -n {ns}: examples/trainingjob.yaml, a 2-trial TuningStudy, "
             "examples/modeldeployment.yaml (1 replica)"
         )
-        subprocess.run(
-            [
-                kubectl_bin(node.cluster),
-                f"--kubeconfig={node.kubeconfig}",
-                "apply",
-                "-n",
-                ns,
-                "--server-side",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(docs),
-            text=True,
-            check=True,
-            capture_output=True,
-        )
+        apply_documents(kubectl_bin(node.cluster), node.kubeconfig, ns, docs)
         t0 = time.monotonic()
         done_at: dict[str, float] = {}
         deadline = t0 + a.timeout

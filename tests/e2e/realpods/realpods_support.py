@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,37 @@ from kubeforge_cluster.realnode import RealNode, default_run_dir, net, unsupport
 from kubeforge_cluster.realnode.node import OWNER_FILE, live_owner
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[3]
+IMAGES_OUT = REPO / "cluster" / "images" / "out"
+TRAINER_ARCHIVE = IMAGES_OUT / "kubeforge-trainer.oci.tar"
+TRAINER_IMAGE = "local/kubeforge-trainer:dev"
+
+
+def require_trainer_archive() -> Path:
+    """The trainer image archive, or a skip saying how to make it (`make images`)."""
+    if not TRAINER_ARCHIVE.is_file():
+        pytest.skip(
+            f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (the trainer "
+            "image is ~6.4 GB, so the e2e suite does not build it)"
+        )
+    return TRAINER_ARCHIVE
+
+
+def build_image(name: str) -> Path:
+    """Build (cached layers) the project's image `name` ("operator" or "server") into
+    cluster/images/out without importing it; skip where the Debian base cannot be made."""
+    sys.path.insert(0, str(REPO / "cluster" / "images"))
+    try:
+        import build as images
+    finally:
+        sys.path.pop(0)
+    try:
+        images.base_rootfs()
+    except (SystemExit, OSError, RuntimeError) as e:
+        pytest.skip(f"cannot build the {name} image here (Debian base via debootstrap): {e}")
+    (archive,) = images.build([name], IMAGES_OUT, do_import=False)
+    return Path(archive)
 
 
 def skip_reason() -> str | None:

@@ -8,40 +8,25 @@ reason); the operator image is built (cached layers) and imported by the test.""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from kubeforge_cluster import binaries
 from kubeforge_cluster.realnode import RealNode, net
-from realpods_support import Kube
+from realpods_support import REPO, Kube, build_image, require_trainer_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[3]
-OUT = REPO / "cluster" / "images" / "out"
-TRAINER_ARCHIVE = OUT / "kubeforge-trainer.oci.tar"
 
 
 @pytest.mark.timeout(600)
 def test_chart_operator_in_cluster_runs_a_trainingjob(real_node: RealNode, kube: Kube) -> None:
-    if not TRAINER_ARCHIVE.is_file():
-        pytest.skip(f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (~6.4 GB)")
+    trainer_archive = require_trainer_archive()
     helm = binaries.find_binary("helm")
     if helm is None:
         pytest.skip("helm not built (make cluster-bins)")
-    sys.path.insert(0, str(REPO / "cluster" / "images"))
-    try:
-        import build as images
-    finally:
-        sys.path.pop(0)
-    try:
-        images.base_rootfs()
-    except (SystemExit, OSError, RuntimeError) as e:
-        pytest.skip(f"cannot build the operator image here (Debian base via debootstrap): {e}")
-    (op_archive,) = images.build(["operator"], OUT, do_import=False)
-    real_node.import_images([op_archive, TRAINER_ARCHIVE])
+    op_archive = build_image("operator")
+    real_node.import_images([op_archive, trainer_archive])
 
     t = time.monotonic()
     r = subprocess.run(

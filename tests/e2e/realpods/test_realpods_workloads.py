@@ -16,25 +16,19 @@ server image is built from cached layers."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubeforge_cluster.realnode import NODE_NAME, RealNode, net
-from realpods_support import Kube
+from realpods_support import REPO, TRAINER_IMAGE, Kube, build_image, require_trainer_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 np = pytest.importorskip("numpy")
 httpclient = pytest.importorskip("tritonclient.http")
 
-REPO = Path(__file__).resolve().parents[3]
-OUT = REPO / "cluster" / "images" / "out"
-TRAINER_ARCHIVE = OUT / "kubeforge-trainer.oci.tar"
-TRAINER_IMAGE = "local/kubeforge-trainer:dev"
 SERVER_IMAGE = "local/kubeforge-server:dev"
 NAMESPACES = ("rp-serve", "rp-ddp", "rp-tune")
 GROUP = "kubeforge.io/v1alpha1"
@@ -42,23 +36,10 @@ GROUP = "kubeforge.io/v1alpha1"
 
 @pytest.fixture(scope="module")
 def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if not TRAINER_ARCHIVE.is_file():
-        pytest.skip(
-            f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (the trainer "
-            "image is ~6.4 GB, so the e2e suite does not build it)"
-        )
-    sys.path.insert(0, str(REPO / "cluster" / "images"))
-    try:
-        import build as images
-    finally:
-        sys.path.pop(0)
-    try:
-        images.base_rootfs()
-    except (SystemExit, OSError, RuntimeError) as e:
-        pytest.skip(f"cannot build the server image here (Debian base via debootstrap): {e}")
-    (server_archive,) = images.build(["server"], OUT, do_import=False)
+    trainer_archive = require_trainer_archive()
+    server_archive = build_image("server")
     t = time.monotonic()
-    real_node.import_images([TRAINER_ARCHIVE, server_archive])
+    real_node.import_images([trainer_archive, server_archive])
     print(f"trainer + server images in the node ({time.monotonic() - t:.1f}s)")
     from integration.kf_operator_process import OperatorProcess
 

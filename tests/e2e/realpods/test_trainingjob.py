@@ -13,30 +13,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubeforge_cluster.realnode import RealNode, net
-from realpods_support import Kube
+from realpods_support import REPO, TRAINER_IMAGE, Kube, require_trainer_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[3]
-TRAINER_ARCHIVE = REPO / "cluster" / "images" / "out" / "kubeforge-trainer.oci.tar"
-TRAINER_IMAGE = "local/kubeforge-trainer:dev"
 
 
 @pytest.fixture(scope="module")
 def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not TRAINER_ARCHIVE.is_file():
-        pytest.skip(
-            f"{TRAINER_ARCHIVE.relative_to(REPO)} not built: run `make images` (the trainer "
-            "image is ~6.4 GB, so the e2e suite does not build it)"
-        )
+    trainer_archive = require_trainer_archive()
     from integration.kf_operator_process import OperatorProcess
 
     t = time.monotonic()
-    imported = real_node.import_images([TRAINER_ARCHIVE])
+    imported = real_node.import_images([trainer_archive])
     print(f"trainer image {'imported' if imported else 'present'} ({time.monotonic() - t:.1f}s)")
     real_node.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), timeout=120
