@@ -25,6 +25,39 @@ TRAINER_ARCHIVE = IMAGES_OUT / "kubeforge-trainer.oci.tar"
 TRAINER_IMAGE = "local/kubeforge-trainer:dev"
 
 
+FINAL_PHASES = {
+    "trainingjob": ("Succeeded", "Failed"),
+    "tuningstudy": ("Succeeded", "Failed"),
+    "modeldeployment": ("Ready", "Failed"),
+}
+
+
+def digits_trainingjob(name: str, epochs: int, **resources: Any) -> dict[str, Any]:
+    """A small TrainingJob of the built-in trainer on the digits set (real pods: 1 CPU)."""
+    return {
+        "apiVersion": "kubeforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"recipe": "mlp-classifier"},
+            "dataset": {"uri": "builtin://digits"},
+            "hyperparameters": {"lr": 0.01, "epochs": epochs, "batch_size": 64, "hidden": 64},
+            "resources": {"cpu": "1", "memory": "2Gi", **resources},
+        },
+    }
+
+
+def install_crds(node: RealNode) -> None:
+    """kubeforge's CRDs, applied server-side and Established."""
+    node.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), timeout=120
+    )
+    for crd in ("trainingjobs", "tuningstudies", "modeldeployments"):
+        node.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.kubeforge.io", "--timeout=60s"
+        )
+
+
 def require_trainer_archive() -> Path:
     """The trainer image archive, or a skip saying how to make it (`make images`)."""
     if not TRAINER_ARCHIVE.is_file():
@@ -115,6 +148,16 @@ class Kube:
             f"timed out waiting for {what} (last error {last}); "
             f"events:\n{self.k('get', 'events', check=False)}"
         )
+
+    def wait_final(self, kind: str, name: str, timeout: float = 420) -> dict[str, Any]:
+        """The status of `kind`/`name` once it reaches a final phase (FINAL_PHASES)."""
+
+        def final() -> dict[str, Any] | None:
+            st = self.get(kind, name).get("status", {})
+            return dict(st) if st.get("phase") in FINAL_PHASES[kind] else None
+
+        st: dict[str, Any] = self.wait(f"{kind} {name} final", final, timeout=timeout)
+        return st
 
     def terminated(self, pod: str) -> dict[str, Any] | None:
         st = self.get("pod", pod).get("status", {})

@@ -13,7 +13,7 @@ import time
 import pytest
 from kubeforge_cluster import binaries
 from kubeforge_cluster.realnode import RealNode, net
-from realpods_support import REPO, Kube, build_image, require_trainer_archive
+from realpods_support import REPO, Kube, build_image, digits_trainingjob, require_trainer_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,26 +62,9 @@ def test_chart_operator_in_cluster_runs_a_trainingjob(real_node: RealNode, kube:
         pytest.fail(f"helm install failed: {r.stderr}\noperator log:\n{logs.stdout}{logs.stderr}")
     print(f"chart installed, operator pod Available in {time.monotonic() - t:.1f}s")
 
-    kube.apply(
-        {
-            "apiVersion": "kubeforge.io/v1alpha1",
-            "kind": "TrainingJob",
-            "metadata": {"name": "digits-incluster"},
-            "spec": {
-                "model": {"recipe": "mlp-classifier"},
-                "dataset": {"uri": "builtin://digits"},
-                "hyperparameters": {"lr": 0.01, "epochs": 4, "batch_size": 64, "hidden": 64},
-                "resources": {"cpu": "1", "memory": "2Gi"},
-            },
-        }
-    )
+    kube.apply(digits_trainingjob("digits-incluster", epochs=4))
     t = time.monotonic()
-
-    def finished() -> dict[str, object] | None:
-        st = kube.get("trainingjob", "digits-incluster").get("status", {})
-        return dict(st) if st.get("phase") in ("Succeeded", "Failed") else None
-
-    st = kube.wait("TrainingJob digits-incluster finished", finished, timeout=420)
+    st = kube.wait_final("trainingjob", "digits-incluster")
     assert st["phase"] == "Succeeded", st
     metrics = st["metrics"]
     assert isinstance(metrics, dict) and metrics["val_accuracy"] > 0.9

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubeforge_cluster.realnode import NODE_NAME, RealNode, net
-from realpods_support import REPO, TRAINER_IMAGE, Kube, build_image, require_trainer_archive
+from realpods_support import (
+    TRAINER_IMAGE,
+    Kube,
+    build_image,
+    digits_trainingjob,
+    install_crds,
+    require_trainer_archive,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,13 +56,7 @@ def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> I
         kb = Kube(real_node, ns)
         kb.wait("default ServiceAccount", lambda kb=kb: kb.k("get", "sa", "default"))
         assert real_node.artifact_store(ns) == "pvc://kubeforge-artifacts/"
-    real_node.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), timeout=120
-    )
-    for crd in ("trainingjobs", "tuningstudies", "modeldeployments"):
-        real_node.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.kubeforge.io", "--timeout=60s"
-        )
+    install_crds(real_node)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(
         str(real_node.kubeconfig),
@@ -84,20 +85,9 @@ def namespace(node: RealNode, ns: str) -> Kube:
     return kb
 
 
-def finished(kb: Kube, kind: str, name: str, phases: tuple[str, ...]) -> Callable[[], Any]:
-    def fn() -> dict[str, Any] | None:
-        st = kb.get(kind, name).get("status", {})
-        return dict(st) if st.get("phase") in phases else None
-
-    return fn
-
-
 def wait_final(kb: Kube, op: Any, kind: str, name: str, timeout: float = 420) -> dict[str, Any]:
-    final = ("Ready", "Failed") if kind == "modeldeployment" else ("Succeeded", "Failed")
     try:
-        st: dict[str, Any] = kb.wait(
-            f"{kind} {name} final", finished(kb, kind, name, final), timeout=timeout
-        )
+        return kb.wait_final(kind, name, timeout)
     except AssertionError:
         print(kb.k("get", "pods", "-o", "wide", check=False))
         print(
@@ -105,7 +95,6 @@ def wait_final(kb: Kube, op: Any, kind: str, name: str, timeout: float = 420) ->
         )
         print(op.logs(40))
         raise
-    return st
 
 
 def names(kb: Kube, kind: str, selector: str = "") -> list[str]:
@@ -124,24 +113,10 @@ def cascades(kb: Kube, kind: str, name: str, children: list[tuple[str, str]]) ->
     )
 
 
-def trainingjob(name: str, epochs: int, **resources: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP,
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"recipe": "mlp-classifier"},
-            "dataset": {"uri": "builtin://digits"},
-            "hyperparameters": {"lr": 0.01, "epochs": epochs, "batch_size": 64, "hidden": 64},
-            "resources": {"cpu": "1", "memory": "2Gi", **resources},
-        },
-    }
-
-
 @pytest.mark.timeout(720)
 def test_modeldeployment_serves_the_trained_model(real_node: RealNode, operator: Any) -> None:
     kb = namespace(real_node, "rp-serve")
-    kb.apply(trainingjob("digits", epochs=6))
+    kb.apply(digits_trainingjob("digits", epochs=6))
     st = wait_final(kb, operator, "trainingjob", "digits")
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     assert st["metrics"]["val_accuracy"] > 0.9
@@ -222,7 +197,7 @@ def test_modeldeployment_serves_the_trained_model(real_node: RealNode, operator:
 @pytest.mark.timeout(600)
 def test_two_node_trainingjob_rendezvous_on_pod_0(real_node: RealNode, operator: Any) -> None:
     kb = namespace(real_node, "rp-ddp")
-    kb.apply(trainingjob("ddp", epochs=3, nodes=2, cpu="500m", memory="1536Mi"))
+    kb.apply(digits_trainingjob("ddp", epochs=3, nodes=2, cpu="500m", memory="1536Mi"))
     # the headless Service of pod 0's rendezvous, before the pods run
     svc = kb.wait("headless Service ddp", lambda: kb.get("service", "ddp"), timeout=60)
     assert svc["spec"]["clusterIP"] == "None"

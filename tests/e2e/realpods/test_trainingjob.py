@@ -16,7 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 from kubeforge_cluster.realnode import RealNode, net
-from realpods_support import REPO, TRAINER_IMAGE, Kube, require_trainer_archive
+from realpods_support import (
+    TRAINER_IMAGE,
+    Kube,
+    digits_trainingjob,
+    install_crds,
+    require_trainer_archive,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,12 +36,7 @@ def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> I
     t = time.monotonic()
     imported = real_node.import_images([trainer_archive])
     print(f"trainer image {'imported' if imported else 'present'} ({time.monotonic() - t:.1f}s)")
-    real_node.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"), timeout=120
-    )
-    real_node.kubectl(
-        "wait", "--for=condition=Established", "crd/trainingjobs.kubeforge.io", "--timeout=60s"
-    )
+    install_crds(real_node)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(
         str(real_node.kubeconfig),
@@ -54,27 +55,10 @@ def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_trainingjob_trains_in_the_trainer_image(
     real_node: RealNode, kube: Kube, operator: object
 ) -> None:
-    kube.apply(
-        {
-            "apiVersion": "kubeforge.io/v1alpha1",
-            "kind": "TrainingJob",
-            "metadata": {"name": "digits"},
-            "spec": {
-                "model": {"recipe": "mlp-classifier"},
-                "dataset": {"uri": "builtin://digits"},
-                "hyperparameters": {"lr": 0.01, "epochs": 6, "batch_size": 64, "hidden": 64},
-                "resources": {"cpu": "1", "memory": "2Gi"},
-            },
-        }
-    )
+    kube.apply(digits_trainingjob("digits", epochs=6))
     t = time.monotonic()
-
-    def finished() -> dict[str, object] | None:
-        st = kube.get("trainingjob", "digits").get("status", {})
-        return dict(st) if st.get("phase") in ("Succeeded", "Failed") else None
-
     try:
-        st = kube.wait("TrainingJob digits finished", finished, timeout=420)
+        st = kube.wait_final("trainingjob", "digits")
     except AssertionError:
         print(kube.k("logs", "-l", "job-name=digits", "--tail=40", check=False))
         print(operator.logs(40))  # type: ignore[attr-defined]
