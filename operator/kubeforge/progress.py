@@ -81,10 +81,6 @@ class ProgressAccess:
         self._done: set[tuple[str, str]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    def reset(self) -> None:
-        """Forget what is known: the next `ensure` of each pair checks again."""
-        self._done.clear()
-
     async def recheck(self) -> None:
         """Check again every pair made so far (each resync: a namespace may have been recreated
         meanwhile), while reconciles go on as if they were there."""

@@ -5,11 +5,12 @@ kopf turns every watch event into a cause, three object loggers, a per-object wo
 throttler, a patch and two rounds of handler invocation (indexing, then watching) with ~30
 keyword arguments each: measured at ~3 ms of CPU per event, 9-10 events per TrainingJob. Our
 handlers only keep slim copies in indexes and queue a reconcile, so a plain loop does: one
-stream per resource (and label selector) and namespace, each event parsed once, its matching
-handlers called directly.
+stream per resource (and label selector) and namespace over `kubeforge._http`, each event parsed
+once in the connection's data callback, its matching handlers called directly (they must not
+await anything).
 
 What stays as kopf defines it: the handlers and their filters (registered with kopf's
-decorators), the indexes (`kopf`'s `OperatorIndexers`, read through `OperatorContext`), the
+decorators), the index model (`kubeforge.indexes`, read through `OperatorContext`), the
 order (every index handler of an event before its event handlers), listed objects arriving
 with `type=None` only after *every* stream has listed (so the first reconciles see complete
 indexes), and errors in a handler logged and ignored (an index handler that raises drops the

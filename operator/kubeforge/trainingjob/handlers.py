@@ -172,26 +172,9 @@ class TrainingJobReconciler:
 
     def idle(self, key: Key) -> bool:
         """Whether the current view of `key` is the one its last reconcile found settled (the
-        resync's check: identities only, no snapshot built)."""
-        seen = self.settled.get(key)
-        if seen is None:
-            return False
-        view = seen[0]
-        if not (
-            self._tjs.one(key) is view.tj
-            and self._jobs.one(key) is view.job
-            and self._svcs.one(key) is view.service
-            and seen[1] is self.written_status.get(key)
-        ):
-            return False
-        pods = self._pods.all(key)
-        return (
-            len(pods) == len(view.pods)
-            and all(x is y for x, y in zip(pods, view.pods, strict=True))
-            and (not self.ctx.kueue or self._workloads.one(key) is view.workload)
-            and self.ctx.progress is not None
-            and self.ctx.progress.ready(key[0], seen[2])
-        )
+        resync's check)."""
+        snap = self.snapshot(key) if key in self.settled else None
+        return snap is not None and self._still_settled(key, snap)
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
         if self._still_settled(key, snap):
