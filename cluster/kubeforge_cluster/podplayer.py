@@ -52,11 +52,19 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
+REPORT_PYZ = "/kubeforge/bin/kubeforge-report.pyz"
+
+
 def program_of(container: JSON) -> str | None:
-    """'trainer', 'server' or None (a container the player cannot run)."""
+    """'trainer', 'server' or None (a container the player cannot run). A command under
+    `kubeforge-report` (the zipapp the operator copies into the pod) counts as a trainer: the
+    player runs the installed `kubeforge-report` with the same arguments, and the user's own
+    command after `--` as it is (it must run on this machine: e.g. `python3 -c ...`)."""
     cmd = [*(container.get("command") or []), *(container.get("args") or [])]
     if "kubeforge-server" in cmd[:1]:
         return "server"
+    if cmd[:2] == ["python3", REPORT_PYZ] and "--" in cmd:
+        return "trainer"
     if "kubeforge-trainer" in cmd:
         i = cmd.index("kubeforge-trainer")
         if i == 0 or cmd[0] == "torchrun":
@@ -266,10 +274,16 @@ class PodPlayer:
         }
         for var in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
             env.pop(var, None)
-        self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-trainer locally")
+        cmd = [*(container.get("command") or []), *(container.get("args") or [])]
+        if cmd[:2] == ["python3", REPORT_PYZ]:
+            argv = [_bin("kubeforge-report"), *cmd[2:]]
+            self.say(f"pod {p.namespace}/{p.name}: running kubeforge-report -- {cmd[cmd.index('--') + 1:]}")
+        else:
+            argv = [_bin("kubeforge-trainer")]
+            self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-trainer locally")
         with open(p.dir / "log", "ab") as log:
             p.proc = subprocess.Popen(
-                [_bin("kubeforge-trainer")],
+                argv,
                 env=env,
                 cwd=p.dir,
                 stdin=subprocess.DEVNULL,

@@ -137,3 +137,18 @@ def post_report(
         except ValueError:
             answer = {"message": raw[:200].decode(errors="replace")}
         return int(exc.code), answer if isinstance(answer, dict) else {}
+
+
+def report_for_pod(client: KubeClient, operator: Any, pod: JSON, report: JSON) -> JSON:
+    """Report `report` for `pod`'s TrainingJob as its trainer would (a token bound to the pod,
+    POSTed to `operator`'s endpoint: an OperatorProcess with `progress_endpoint` and
+    `progress_tls`); the answer. Raises AssertionError when refused."""
+    meta = pod["metadata"]
+    trainingjob = (meta.get("labels") or {})["kubeforge.io/trainingjob"]
+    url = operator.progress_endpoint + report_path(meta["namespace"], trainingjob)
+    code, answer = post_report(
+        url, mint_pod_token(client, pod), report, operator.progress_tls.ca_file
+    )
+    if code != 200:
+        raise AssertionError(f"progress report for {meta['name']} refused ({code}): {answer}")
+    return answer

@@ -76,7 +76,7 @@ def test_chart_rbac_is_enough_to_reconcile_a_trainingjob(
     start_operator: Any, kube: KubeClient, namespace: str, pod_driver: PodDriver
 ) -> None:
     op = start_operator()
-    tj = run_to_success(kube, pod_driver, namespace, "chart-rbac")
+    tj = run_to_success(kube, pod_driver, namespace, "chart-rbac", operator=op)
     st = tj["status"]
     assert st["phase"] == "Succeeded", st
     assert st["metrics"]["val_loss"] == pytest.approx(0.0421)
