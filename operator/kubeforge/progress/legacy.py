@@ -1,4 +1,4 @@
-"""Start-up cleanup: the Roles and RoleBindings that kubeforge < 0.2 made for the progress channel.
+"""Start-up cleanup: the Roles and RoleBindings that earlier kubeforge versions made for the progress channel.
 
 Those versions granted `get`/`patch` on pods to every ServiceAccount a training pod ran under (Role
 `kubeforge-progress`, RoleBindings `kubeforge-progress-<sa>`, labelled
