@@ -25,15 +25,20 @@ TOKEN_DIR = "/var/run/secrets/kubeforge.io/progress"
 TOKEN_PATH = "token"
 
 
-@functools.lru_cache(maxsize=4)
 def ca_pem(path: str) -> str:
-    """The CA file's content (read once per path; empty when unset or unreadable)."""
+    """The CA file's content (empty when unset or unreadable); read again when the file changes
+    (cert-manager or a Helm upgrade renews it in place)."""
     if not path:
         return ""
     try:
-        return Path(path).read_text(encoding="ascii").strip() + "\n"
+        return _read_pem(path, Path(path).stat().st_mtime_ns)
     except OSError:
         return ""
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pem(path: str, mtime_ns: int) -> str:
+    return Path(path).read_text(encoding="ascii").strip() + "\n"
 
 
 def report_url(settings: Settings, namespace: str, name: str) -> str:
