@@ -148,7 +148,12 @@ class ProgressEndpoint:
     ) -> tuple[JSON | None, int | None] | auth.Refusal:
         """(the TrainingJob, the pod's rank), or why not."""
         tj, job = self.lookup(namespace, name)
-        tj_uid = ((tj or {}).get("metadata") or {}).get("uid")
+        if caller.namespace != namespace or tj is None or job is None:
+            # refused without reading the pod (it may be in a namespace we may not read)
+            refusal = auth.authorize(caller, namespace, name, tj, job, None)
+            assert refusal is not None
+            return refusal
+        tj_uid = (tj.get("metadata") or {}).get("uid")
         known = self._pods.get(caller.pod_uid)
         if known is not None and known[:3] == (namespace, name, tj_uid):
             return tj, known[3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from kubeforge.context import OperatorContext
 from kubeforge.progress.legacy import remove_legacy_rbac
@@ -25,4 +26,9 @@ async def run(ctx: OperatorContext) -> None:
         )
         await asyncio.Event().wait()
         return
-    await serve(ProgressEndpoint(ctx.api, s, ctx.progress, ctx.progress.lookup))
+    try:
+        await serve(ProgressEndpoint(ctx.api, s, ctx.progress, ctx.progress.lookup))
+    except (OSError, ssl.SSLError) as exc:
+        # a bad certificate or a taken port: say so loudly; reconciles go on without progress
+        log.error("progress endpoint not served: %s", exc)
+        raise
