@@ -103,7 +103,8 @@ def test_spec_changes_are_checked_metadata_changes_are_not(
     tj["spec"]["suspend"] = True  # nothing runs
     kube.post(f"/apis/kubeforge.io/v1alpha1/namespaces/{namespace}/trainingjobs", tj)
     path = f"/apis/kubeforge.io/v1alpha1/namespaces/{namespace}/trainingjobs/{tj['metadata']['name']}"
-    assert enforced(kubectl, tj, "carol").returncode != 0
+    probe = {**tj, "metadata": {**tj["metadata"], "name": "adm-probe"}}
+    assert enforced(kubectl, probe, "carol").returncode != 0
     label = kubectl.result("label", "trainingjob", tj["metadata"]["name"], "-n", namespace,
                            "team=a", "--as=carol")
     assert label.returncode == 0, label.stderr
