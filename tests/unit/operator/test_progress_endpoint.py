@@ -255,3 +255,29 @@ def test_other_ranks_are_accepted_but_rank_0_speaks_for_the_job() -> None:
     first = reports.latest(("ml", "t"))
     assert not reports.record(("ml", "t"), {**REPORT, "time": 0.5, "step": 1}, 0)  # older: dropped
     assert reports.latest(("ml", "t")) is first
+
+
+def test_start_up_deletes_the_old_progress_grants_by_label() -> None:
+    from kubeforge.progress.legacy import legacy_selector, remove_legacy_rbac
+
+    class ListingApi:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str, Any]] = []
+
+        async def request(self, method: str, path: str, *, query: Any = None, **_: Any) -> dict[str, Any]:
+            self.calls.append((method, path, query))
+            if method == "GET":
+                kind = path.rsplit("/", 1)[1]
+                return {"items": [{"metadata": {"namespace": "ml", "name": f"kubeforge-progress-{kind}"}}]}
+            return {}
+
+    api = ListingApi()
+    assert asyncio.run(remove_legacy_rbac(api, SETTINGS)) == 2
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    assert api.calls == [
+        ("GET", f"{rbac}/rolebindings", {"labelSelector": legacy_selector(SETTINGS)}),
+        ("DELETE", f"{rbac}/namespaces/ml/rolebindings/kubeforge-progress-rolebindings", None),
+        ("GET", f"{rbac}/roles", {"labelSelector": legacy_selector(SETTINGS)}),
+        ("DELETE", f"{rbac}/namespaces/ml/roles/kubeforge-progress-roles", None),
+    ]
+    assert legacy_selector(SETTINGS) == "app.kubernetes.io/managed-by=kubeforge,kubeforge.io/component=progress"
