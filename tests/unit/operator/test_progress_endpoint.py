@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kf_operator_helpers import SETTINGS, parsed, tj, with_spec
+from kubeforge.pod import restricted_violations
 from kubeforge.progress import ProgressReports, auth
 from kubeforge.progress.pod import TOKEN_DIR, progress_pod_parts
 from kubeforge.progress.server import REFUSALS, ProgressEndpoint, TokenBuckets
@@ -116,6 +117,7 @@ def test_training_pods_get_the_projected_token_and_no_api_token() -> None:
     assert env["KUBEFORGE_PROGRESS_URL"] == "https://kf-progress.kf.svc:8443/v1/namespaces/ml/trainingjobs/digits/progress"
     assert env["KUBEFORGE_PROGRESS_TOKEN_FILE"] == f"{TOKEN_DIR}/token"
     assert {"name": vol["name"], "mountPath": TOKEN_DIR, "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert restricted_violations(pod) == []  # a projected token keeps Pod Security restricted
     # without a URL (no endpoint configured) nothing is added
     assert progress_pod_parts(SETTINGS, "ml", "digits").volumes == []
 
