@@ -27,6 +27,7 @@ import yaml
 
 from .cluster import free_port
 from .helm import CHART, Helm, find_helm, rendered_env
+from .progress import local_progress_tls
 
 RELEASE = "kubeforge"
 NAMESPACE = "kubeforge-system"
@@ -131,7 +132,9 @@ def operator_binary() -> str:
 class OperatorProcess:
     """The real `kubeforge-operator`, as a local process with the chart's settings and identity.
 
-    `env` is the chart's rendered operator env; listeners are moved to free loopback ports.
+    `env` is the chart's rendered operator env; listeners are moved to free loopback ports, and
+    the progress endpoint gets a local certificate (the chart's Secret is for the pod; the URL
+    training pods get stays the chart's Service): `progress_endpoint` is where it listens.
     """
 
     def __init__(
@@ -146,9 +149,12 @@ class OperatorProcess:
         self.log = log
         self.metrics_port = free_port()
         self.liveness_port = free_port()
+        self.progress_tls = local_progress_tls(log.parent / f"{log.stem}-progress-tls")
+        self.progress_endpoint = self.progress_tls.endpoint
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("KUBEFORGE_")},
             **env,
+            **self.progress_tls.env(),
             "KUBECONFIG": str(kubeconfig),
             "KUBEFORGE_METRICS_ADDRESS": "127.0.0.1",
             "KUBEFORGE_METRICS_PORT": str(self.metrics_port),

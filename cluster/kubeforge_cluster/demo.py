@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         times["helm install"] = time.monotonic() - t
         out.say(
             f"    release {RELEASE} in {NAMESPACE}: CRDs, operator Deployment, "
-            f"ServiceAccount, least-privilege ClusterRole, metrics Service, progress policy "
+            f"ServiceAccount, least-privilege ClusterRole, metrics and progress Services, "
+            f"admission policy "
             f"({times['helm install']:.1f}s; helm {helm.major})"
         )
 
@@ -379,14 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         out.step("the pod player (the real trainer and server for kwok's pods)")
         out.say(
-            "    each training pod runs the real kubeforge-trainer locally (its progress is "
-            "patched onto the pod),"
+            "    each training pod runs the real kubeforge-trainer locally (it reports progress "
+            "to the operator's endpoint with a token bound to its pod),"
         )
         out.say(
             "    each serving pod the real kubeforge-server on 127.0.0.1 (Ready when "
             "/v2/health/ready says so)."
         )
-        player = PodPlayer(client, work, [ns], say=lambda m: out.say("    " + m)).start()
+        player = PodPlayer(
+            client,
+            work,
+            [ns],
+            say=lambda m: out.say("    " + m),
+            progress_endpoint=op.progress_endpoint,
+        ).start()
 
         docs = documents(a.quick)
         out.step(

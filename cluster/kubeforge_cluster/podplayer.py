@@ -4,10 +4,13 @@ kwok nodes run nothing, so the player runs the REAL programs the pods name, as l
 
 - a training pod (container command `kubeforge-trainer`, possibly under torchrun with one node):
   `kubeforge-trainer` with the pod's own environment (`KUBEFORGE_JOB`, `KUBEFORGE_OUTPUT_URI`,
-  `HP_*`, ...). The trainer is outside a pod, so its progress goes to `KUBEFORGE_PROGRESS_FILE`;
-  the player copies each report into the pod's `kubeforge.io/progress` annotation (a merge patch,
-  the same one the trainer makes in a real pod, sent with the player's credentials), and turns
-  the pod's `kubeforge.io/stop` annotation into `KUBEFORGE_STOP_FILE`. When the trainer exits,
+  `HP_*`, ...). Its progress takes the real path: the player mints the token the kubelet would
+  project into the pod (TokenRequest: the pod's ServiceAccount, the volume's audience and
+  lifetime, bound to the Pod), renews it as the kubelet does, and points the trainer at the
+  operator's progress endpoint on loopback (`progress_endpoint`: no ClusterIP is reachable from
+  the host) with the CA from the pod's env; the operator's answers carry stop requests. Without
+  an endpoint (or for a pod without the channel) reports go to `KUBEFORGE_PROGRESS_FILE` and
+  reach nobody. When the trainer exits,
   the player ends the pod (Succeeded on 0, else Failed) with the trainer's exit code and its
   termination message, through the pod's status subresource, as a kubelet does.
 - a serving pod (command `kubeforge-server`): `kubeforge-server` with the pod's arguments on a
@@ -19,7 +22,6 @@ Other containers (your own images) cannot run here: such a pod is failed with a 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -36,10 +38,9 @@ from typing import Any
 
 from .client import ApiError, KubeClient
 from .cluster import free_port
+from .progress import loopback_url, mint_pod_token, projected_token_source
 
 JSON = dict[str, Any]
-PROGRESS = "kubeforge.io/progress"
-STOP = "kubeforge.io/stop"
 
 
 def _now() -> str:
@@ -51,11 +52,19 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
+REPORT_PYZ = "/kubeforge/bin/kubeforge-report.pyz"
+
+
 def program_of(container: JSON) -> str | None:
-    """'trainer', 'server' or None (a container the player cannot run)."""
+    """'trainer', 'server' or None (a container the player cannot run). A command under
+    `kubeforge-report` (the zipapp the operator copies into the pod) counts as a trainer: the
+    player runs the installed `kubeforge-report` with the same arguments, and the user's own
+    command after `--` as it is (it must run on this machine: e.g. `python3 -c ...`)."""
     cmd = [*(container.get("command") or []), *(container.get("args") or [])]
     if "kubeforge-server" in cmd[:1]:
         return "server"
+    if cmd[:2] == ["python3", REPORT_PYZ] and "--" in cmd:
+        return "trainer"
     if "kubeforge-trainer" in cmd:
         i = cmd.index("kubeforge-trainer")
         if i == 0 or cmd[0] == "torchrun":
@@ -99,8 +108,8 @@ class Played:
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     ready: bool = False
-    progress_offset: int = 0
-    stop_sent: bool = False
+    pod: JSON = field(default_factory=dict)
+    token_renew_at: float = 0.0
     done: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -125,7 +134,10 @@ class PodPlayer:
         interval: float = 0.5,
         say: Callable[[str], None] | None = None,
         threads_per_process: int = 1,
+        progress_endpoint: str | None = None,
     ) -> None:
+        self.progress_endpoint = progress_endpoint
+        """`https://127.0.0.1:PORT` of the operator's progress endpoint (None: no channel)."""
         self.client = client
         self.workdir = workdir
         self.namespaces = namespaces
@@ -241,21 +253,37 @@ class PodPlayer:
 
     # ---------------------------------------------------------------------------- trainer
     def _start_trainer(self, p: Played, pod: JSON, container: JSON) -> None:
+        own = pod_env(pod, container)
+        channel: dict[str, str] = {"KUBEFORGE_PROGRESS_FILE": str(p.dir / "progress.jsonl")}
+        url = own.pop("KUBEFORGE_PROGRESS_URL", "")
+        own.pop("KUBEFORGE_PROGRESS_TOKEN_FILE", None)
+        if url and self.progress_endpoint and projected_token_source(pod) is not None:
+            p.pod = pod
+            self._renew_token(p)
+            channel = {
+                "KUBEFORGE_PROGRESS_URL": loopback_url(url, self.progress_endpoint),
+                "KUBEFORGE_PROGRESS_TOKEN_FILE": str(p.dir / "token"),
+            }
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("KUBEFORGE_", "HP_"))},
-            **pod_env(pod, container),
-            "KUBEFORGE_PROGRESS_FILE": str(p.dir / "progress.jsonl"),
-            "KUBEFORGE_STOP_FILE": str(p.dir / "stop"),
+            **own,
+            **channel,
             "KUBEFORGE_TERMINATION_LOG": str(p.dir / "termination-log"),
             "OMP_NUM_THREADS": str(self.threads),
             "PYTHONUNBUFFERED": "1",
         }
         for var in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
             env.pop(var, None)
-        self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-trainer locally")
+        cmd = [*(container.get("command") or []), *(container.get("args") or [])]
+        if cmd[:2] == ["python3", REPORT_PYZ]:
+            argv = [_bin("kubeforge-report"), *cmd[2:]]
+            self.say(f"pod {p.namespace}/{p.name}: running kubeforge-report -- {cmd[cmd.index('--') + 1:]}")
+        else:
+            argv = [_bin("kubeforge-trainer")]
+            self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-trainer locally")
         with open(p.dir / "log", "ab") as log:
             p.proc = subprocess.Popen(
-                [_bin("kubeforge-trainer")],
+                argv,
                 env=env,
                 cwd=p.dir,
                 stdin=subprocess.DEVNULL,
@@ -264,18 +292,23 @@ class PodPlayer:
                 start_new_session=True,
             )
 
+    def _renew_token(self, p: Played) -> None:
+        """Mint the pod's projected token again (as the kubelet does at 80% of its life)."""
+        seconds = int((projected_token_source(p.pod) or {}).get("expirationSeconds") or 600)
+        token = mint_pod_token(self.client, p.pod)
+        tmp = p.dir / "token.new"
+        tmp.write_text(token)
+        tmp.replace(p.dir / "token")
+        p.token_renew_at = time.monotonic() + 0.8 * seconds
+
     def _follow_trainer(self, p: Played, pod: JSON) -> None:
         assert p.proc is not None
-        self._forward_progress(p)
-        reason = (pod["metadata"].get("annotations") or {}).get(STOP)
-        if reason and not p.stop_sent:
-            (p.dir / "stop").write_text(reason)
-            p.stop_sent = True
-            self.say(f"pod {p.namespace}/{p.name}: stop requested ({reason})")
+        if p.token_renew_at and time.monotonic() >= p.token_renew_at:
+            with contextlib.suppress(ApiError):
+                self._renew_token(p)
         code = p.proc.poll()
         if code is None:
             return
-        self._forward_progress(p)
         p.exit_code = code
         term = p.dir / "termination-log"
         message = term.read_text(errors="replace")[:4096] if term.exists() else ""
@@ -287,27 +320,6 @@ class PodPlayer:
             self._terminate(pod, "Failed", code, "Error", message)
         p.done = True
         self.say(f"pod {p.namespace}/{p.name}: trainer exited {code}")
-
-    def _forward_progress(self, p: Played) -> None:
-        f = p.dir / "progress.jsonl"
-        if not f.exists():
-            return
-        with open(f, "rb") as fh:
-            fh.seek(p.progress_offset)
-            data = fh.read()
-        lines = data.split(b"\n")
-        complete, rest = lines[:-1], lines[-1]
-        p.progress_offset += len(data) - len(rest)
-        if not complete:
-            return
-        latest = complete[-1].decode().strip()
-        if not latest:
-            return
-        with contextlib.suppress(ApiError):
-            self.client.patch(
-                f"/api/v1/namespaces/{p.namespace}/pods/{p.name}",
-                {"metadata": {"annotations": {PROGRESS: latest}}},
-            )
 
     # ---------------------------------------------------------------------------- server
     def _start_server(self, p: Played, pod: JSON, container: JSON) -> None:
@@ -481,11 +493,3 @@ def _tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def progress_line(text: str) -> JSON | None:
-    try:
-        out = json.loads(text)
-    except ValueError:
-        return None
-    return out if isinstance(out, dict) else None

@@ -11,7 +11,7 @@ import kopf
 from kubeforge.apply import Kube, async_kube
 from kubeforge.controller import Controller
 from kubeforge.indexes import Index, Indexes
-from kubeforge.progress import ProgressAccess
+from kubeforge.progress import ProgressReports
 from kubeforge.settings import Settings
 
 
@@ -26,7 +26,8 @@ class OperatorContext:
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
     indexes: Indexes = field(default_factory=Indexes)
     """The indexes the watch layer fills (`kubeforge.indexes`), by handler id."""
-    progress: ProgressAccess | None = None
+    progress: ProgressReports | None = None
+    """Reports of the progress endpoint, waiting for their TrainingJob's reconcile."""
     controllers: list[Controller[Any]] = field(default_factory=list)
     kueue: bool = False
     """Whether Kueue's Workload API is served (then its reason shows in a queued job's status)."""
@@ -35,7 +36,7 @@ class OperatorContext:
         if self.api is None and isinstance(self.kube, Kube):
             self.api = async_kube(self.kube, max_idle=self.settings.concurrency)
         if self.progress is None:
-            self.progress = ProgressAccess(self.api, self.settings)
+            self.progress = ProgressReports()
 
     def index(self, name: str) -> Index:
         """The index `name` (read it on the event loop only)."""

@@ -24,6 +24,7 @@ import kopf
 from kubeforge import metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
+from kubeforge.progress import service as progress_service
 from kubeforge.settings import Settings
 from kubeforge.watching import Watcher, lifecycle_registry
 
@@ -120,8 +121,7 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
             keys = getattr(ctl, "all_keys", None)
             if keys is not None and period > 0:
                 tasks.append(asyncio.create_task(ctl.resync(keys, period)))
-        if period > 0:
-            tasks.append(asyncio.create_task(_recheck_progress(ctx, period)))
+        tasks.append(asyncio.create_task(progress_service.run(ctx), name="kubeforge-progress"))
         tasks.append(asyncio.create_task(watcher.run(), name="kubeforge-watch"))
 
     @kopf.on.cleanup(registry=reg)
@@ -130,14 +130,6 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
             task.cancel()
         for ctl in ctx.controllers:
             await ctl.stop()
-
-
-async def _recheck_progress(ctx: OperatorContext, period: float) -> None:
-    """With each resync, check again the progress permissions made so far."""
-    assert ctx.progress is not None
-    while True:
-        await asyncio.sleep(period)
-        await ctx.progress.recheck()
 
 
 def configure_logging(settings: Settings) -> None:

@@ -56,8 +56,47 @@ class Settings:
     prefix: str = "kubeforge.io"
     """Annotation/label prefix of kubeforge and of kopf's own bookkeeping."""
 
-    trainer_service_account: str = "kubeforge-trainer"
-    """ServiceAccount the operator creates in each namespace for pods without spec.pod.serviceAccountName."""
+    trainer_service_account: str = "default"
+    """ServiceAccount of training pods without `spec.pod.serviceAccountName` (it must exist; the
+    operator creates none and grants none: the progress channel needs no RBAC)."""
+
+    progress_port: int = 8443
+    """Port of the progress endpoint (HTTPS; 0: off). Served only with a certificate."""
+
+    progress_address: str = "127.0.0.1"
+    """Bind address of the progress endpoint (the chart sets 0.0.0.0 in a pod)."""
+
+    progress_cert_file: str = ""
+    """PEM certificate of the progress endpoint (reloaded when the file changes)."""
+
+    progress_key_file: str = ""
+    """PEM private key of that certificate."""
+
+    progress_ca_file: str = ""
+    """PEM CA that signed the certificate; training pods get its content (`KUBEFORGE_PROGRESS_CA`)
+    to verify the endpoint."""
+
+    progress_url: str = ""
+    """Base URL training pods reach the endpoint at (the chart: its Service,
+    `https://NAME.NAMESPACE.svc:PORT`); empty: pods get no progress channel."""
+
+    progress_audience: str = "kubeforge.io/progress"
+    """Audience of the projected token training pods present (no other API accepts it)."""
+
+    progress_token_seconds: int = 600
+    """Lifetime of that token (the kubelet renews it at 80%; 600 is the API's minimum)."""
+
+    progress_max_body: int = 16384
+    """Largest progress report accepted, in bytes (413 above)."""
+
+    progress_rate: float = 2.0
+    """Reports a second a pod may send on average (429 above) ..."""
+
+    progress_burst: float = 10.0
+    """... and at once."""
+
+    cleanup_legacy_rbac: bool = True
+    """Delete at start-up the Roles/RoleBindings older versions made for the progress channel."""
 
     termination_grace_seconds: int = 120
     """Grace period of trainer pods: time to write a checkpoint after SIGTERM."""

@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
+from kubeforge_cluster.progress import local_progress_tls
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,16 +29,24 @@ class OperatorProcess:
     running: ClassVar[list[OperatorProcess]] = []
     """Operators alive now (suites that need to be the only operator pause these)."""
 
-    def __init__(self, kubeconfig: str, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, kubeconfig: str, log_path: Path, progress_address: str = "127.0.0.1", **env: str
+    ) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log_path = log_path
+        # the progress endpoint on loopback with a local certificate; the URL training pods
+        # get is the chart's Service (the pod player and the tests reach it here instead)
+        self.progress_tls = local_progress_tls(log_path.parent / "progress-tls", progress_address)
+        self.progress_endpoint = self.progress_tls.endpoint
         self.env = {
             **os.environ,
             "KUBECONFIG": kubeconfig,
             "KUBEFORGE_RESYNC_SECONDS": "10",
             "KUBEFORGE_CONCURRENCY": "8",
             "KUBEFORGE_LOG_FORMAT": "plain",
+            "KUBEFORGE_PROGRESS_URL": "https://kubeforge-progress.kubeforge-system.svc:8443",
+            **self.progress_tls.env(),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

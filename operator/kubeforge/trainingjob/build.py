@@ -16,6 +16,7 @@ from kubeforge.pod import (
     pod_parts,
     scheduling_fields,
 )
+from kubeforge.progress.pod import progress_pod_parts
 from kubeforge.settings import Settings
 
 JSON = dict[str, Any]
@@ -223,6 +224,8 @@ def build(tj: JSON, spec: TrainingJobSpec, settings: Settings) -> Desired:
             {"name": "KUBEFORGE_SCRIPT_PATH", "value": f"{SCRIPT_DIR}/{spec.model.script.key}"}
         )
     env += hp_env(spec.hyperparameters)
+    progress = progress_pod_parts(settings, namespace, name)
+    env += progress.env
 
     inputs = [(spec.dataset.uri, spec.dataset.secret_ref)] if spec.dataset else []
     parts = pod_parts(
@@ -235,6 +238,8 @@ def build(tj: JSON, spec: TrainingJobSpec, settings: Settings) -> Desired:
     )
 
     # kubeforge's own volumes
+    parts.volumes += progress.volumes
+    parts.volume_mounts += progress.volume_mounts
     if res.shm_size:
         parts.volumes.append(
             {"name": "kubeforge-dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}
@@ -267,6 +272,8 @@ def build(tj: JSON, spec: TrainingJobSpec, settings: Settings) -> Desired:
 
     pod_spec: JSON = {
         **parts.pod_spec(),
+        # no API credentials in training pods: they report through the progress endpoint
+        "automountServiceAccountToken": False,
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "containers": [container],

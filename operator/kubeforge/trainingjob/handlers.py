@@ -22,6 +22,7 @@ from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
 from kubeforge.trainingjob import build as tjbuild
+from kubeforge.trainingjob import status as tjstatus
 from kubeforge.trainingjob.status import compute_status
 
 log = logging.getLogger("kubeforge.trainingjob")
@@ -43,8 +44,11 @@ JSON = dict[str, Any]
 
 
 def slim_tj(body: Any) -> JSON:
-    # only the annotation the builder reads (a trial's objective for kubeforge-report)
-    return slim_owner(body, KIND, API_VERSION, (tjbuild.OBJECTIVE_METRIC_ANNOTATION,))
+    # only the annotations read: a trial's objective (builder, for kubeforge-report) and its
+    # owner's stop request (the progress endpoint answers it to the trainer)
+    return slim_owner(
+        body, KIND, API_VERSION, (tjbuild.OBJECTIVE_METRIC_ANNOTATION, tjstatus.STOP)
+    )
 
 
 def slim_child(body: Any) -> JSON:
@@ -88,6 +92,7 @@ def _same_view(a: Snapshot, b: Snapshot) -> bool:
         and a.job is b.job
         and a.service is b.service
         and a.workload is b.workload
+        and a.reported is b.reported
         and len(a.pods) == len(b.pods)
         and all(x is y for x, y in zip(a.pods, b.pods, strict=True))
     )
@@ -100,6 +105,8 @@ class Snapshot:
     pods: list[JSON]
     service: JSON | None
     workload: JSON | None
+    reported: JSON | None = None
+    """The newest progress report the endpoint received (kubeforge.progress)."""
 
 
 class TrainingJobReconciler:
@@ -117,8 +124,8 @@ class TrainingJobReconciler:
         self.written_status: dict[Key, JSON] = {}
         self.rejected: dict[Key, str] = {}
         self.built: dict[Key, tuple[Any, TrainingJobSpec, tjbuild.Desired]] = {}
-        # the last view a reconcile found settled: (snapshot, written status, service account)
-        self.settled: dict[Key, tuple[Snapshot, JSON | None, str]] = {}
+        # the last view a reconcile found settled: (snapshot, written status)
+        self.settled: dict[Key, tuple[Snapshot, JSON | None]] = {}
         self.phases = PhaseTracker(KIND)
         self._tjs = ctx.index(IDX_TJ)
         self._jobs = ctx.index(IDX_JOBS)
@@ -138,6 +145,7 @@ class TrainingJobReconciler:
             pods=self._pods.all(key),
             service=self._svcs.one(key),
             workload=self._workloads.one(key) if self.ctx.kueue else None,
+            reported=self.ctx.progress.latest(key) if self.ctx.progress is not None else None,
         )
 
     def forget(self, key: Key) -> None:
@@ -148,6 +156,8 @@ class TrainingJobReconciler:
         self.built.pop(key, None)
         self.settled.pop(key, None)
         self.phases.forget(key)
+        if self.ctx.progress is not None:
+            self.ctx.progress.forget(key)
 
     def job_gone(self, key: Key) -> None:
         self.recent_job.pop(key, None)
@@ -166,8 +176,6 @@ class TrainingJobReconciler:
             seen is not None
             and seen[1] is self.written_status.get(key)
             and _same_view(seen[0], snap)
-            and self.ctx.progress is not None
-            and self.ctx.progress.ready(key[0], seen[2])
         )
 
     def idle(self, key: Key) -> bool:
@@ -182,10 +190,8 @@ class TrainingJobReconciler:
         self.settled.pop(key, None)
         writes = self.kube.write_count
         await self.reconcile(key, snap)
-        cached = self.built.get(key)
-        if self.kube.write_count == writes and cached is not None:
-            sa = cached[1].pod.service_account_name or self.settings.trainer_service_account
-            self.settled[key] = (snap, self.written_status.get(key), sa)
+        if self.kube.write_count == writes and key in self.built:
+            self.settled[key] = (snap, self.written_status.get(key))
         return None
 
     async def reconcile(self, key: Key, snap: Snapshot) -> None:
@@ -194,7 +200,6 @@ class TrainingJobReconciler:
         meta = tj["metadata"]
         if meta.get("deletionTimestamp"):
             return  # children go by owner references
-        namespace = key[0]
         now = now_rfc3339()
         base_status = self.written_status.get(key) or tj.get("status") or {}
         tj = {**tj, "status": base_status}
@@ -216,16 +221,13 @@ class TrainingJobReconciler:
         if snap.job is None and base_status.get("phase") in ("Succeeded", "Failed"):
             return  # finished, and its Job is gone (ttlSecondsAfterFinished): never rerun
 
-        assert self.ctx.progress is not None
-        sa = spec.pod.service_account_name or self.settings.trainer_service_account
-        if not self.ctx.progress.ready(namespace, sa):
-            await self.ctx.progress.ensure(namespace, sa)
-
         job = await self._sync_job(key, tj, snap.job, desired)
         if desired.service is not None:
             await self._sync_service(key, snap.service, desired)
 
-        status = compute_status(tj, spec, job, snap.pods, now=now, workload=snap.workload)
+        status = compute_status(
+            tj, spec, job, snap.pods, now=now, workload=snap.workload, reported=snap.reported
+        )
         await self._write_status(key, tj, base_status, status)
 
     async def _sync_job(
@@ -423,5 +425,12 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         return list(ctx.index(IDX_TJ))
 
     ctl.all_keys = all_keys  # type: ignore[attr-defined]
+    if ctx.progress is not None:
+        # the progress endpoint reads the TrainingJob and its Job here, and wakes the reconcile
+        ctx.progress.lookup = lambda ns, name: (
+            ctx.one(IDX_TJ, (ns, name)),
+            ctx.one(IDX_JOBS, (ns, name)),
+        )
+        ctx.progress.on_report = ctl.enqueue
     ctx.controllers.append(ctl)
     return ctl

@@ -17,8 +17,8 @@ from kubeforge.trainingjob.build import CONTAINER, exit_codes_meaningful
 JSON = dict[str, Any]
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-PROGRESS = "kubeforge.io/progress"
 STOP = "kubeforge.io/stop"
+"""Annotation of the TrainingJob (written by its owner, e.g. a TuningStudy) asking it to stop."""
 MAX_MESSAGE = 1024
 
 
@@ -76,43 +76,6 @@ def _numbers(values: Any) -> dict[str, float]:
     }
 
 
-def parse_progress(text: str | None) -> JSON | None:
-    """The progress annotation `{"seq", "step", "epoch", "metrics", "time"}`, else None."""
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def latest_progress(pods: list[JSON]) -> JSON | None:
-    """The newest report of rank 0 (pod index 0; the retry with the newest report wins)."""
-    best: tuple[float, int, JSON] | None = None
-    for pod in pods:
-        if completion_index(pod) not in (0, None):
-            continue
-        report = parse_progress(
-            ((pod.get("metadata") or {}).get("annotations") or {}).get(PROGRESS)
-        )
-        if report is None:
-            continue
-        key = (float(report.get("time") or 0), int(report.get("seq") or 0))
-        if best is None or key > best[:2]:
-            best = (*key, report)
-    if best is None:
-        return None
-    report = best[2]
-    out: JSON = {}
-    for field in ("epoch", "step"):
-        value = report.get(field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[field] = value
-    out["metrics"] = _numbers(report.get("metrics"))
-    return out
-
-
 def final_result(pods: list[JSON]) -> JSON | None:
     """Rank 0's successful termination message."""
     for pod in pods:
@@ -139,7 +102,9 @@ def artifacts_of(result: JSON) -> JSON | None:
     return out or None
 
 
-def failure_detail(pods: list[JSON], meaningful: bool = True) -> tuple[str, str] | None:
+def failure_detail(
+    pods: list[JSON], meaningful: bool = True, stop: str | None = None
+) -> tuple[str, str] | None:
     """(reason, message) of the most telling failed pod: a bad config or a stop beats others.
 
     Exit codes 2 (bad configuration) and 3 (stopped) have their meaning only when `meaningful`:
@@ -161,7 +126,6 @@ def failure_detail(pods: list[JSON], meaningful: bool = True) -> tuple[str, str]
             if meaningful and code == EXIT_BAD_CONFIG:
                 reason, prio = "BadConfiguration", 0
             elif meaningful and code == EXIT_STOPPED:
-                stop = ((pod.get("metadata") or {}).get("annotations") or {}).get(STOP)
                 reason, prio = "Stopped", 1
                 text = text or f"stopped ({stop or 'requested'})"
             elif cause == "OOMKilled":
@@ -218,8 +182,11 @@ def compute_status(
     *,
     now: str,
     workload: JSON | None = None,
+    reported: JSON | None = None,
 ) -> JSON:
-    """The whole desired status (wire shape). `tj` carries metadata and the previous status."""
+    """The whole desired status (wire shape). `tj` carries metadata and the previous status;
+    `reported`: the newest progress report of rank 0 (`status.progress` shape) the endpoint
+    received, if any."""
     prev: JSON = tj.get("status") or {}
     gen = (tj.get("metadata") or {}).get("generation")
     conds = copy_conditions(prev.get("conditions"))
@@ -274,7 +241,8 @@ def compute_status(
             phase = "Failed"
             reason = failed_c.get("reason") or "Failed"
             message = failed_c.get("message") or "the job failed"
-            detail = failure_detail(pods, exit_codes_meaningful(spec))
+            stop = ((tj.get("metadata") or {}).get("annotations") or {}).get(STOP)
+            detail = failure_detail(pods, exit_codes_meaningful(spec), stop)
             if detail is not None:
                 if reason in ("PodFailurePolicy", "BackoffLimitExceeded", "Failed"):
                     reason = detail[0]
@@ -325,7 +293,7 @@ def compute_status(
     if start:
         st["startTime"] = start
 
-    progress = latest_progress(pods) or prev.get("progress")
+    progress = reported or prev.get("progress")
     metrics = prev.get("metrics") or {}
     artifacts = prev.get("artifacts")
     result = final_result(pods) if phase == "Succeeded" else None

@@ -15,8 +15,9 @@ on it, never in the study object (whose status stays small however many trials r
 - annotation `kubeforge.io/objective-metric`: the study's objective metric, which the TrainingJob
   builder hands to `kubeforge-report` (`--metric`) when the template collects metrics from
   stdout or a file, so only lines carrying the objective are intermediate reports;
-- annotation `kubeforge.io/stop`: set when the operator stopped the trial (`pruned`, or
-  `study-succeeded` / `study-failed`), so the decision survives restarts.
+- annotation `kubeforge.io/stop`: the study's request that the trial stop (`pruned`, or
+  `study-succeeded` / `study-failed`); it survives restarts, and the progress endpoint answers it
+  to the trial's trainer (nobody writes on the trial's pods).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ level-based event handlers that only queue a reconcile, and the one reconcile, w
 Nothing about the search lives here or in memory: the search state is rebuilt from the trial
 TrainingJobs on every decision. The only memory kept is what we wrote and the watch may not show
 yet (so a trial is never created twice and parallelism is never exceeded between our write and
-its watch event) and which stop requests were already delivered to pods.
+its watch event). A trial is asked to stop by an annotation on the trial TrainingJob (its owner
+writes only its child); the progress endpoint hands that request to the trial's trainer.
 """
 
 from __future__ import annotations
@@ -102,9 +103,6 @@ class TuningStudyReconciler:
         self.written_status: dict[Key, JSON] = {}
         self.recent: dict[Key, dict[str, JSON]] = {}
         """Trials we created or patched that the watch may not show yet (name → object)."""
-        self.delivered: dict[Key, set[tuple[str, str]]] = {}
-        """Per study: (trial, pod) that already carry our stop request (pods gone are dropped
-        at the next delivery to their trial; the study's entry goes with the study)."""
         self.promoted: dict[Key, str] = {}
         self.phases = PhaseTracker(KIND)
 
@@ -120,7 +118,6 @@ class TuningStudyReconciler:
         self.written_status.pop(key, None)
         self.recent.pop(key, None)
         self.promoted.pop(key, None)
-        self.delivered.pop(key, None)
         self.phases.forget(key)
 
     # --- the reconcile (event loop) ---
@@ -163,16 +160,13 @@ class TuningStudyReconciler:
             patch = {"metadata": {"annotations": {tb.SYSTEM_ATTRS: value}}}
             await self._patch_trial(key, ns, name, patch)
         for name, reason in d.stop.items():
-            # the record first (survives a restart), then the request the trainer obeys
+            # the record and the request at once: the trial's trainer gets it as the answer to
+            # its next progress report
             await self._patch_trial(key, ns, name, {"metadata": {"annotations": {tb.STOP: reason}}})
             if reason == tb.PRUNED:
                 await events.post(
                     self.kube, study, events.NORMAL, "TrialPruned", f"trial {name} pruned"
                 )
-        for trial in trials:
-            reason = tb.stop_reason(trial) or d.stop.get(trial["metadata"]["name"], "")
-            if reason and tb.trial_state(trial) == "running":
-                await self._deliver_stop(key, trial["metadata"]["name"], reason)
         for manifest in d.create:
             await self._create_trial(key, manifest)
         if d.promote is not None:
@@ -207,37 +201,6 @@ class TuningStudyReconciler:
                 raise
             obj = got
         self._remember(key, obj)
-
-    async def _deliver_stop(self, key: Key, trial: str, reason: str) -> None:
-        ns = key[0]
-        selector = f"{self.settings.label('trainingjob')}={trial}"
-        found = await self.kube.request(
-            "GET",
-            f"/api/v1/namespaces/{ns}/pods",
-            query={"labelSelector": selector},
-        )
-        pods = found.get("items") or []
-        done = self.delivered.setdefault(key, set())
-        names = {pod["metadata"]["name"] for pod in pods}
-        done -= {(t, p) for t, p in done if t == trial and p not in names}
-        for pod in pods:
-            pname = pod["metadata"]["name"]
-            if (trial, pname) in done:
-                continue
-            if (pod["metadata"].get("annotations") or {}).get(tb.STOP) != reason:
-                try:
-                    await self.kube.patch(
-                        "v1",
-                        "Pod",
-                        ns,
-                        pname,
-                        {"metadata": {"annotations": {tb.STOP: reason}}},
-                        parse=False,
-                    )
-                except ApiError as exc:
-                    if not exc.not_found:
-                        raise
-            done.add((trial, pname))
 
     async def _promote(self, key: Key, study: JSON, body: JSON) -> None:
         uri = body["spec"]["model"]["uri"]

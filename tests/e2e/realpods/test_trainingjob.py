@@ -1,6 +1,7 @@
 """A TrainingJob reconciled by the operator (a local process against the real-node cluster)
 whose pod runs the project's trainer image: real training of the digits MLP in a container,
-progress patched through the API server from the pod, Succeeded with the real metrics, and a
+progress POSTed from the pod to the operator's endpoint with its projected token (bound to the
+pod, audience kubeforge.io/progress; the pod has no API token), Succeeded with the real metrics, and a
 delete that cascades to the Job and its pods.
 
 The trainer image is big (torch from PyPI bundles CUDA: ~6.4 GB), so this test never builds it:
@@ -38,12 +39,16 @@ def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> I
     print(f"trainer image {'imported' if imported else 'present'} ({time.monotonic() - t:.1f}s)")
     install_crds(real_node)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
+    # the progress endpoint listens on the node's bridge IP, which pods reach (REALPODS.md)
     op = OperatorProcess(
         str(real_node.kubeconfig),
         log,
+        progress_address=net.NODE_IP,
         KUBEFORGE_TRAINER_IMAGE=TRAINER_IMAGE,
         KUBEFORGE_NAMESPACES="rp-test",
-    ).start()
+    )
+    op.env["KUBEFORGE_PROGRESS_URL"] = op.progress_endpoint
+    op.start()
     try:
         yield op
     finally:
@@ -72,9 +77,14 @@ def test_trainingjob_trains_in_the_trainer_image(
     arts = st["artifacts"]
     assert isinstance(arts, dict)
     assert str(arts["model"]).endswith("model.onnx") and len(str(arts["sha256"])) == 64
-    # the pod patched its own progress through the API server (pod -> 10.96.0.1 -> 10.88.0.1)
+    # the pod reported through the endpoint (pod -> 10.88.0.1:PORT), authenticated by TokenReview
     progress = st["progress"]
     assert isinstance(progress, dict) and int(progress["step"]) > 0
+    accepted = [
+        line for line in operator.metrics().splitlines()  # type: ignore[attr-defined]
+        if line.startswith("kubeforge_progress_reports_total")
+    ]
+    assert accepted and float(accepted[0].rsplit(" ", 1)[1]) > 0, accepted
     print(f"TrainingJob Succeeded {took:.1f}s after apply: {metrics}")
     assert net.check_guard_counters() == []
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
+from kf_operator_process import OperatorProcess
 from kubeforge.pod import expand_env_refs
+from kubeforge_cluster.progress import report_for_pod
 from kubeforge_trainer.report import build as zipbuild
 
 pytestmark = pytest.mark.integration
@@ -131,16 +133,12 @@ def run_real_report(
 def play_pod(
     kube: Any, driver: Any, ns: str, pod: JSON, pyz: Path, workdir: Path, program: str = TRAIN_PY
 ) -> None:
-    """Report each progress line on the pod (waiting until the TrainingJob shows it), then end
-    the pod with the termination message."""
-    name = pod["metadata"]["name"]
+    """Report each progress line to the operator's endpoint with a token bound to the pod
+    (waiting until the TrainingJob shows it), then end the pod with the termination message."""
     tj = pod["metadata"]["labels"][TJ_LABEL]
     progress, message = run_real_report(pyz, pod, workdir, program)
     for report in progress:
-        kube.patch(
-            f"/api/v1/namespaces/{ns}/pods/{name}",
-            {"metadata": {"annotations": {"kubeforge.io/progress": json.dumps(report)}}},
-        )
+        report_for_pod(kube, OperatorProcess.running[-1], pod, report)
         kube.wait_for(
             f"{tj} progress step {report['step']}",
             lambda r=report: (
@@ -336,14 +334,9 @@ def test_katib_style_study_reaches_the_best_trial(
     assert st["bestTrial"]["name"] == best
     assert st["bestTrial"]["value"] == pytest.approx(expected[best])
     assert "model" not in st["bestTrial"]
-    # the user's ServiceAccount got the narrow progress permission
-    rb = kube.get(
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/"
-        "kubeforge-progress-trainer-sa"
-    )
-    assert rb["subjects"] == [
-        {"kind": "ServiceAccount", "name": "trainer-sa", "namespace": namespace}
-    ]
+    # the user's ServiceAccount was granted nothing (the progress channel needs no RBAC)
+    rbs = kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings")
+    assert rbs["items"] == []
     assert time.monotonic() - t0 < 90
 
 

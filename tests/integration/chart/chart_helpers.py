@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.progress import report_for_pod
 from kubeforge_cluster.testing import PodDriver
 
 TJ_PATH = "/apis/kubeforge.io/v1alpha1/namespaces/{ns}/trainingjobs"
@@ -72,31 +73,31 @@ def wait_phase(
 
 
 def run_to_success(
-    kube: KubeClient, pod_driver: PodDriver, ns: str, name: str, timeout: float = 60
+    kube: KubeClient,
+    pod_driver: PodDriver,
+    ns: str,
+    name: str,
+    timeout: float = 60,
+    *,
+    operator: Any,
 ) -> dict[str, Any]:
     """Create a TrainingJob and play its pod to success; the TrainingJob must say Succeeded."""
     kube.post(TJ_PATH.format(ns=ns), training_job(name))
     (pod,) = pod_driver.wait_pods(f"kubeforge.io/trainingjob={name}", timeout=timeout)
     pod_driver.run(pod, timeout=timeout)
     wait_phase(kube, ns, name, {"Running"}, timeout)
-    # the trainer's progress channel: the pod's own annotation
-    kube.patch(
-        f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}",
-        {
-            "metadata": {
-                "annotations": {
-                    "kubeforge.io/progress": json.dumps(
-                        {
-                            "seq": 1,
-                            "step": 23,
-                            "epoch": 1,
-                            "metrics": {"val_loss": 0.1},
-                            "time": time.time(),
-                        }
-                    )
-                }
-            }
-        },
+    # the trainer's progress channel: the operator's endpoint (a TokenReview with the chart's
+    # RBAC), with a token bound to the pod
+    report_for_pod(
+        kube,
+        operator,
+        pod,
+        {"seq": 1, "step": 23, "epoch": 1, "metrics": {"val_loss": 0.1}, "time": time.time()},
+    )
+    kube.wait_for(
+        "progress in status",
+        lambda: get_tj(kube, ns, name).get("status", {}).get("progress", {}).get("step") == 23,
+        timeout,
     )
     pod_driver.succeed(pod, message=json.dumps(TERMINATION), timeout=timeout)
     return wait_phase(kube, ns, name, {"Succeeded", "Failed"}, timeout)

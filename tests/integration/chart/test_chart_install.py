@@ -48,8 +48,10 @@ def test_helm_install_creates_the_release(
     kubectl("get", "service", f"{RELEASE}-metrics", "-n", NAMESPACE)
     kubectl("get", "clusterrole", RELEASE, f"{RELEASE}-discovery")
     kubectl("get", "clusterrolebinding", RELEASE, f"{RELEASE}-discovery")
-    kubectl("get", "validatingadmissionpolicy", "kubeforge-progress")
-    kubectl("get", "validatingadmissionpolicybinding", "kubeforge-progress")
+    kubectl("get", "validatingadmissionpolicy", f"{RELEASE}-no-stronger-than-pods")
+    kubectl("get", "validatingadmissionpolicybinding", f"{RELEASE}-no-stronger-than-pods")
+    kubectl("get", "service", f"{RELEASE}-progress", "-n", NAMESPACE)
+    kubectl("get", "secret", f"{RELEASE}-progress-tls", "-n", NAMESPACE)
     for plural in KINDS.values():
         kubectl("get", "crd", f"{plural}.kubeforge.io")
     # The API server's Pod Security admission finds the operator pod "restricted"-clean.
@@ -76,14 +78,17 @@ def test_chart_rbac_is_enough_to_reconcile_a_trainingjob(
     start_operator: Any, kube: KubeClient, namespace: str, pod_driver: PodDriver
 ) -> None:
     op = start_operator()
-    tj = run_to_success(kube, pod_driver, namespace, "chart-rbac")
+    tj = run_to_success(kube, pod_driver, namespace, "chart-rbac", operator=op)
     st = tj["status"]
     assert st["phase"] == "Succeeded", st
     assert st["metrics"]["val_loss"] == pytest.approx(0.0421)
     assert st["artifacts"]["model"] == "file:///artifacts/model.onnx"
-    # the per-namespace progress identity the operator made with the chart's rights
-    kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/kubeforge-trainer")
-    kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/kubeforge-progress")
+    # progress went through the endpoint (TokenReview and pod get with the chart's rights), and
+    # the operator made no identity and granted nothing in the namespace
+    assert st["progress"]["step"] == 23
+    assert kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles")["items"] == []
+    assert [sa["metadata"]["name"] for sa in
+            kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts")["items"]] == ["default"]
     log = op.log.read_text(errors="replace")
     assert "Forbidden" not in log and " 403" not in log, op.tail()
 

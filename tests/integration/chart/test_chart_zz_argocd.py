@@ -68,10 +68,10 @@ def has_controller(module: str) -> bool:
 def test_argocd_health_of_what_the_operator_wrote(
     start_operator: Any, kube: KubeClient, namespace: str, pod_driver: PodDriver
 ) -> None:
-    start_operator()
+    op = start_operator()
     ns = namespace
     # Succeeded (and Running on the way)
-    run_to_success(kube, pod_driver, ns, "argo-ok")
+    run_to_success(kube, pod_driver, ns, "argo-ok", operator=op)
     # Failed: the trainer's "bad configuration" exit code fails the job at once
     kube.post(TJ_PATH.format(ns=ns), training_job("argo-bad", runPolicy={"backoffLimit": 0}))
     (pod,) = pod_driver.wait_pods("kubeforge.io/trainingjob=argo-bad")

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from kubeforge_cluster.progress import report_for_pod
 from tj_support import RESULT, apply, get_tj, trainingjob, wait_phase
 
 pytestmark = pytest.mark.integration
@@ -29,11 +30,10 @@ def test_apply_to_succeeded(operator: Any, kube: Any, kubectl: Any, namespace: s
     assert svc["spec"]["clusterIP"] == "None"
     pods = pod_driver.wait_pods("kubeforge.io/trainingjob=digits", count=2, phase="Running")
     wait_phase(kube, namespace, "digits", "Running")
-    # rank 0 reports progress on its own pod, as the trainer does
+    # rank 0 reports progress to the operator's endpoint with its pod's token, as the trainer does
     rank0 = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
-    kube.patch(f"/api/v1/namespaces/{namespace}/pods/{rank0['metadata']['name']}",
-               {"metadata": {"annotations": {"kubeforge.io/progress": json.dumps(
-                   {"seq": 1, "epoch": 1, "step": 10, "metrics": {"loss": 0.3}, "time": time.time()})}}})
+    report_for_pod(kube, operator, rank0,
+                   {"seq": 1, "epoch": 1, "step": 10, "metrics": {"loss": 0.3}, "time": time.time()})
     kube.wait_for("progress", lambda: get_tj(kube, namespace, "digits").get("status", {}).get("progress", {}).get("epoch") == 1, timeout=20)
     for p in pods:
         pod_driver.succeed(p, message=json.dumps(RESULT if p is rank0 else {"metrics": {}}))
@@ -47,8 +47,8 @@ def test_apply_to_succeeded(operator: Any, kube: Any, kubectl: Any, namespace: s
     # the user sees it
     evs = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     assert any(e["reason"] == "Succeeded" and e["involvedObject"]["name"] == "digits" for e in evs)
-    # the progress permission exists for the default trainer identity
-    assert kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/kubeforge-progress-kubeforge-trainer")
+    # no grant was made for the progress channel
+    assert kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings")["items"] == []
     # no kopf bookkeeping on our objects
     ann = get_tj(kube, namespace, "digits")["metadata"].get("annotations", {})
     assert not any("last-handled-configuration" in k for k in ann)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kf_operator_process import OperatorProcess
+from kubeforge_cluster.progress import report_for_pod
 
 TRIAL_LABEL = "kubeforge.io/trainingjob"
 JSON = dict[str, Any]
@@ -41,7 +42,10 @@ class TrainerPlayer:
 
     `behave(pod, params)` returns a list of actions: ("report", step, value), ("succeed",
     value), ("fail", code), ("hold",) (leave it running). Between reports it waits until the
-    operator has recorded the previous one on the trial. A pod asked to stop exits 3.
+    operator has recorded the previous one on the trial. Reports go to the running operator's
+    progress endpoint with a token bound to the pod. A pod asked to stop exits 3: the request is
+    the trial TrainingJob's `kubeforge.io/stop` annotation, which the endpoint answers to the
+    trainer's reports (read here directly, so a held pod that sends no reports stops too).
     """
 
     def __init__(
@@ -106,8 +110,9 @@ class TrainerPlayer:
             time.sleep(0.1)
 
     def _stop_requested(self, pod: JSON) -> str | None:
-        p = self.driver.get(pod)
-        value: str | None = (p["metadata"].get("annotations") or {}).get("kubeforge.io/stop")
+        trial = pod["metadata"]["labels"][TRIAL_LABEL]
+        tj = self.kube.get(f"/apis/kubeforge.io/v1alpha1/namespaces/{self.ns}/trainingjobs/{trial}")
+        value: str | None = (tj["metadata"].get("annotations") or {}).get("kubeforge.io/stop")
         return value
 
     def _reports_recorded(self, trial: str) -> list[list[float]]:
@@ -139,14 +144,13 @@ class TrainerPlayer:
                         "metrics": {self.metric: value},
                         "time": time.time(),
                     }
-                    self.kube.patch(
-                        f"/api/v1/namespaces/{self.ns}/pods/{name}",
-                        {
-                            "metadata": {
-                                "annotations": {"kubeforge.io/progress": json.dumps(report)}
-                            }
-                        },
-                    )
+                    answer = report_for_pod(self.kube, OperatorProcess.running[-1], pod, report)
+                    if answer.get("stop"):
+                        self.stopped[trial] = answer["stop"]
+                        self.driver.fail(
+                            pod, exit_code=3, reason="Error", message=f"stopped ({answer['stop']})"
+                        )
+                        break
                     deadline = time.monotonic() + 20
                     while time.monotonic() < deadline and not self._halt.is_set():
                         if any(s == step for s, _ in self._reports_recorded(trial)):

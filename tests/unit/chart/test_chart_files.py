@@ -26,15 +26,6 @@ def test_chart_crds_are_the_top_level_crds() -> None:
     assert not stale, f"stale chart CRDs {stale}: run `make crds` (it copies them)"
 
 
-def test_chart_progress_policy_is_the_operators() -> None:
-    shipped = REPO / "operator" / "kubeforge" / "manifests" / "progress-policy.yaml"
-    copy = CHART / "files" / "progress-policy.yaml"
-    assert copy.read_bytes() == shipped.read_bytes(), (
-        "charts/kubeforge/files/progress-policy.yaml differs from the operator's: "
-        f"cp {shipped.relative_to(REPO)} {copy.relative_to(REPO)}"
-    )
-
-
 def test_values_schema_is_valid_draft7() -> None:
     jsonschema.Draft7Validator.check_schema(schema())
 

@@ -44,6 +44,8 @@ def test_template_defaults(helm: Helm) -> None:
             "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Service",
+            "Service",
+            "Secret",
             "Deployment",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
@@ -99,7 +101,46 @@ def test_cluster_role_is_least_privilege(helm: Helm) -> None:
                 pytest.fail("the operator never reads ConfigMaps; the kubelet mounts them")
     discovery = cluster_role(objs, "kubeforge-discovery")
     for rule in discovery["rules"]:
-        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+        if rule["resources"] == ["tokenreviews"]:
+            assert rule["verbs"] == ["create"]  # the progress endpoint's TokenReviews
+        else:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    # nobody is granted anything through the operator: no pod writes, no RBAC or SA creation
+    main = cluster_role(objs, "kubeforge")
+    for rule in main["rules"]:
+        if "pods" in rule["resources"]:
+            assert set(rule["verbs"]) == {"get", "list", "watch"}, rule
+        assert "serviceaccounts" not in rule["resources"], rule
+        if {"roles", "rolebindings"} & set(rule["resources"]):
+            assert set(rule["verbs"]) == {"list", "delete"}, rule  # legacy cleanup only
+
+
+def test_progress_endpoint_and_admission_policy(helm: Helm) -> None:
+    objs = helm.template()
+    env = rendered_env(objs)
+    assert env["KUBEFORGE_PROGRESS_URL"] == "https://kubeforge-progress.kubeforge-system.svc:8443"
+    assert env["KUBEFORGE_PROGRESS_CERT_FILE"] == "/etc/kubeforge/progress-tls/tls.crt"
+    (svc,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"] == "kubeforge-progress"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "progress"
+    (secret,) = by_kind(objs, "Secret")
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    (vap,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    rules = vap["spec"]["matchConstraints"]["resourceRules"]
+    assert rules[0]["resources"] == ["trainingjobs", "tuningstudies", "modeldeployments"]
+    assert rules[0]["operations"] == ["CREATE", "UPDATE"]
+    exempt = vap["spec"]["matchConditions"][0]["expression"]
+    assert "system:serviceaccount:kubeforge-system:kubeforge'" in exempt
+    assert len(vap["spec"]["validations"]) == 1
+    strict = helm.template(values={"admissionPolicy": {"mode": "strict"}})
+    (vap,) = by_kind(strict, "ValidatingAdmissionPolicy")
+    assert len(vap["spec"]["validations"]) == 2
+    assert "secrets" in vap["spec"]["variables"][-1]["expression"]
+    cm = helm.template(values={"progress": {"certManager": {"enabled": True}}})
+    assert by_kind(cm, "Secret") == []
+    assert sorted(o["metadata"]["name"] for o in cm if o["kind"] == "Certificate") == [
+        "kubeforge-progress-ca",
+        "kubeforge-progress-tls",
+    ]
 
 
 def test_template_sample_values(helm: Helm) -> None:
@@ -116,10 +157,14 @@ def test_template_sample_values(helm: Helm) -> None:
     assert env["KUBEFORGE_ARTIFACT_STORE"] == "s3://ml-artifacts/kubeforge/"
     assert env["AWS_REGION"] == "eu-west-1"
     assert env["KUBEFORGE_LOG_LEVEL"] == "DEBUG"
-    # Namespaced rights per watched namespace; only discovery is cluster-wide.
+    # Namespaced Roles per watched namespace; only discovery (and TokenReviews) cluster-wide.
     rbs = by_kind(objs, "RoleBinding")
     assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
-    assert all(rb["roleRef"]["name"] == "kubeforge" for rb in rbs)
+    assert all(rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                 "name": "kubeforge"} for rb in rbs)
+    roles = by_kind(objs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kubeforge-discovery"]
     (crb,) = by_kind(objs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == "kubeforge-discovery"
     (sm,) = by_kind(objs, "ServiceMonitor")
@@ -134,17 +179,17 @@ def test_toggles(helm: Helm) -> None:
         values={
             "metrics": {"enabled": False},
             "serviceMonitor": {"enabled": True},
-            "progressPolicy": {"enabled": False},
+            "admissionPolicy": {"enabled": False},
             "rbac": {"create": False},
             "serviceAccount": {"create": False, "name": "existing"},
         }
     )
-    assert sorted(o["kind"] for o in objs) == ["Deployment"]
-    (dep,) = objs
+    assert sorted(o["kind"] for o in objs) == ["Deployment", "Secret", "Service"]
+    (dep,) = by_kind(objs, "Deployment")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["--metrics-port=0"]
-    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert [p["name"] for p in c["ports"]] == ["progress", "health"]
 
 
 def test_release_name_drives_the_names(helm: Helm) -> None:
@@ -168,6 +213,8 @@ def test_release_name_drives_the_names(helm: Helm) -> None:
         ({"resources": {"limits": {"memory": "lots"}}}, "memory"),
         ({"serviceMonitor": {"enabled": "yes"}}, "enabled"),
         ({"image": {"digest": "latest"}}, "digest"),
+        ({"admissionPolicy": {"mode": "lax"}}, "mode"),
+        ({"progress": {"tokenSeconds": 60}}, "tokenSeconds"),
     ],
 )
 def test_bad_values_are_refused(helm: Helm, values: dict[str, Any], words: str) -> None:

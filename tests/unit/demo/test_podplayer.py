@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kubeforge_cluster.demo import FINAL, documents
 from kubeforge_cluster.podplayer import pod_env, program_of
+from kubeforge_cluster.progress import loopback_url, projected_token_source
 
 
 def test_program_of_recognises_kubeforge_containers() -> None:
@@ -37,7 +38,7 @@ def test_program_of_recognises_kubeforge_containers() -> None:
                 ]
             }
         )
-        is None
+        == "trainer"  # kubeforge-report runs locally; the command after -- as it is
     )
 
 
@@ -83,3 +84,26 @@ def test_demo_documents_are_valid_and_smaller_in_quick_mode() -> None:
         quick[0]["spec"]["hyperparameters"]["epochs"] < full[0]["spec"]["hyperparameters"]["epochs"]
     )
     assert set(FINAL) == {d["kind"] for d in full}
+
+
+def test_a_command_under_kubeforge_report_is_played_as_a_trainer() -> None:
+    wrapped = {"command": ["python3", "/kubeforge/bin/kubeforge-report.pyz", "--collector",
+                           "stdout", "--", "python3", "-c", "print(1)"]}
+    assert program_of(wrapped) == "trainer"
+    assert program_of({"command": ["python3", "/kubeforge/bin/kubeforge-report.pyz"]}) is None
+
+
+def test_reports_go_to_the_operator_on_loopback_with_the_pods_token_settings() -> None:
+    url = "https://kubeforge-progress.kubeforge-system.svc:8443/v1/namespaces/ml/trainingjobs/t/progress"
+    assert loopback_url(url, "https://127.0.0.1:4443") == (
+        "https://127.0.0.1:4443/v1/namespaces/ml/trainingjobs/t/progress"
+    )
+    pod = {"spec": {"volumes": [
+        {"name": "x", "emptyDir": {}},
+        {"name": "t", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "kubeforge.io/progress", "expirationSeconds": 600, "path": "token"}}]}},
+    ]}}
+    assert projected_token_source(pod) == {
+        "audience": "kubeforge.io/progress", "expirationSeconds": 600, "path": "token"
+    }
+    assert projected_token_source({"spec": {}}) is None

@@ -9,6 +9,7 @@ from kf_operator_helpers import SETTINGS, parsed, tj, with_spec
 from kubeforge.api.trainingjob import TrainingJobStatus
 from kubeforge.apply import merge_patch
 from kubeforge.conditions import get_condition
+from kubeforge.progress import ProgressReports
 from kubeforge.trainingjob.build import build
 from kubeforge.trainingjob.status import compute_status
 
@@ -24,8 +25,6 @@ def pod(index: int, phase: str = "Running", *, exit_code: int | None = None, mes
         reason: str = "", progress: dict[str, Any] | None = None, last: bool = False,
         name: str | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     ann = {"batch.kubernetes.io/job-completion-index": str(index), **(annotations or {})}
-    if progress is not None:
-        ann["kubeforge.io/progress"] = json.dumps(progress)
     cs: dict[str, Any] = {"name": "trainer", "state": {"running": {}}}
     if exit_code is not None:
         term = {"exitCode": exit_code, "message": message, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
@@ -33,13 +32,26 @@ def pod(index: int, phase: str = "Running", *, exit_code: int | None = None, mes
             cs["lastState"] = {"terminated": term}
         else:
             cs["state"] = {"terminated": term}
-    return {"metadata": {"name": name or f"digits-{index}-abc", "annotations": ann, "labels": {}},
-            "status": {"phase": phase, "containerStatuses": [cs]}}
+    out: dict[str, Any] = {"metadata": {"name": name or f"digits-{index}-abc", "annotations": ann, "labels": {}},
+                           "status": {"phase": phase, "containerStatuses": [cs]}}
+    if progress is not None:
+        out["report"] = progress  # what this pod POSTed to the progress endpoint (not a pod field)
+    return out
+
+
+def reported(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The endpoint's latest report of these pods (rank 0 wins, newest first)."""
+    reports = ProgressReports()
+    for p in pods:
+        if "report" in p:
+            index = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+            reports.record(("ml", "digits"), p["report"], int(index))
+    return reports.latest(("ml", "digits"))
 
 
 def status_of(obj: dict[str, Any], j: dict[str, Any] | None, pods: list[dict[str, Any]], now: str,
               workload: dict[str, Any] | None = None) -> dict[str, Any]:
-    st = compute_status(obj, parsed(obj), j, pods, now=now, workload=workload)
+    st = compute_status(obj, parsed(obj), j, pods, now=now, workload=workload, reported=reported(pods))
     TrainingJobStatus.model_validate(st)  # always the API's shape
     return st
 
@@ -183,8 +195,9 @@ def test_failed_backoff_and_deadline() -> None:
 
 def test_stopped_pruned_trial() -> None:
     obj = tj(with_spec())
+    obj["metadata"]["annotations"] = {"kubeforge.io/stop": "pruned"}  # the study's request, on the trial
     failed = job(failed=1, conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 3"}])
-    st = step(obj, failed, [pod(0, "Failed", exit_code=3, annotations={"kubeforge.io/stop": "pruned"})], T1)
+    st = step(obj, failed, [pod(0, "Failed", exit_code=3)], T1)
     assert cond(st, "Failed")["reason"] == "Stopped" and "pruned" in st["message"]
 
 

@@ -313,24 +313,28 @@ def test_real_run_with_objective_ignores_other_name_value_text(tmp_path: Path) -
 
 
 # ------------------------------------------------------------------ in-cluster channel
-class FakeApiServer(http.server.ThreadingHTTPServer):
+class FakeEndpoint(http.server.ThreadingHTTPServer):
+    """The operator's progress endpoint, as the wire format says (docs/progress-protocol.md)."""
+
     def __init__(self) -> None:
-        self.patches: list[tuple[str, str, dict]] = []
+        self.posts: list[tuple[str, dict[str, str], dict]] = []
         self.stop: str | None = None
+        self.refuse: int | None = None
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: FakeApiServer
+    server: FakeEndpoint
 
-    def do_PATCH(self) -> None:
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.patches.append((self.path, self.headers["Content-Type"], body))
-        ann = dict(body["metadata"]["annotations"])
-        if self.server.stop:
-            ann["kubeforge.io/stop"] = self.server.stop
-        data = json.dumps({"kind": "Pod", "metadata": {"annotations": ann}}).encode()
-        self.send_response(200)
+        self.server.posts.append((self.path, dict(self.headers), body))
+        code = self.server.refuse or 200
+        answer = {"accepted": code == 200, "stop": self.server.stop}
+        if code != 200:
+            answer["message"] = "slow down"
+        data = json.dumps(answer).encode()
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -340,34 +344,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_in_cluster_patch_rate_limit_and_stop(tmp_path: Path) -> None:
-    srv = FakeApiServer()
+def test_in_cluster_post_rate_limit_and_stop(tmp_path: Path) -> None:
+    srv = FakeEndpoint()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    path = "/v1/namespaces/ns/trainingjobs/tj/progress"
     try:
-        (tmp_path / "token").write_text("tok")
+        (tmp_path / "token").write_text("tok-1\n")
         ch = ProgressChannel(
             env={
-                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                "KUBEFORGE_POD_NAME": "p-0",
-                "KUBEFORGE_POD_NAMESPACE": "ns",
+                "KUBEFORGE_PROGRESS_URL": f"http://127.0.0.1:{srv.server_address[1]}{path}",
+                "KUBEFORGE_PROGRESS_TOKEN_FILE": str(tmp_path / "token"),
             },
-            sa_dir=str(tmp_path),
             min_interval=60,
         )
-        ch.api_url = f"http://127.0.0.1:{srv.server_address[1]}"
         for e in range(1, 6):
             ch.report(e, {"loss": 1.0 / e}, epoch=e)
-        assert len(srv.patches) == 1  # rate-limited
+        assert len(srv.posts) == 1  # rate-limited
         assert ch.stop_requested() is None
+        (tmp_path / "token").write_text("tok-2")  # the kubelet renewed the token
         ch.flush()  # the last one is always sent
-        assert len(srv.patches) == 2
-        path, ctype, body = srv.patches[-1]
-        assert path == "/api/v1/namespaces/ns/pods/p-0"
-        assert ctype == "application/merge-patch+json"
-        prog = json.loads(body["metadata"]["annotations"]["kubeforge.io/progress"])
-        assert prog["seq"] == 5 and prog["epoch"] == 5 and prog["metrics"] == {"loss": 0.2}
+        assert len(srv.posts) == 2
+        got_path, headers, body = srv.posts[-1]
+        assert got_path == path
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Authorization"] == "Bearer tok-2"
+        assert body["seq"] == 5 and body["epoch"] == 5 and body["metrics"] == {"loss": 0.2}
+        # 429: the report stays pending and goes with the next chance
+        srv.refuse = 429
+        ch.report(6, {"loss": 0.15}, force=True)
+        srv.refuse = None
+        ch.flush()
+        assert [p[2]["seq"] for p in srv.posts[-2:]] == [6, 6]
         srv.stop = "pruned"
-        ch.report(6, {"loss": 0.1}, force=True)
+        ch.report(7, {"loss": 0.1}, force=True)
         assert ch.stop_requested() == "pruned"
     finally:
         srv.shutdown()

@@ -180,7 +180,7 @@ def test_trials_are_created_once_even_before_the_watch_shows_them() -> None:
     assert len(kube.writes) == n and rec.recent[KEY] == {}  # caught up: nothing to write
 
 
-def test_target_stops_running_trials_and_tells_their_pods_once() -> None:
+def test_target_stops_running_trials_by_asking_the_trial_once() -> None:
     kube = FakeKube()
     rec = Rec(kube)
     obj = study(objective={"metric": "loss", "direction": "minimize", "target": 0.5})
@@ -191,23 +191,16 @@ def test_target_stops_running_trials_and_tells_their_pods_once() -> None:
     finish(kube, t0, 0.1)
     del kube.writes[:]
     rec(Snapshot(study=obj, trials=watched(kube)))
-    # the record on the trial first, then the request to its pod, then the status and its Event
-    assert kube.kinds() == ["PATCH", "POD", "STATUS", "EVENT"]
+    # the request on the trial TrainingJob (its child), then the status and its Event; never a
+    # write on the trial's pods (one owner per object: the endpoint answers the trainer)
+    assert kube.kinds() == ["PATCH", "STATUS", "EVENT"]
     assert kube.writes[0][1:] == (t1, {"metadata": {"annotations": {tb.STOP: tb.STUDY_SUCCEEDED}}})
-    assert kube.writes[1][1] == "p1"
-    assert kube.writes[2][2]["phase"] == "Succeeded"
-    assert kube.writes[3][1] == "TargetReached"
-    assert kube.pods["p1"]["metadata"]["annotations"][tb.STOP] == tb.STUDY_SUCCEEDED
+    assert kube.writes[1][2]["phase"] == "Succeeded"
+    assert kube.writes[2][1] == "TargetReached"
+    assert tb.STOP not in (kube.pods["p1"]["metadata"].get("annotations") or {})
     del kube.writes[:]
     rec(Snapshot(study={**obj, "status": rec.written_status[KEY]}, trials=watched(kube)))
-    assert kube.writes == []  # recorded and delivered: not asked twice
-    assert rec.delivered[KEY] == {(t1, "p1")}
-    # the pod is gone (a new one would get the request again): its entry goes at the next look
-    del kube.pods["p1"]
-    asyncio.run(rec.inner._deliver_stop(KEY, t1, tb.STUDY_SUCCEEDED))
-    assert rec.delivered[KEY] == set()
-    rec.forget(KEY)
-    assert KEY not in rec.delivered
+    assert kube.writes == []  # recorded: not asked twice
 
 
 def test_promotion_is_applied_once_with_an_event() -> None:

@@ -5,16 +5,12 @@ zipapp (``kubeforge-report.pyz``) into any image that has ``python3``.
 """
 
 from .channel import (
-    PROGRESS_ANNOTATION,
-    STOP_ANNOTATION,
     ProgressChannel,
     termination_message,
     write_termination_message,
 )
 
 __all__ = [
-    "PROGRESS_ANNOTATION",
-    "STOP_ANNOTATION",
     "ProgressChannel",
     "termination_message",
     "write_termination_message",

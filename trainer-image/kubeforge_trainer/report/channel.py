@@ -1,10 +1,13 @@
 """The progress channel between a training pod and the operator (standard library only).
 
-In a cluster (``KUBERNETES_SERVICE_HOST`` and ``KUBEFORGE_POD_NAME`` set) a report is a JSON merge
-patch of the pod's own annotation ``kubeforge.io/progress`` made with the pod's service-account
-token; the PATCH response is the Pod, and its annotation ``kubeforge.io/stop`` (value = reason)
-asks the trainer to stop. Patches are rate-limited (``min_interval`` seconds, default 1); the
-latest pending report is always sent by :meth:`ProgressChannel.flush` / :meth:`close`.
+In a cluster (``KUBEFORGE_PROGRESS_URL`` set by the operator) a report is an HTTPS POST of the
+report to that URL, the operator's progress endpoint, with ``Authorization: Bearer`` the pod's
+projected token (file ``KUBEFORGE_PROGRESS_TOKEN_FILE``, read again for each report: the kubelet
+renews it), verified against the CA in ``KUBEFORGE_PROGRESS_CA`` (PEM) or
+``KUBEFORGE_PROGRESS_CA_FILE``. The answer ``{"accepted": true, "stop": null | REASON}`` asks the
+trainer to stop when ``stop`` is set. Reports are rate-limited (``min_interval`` seconds, default
+1; a 429 keeps the report pending); the latest pending report is always sent by
+:meth:`ProgressChannel.flush` / :meth:`close`. The wire format: docs/progress-protocol.md.
 
 Outside a cluster a report is one JSON line appended to ``KUBEFORGE_PROGRESS_FILE`` (when set),
 and a stop request is the existence of the file named by ``KUBEFORGE_STOP_FILE`` (when set; its
@@ -27,9 +30,6 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-PROGRESS_ANNOTATION = "kubeforge.io/progress"
-STOP_ANNOTATION = "kubeforge.io/stop"
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 MAX_TERMINATION_BYTES = 4096
 
@@ -59,26 +59,20 @@ class ProgressChannel:
         env: Mapping[str, str] | None = None,
         min_interval: float = 1.0,
         timeout: float = 5.0,
-        sa_dir: str = SA_DIR,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.min_interval = min_interval
         self.timeout = timeout
-        self.sa_dir = sa_dir
         self.seq = 0
         self._lock = threading.Lock()
         self._pending: dict[str, Any] | None = None
         self._last_sent = 0.0
         self._stop_reason: str | None = None
         self._warned = False
-        host = self.env.get("KUBERNETES_SERVICE_HOST", "")
-        self.pod_name = self.env.get("KUBEFORGE_POD_NAME", "")
-        self.in_cluster = bool(host and self.pod_name)
-        self.namespace = self.env.get("KUBEFORGE_POD_NAMESPACE", "") or self._read_sa("namespace")
-        port = self.env.get("KUBERNETES_SERVICE_PORT", "443")
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"  # IPv6
-        self.api_url = f"https://{host}:{port}"
+        self.url = self.env.get("KUBEFORGE_PROGRESS_URL", "")
+        self.token_file = self.env.get("KUBEFORGE_PROGRESS_TOKEN_FILE", "")
+        self.in_cluster = bool(self.url)
+        self._ssl: ssl.SSLContext | None = None
         self.progress_file = self.env.get("KUBEFORGE_PROGRESS_FILE", "")
         self.stop_file = self.env.get("KUBEFORGE_STOP_FILE", "")
 
@@ -126,7 +120,7 @@ class ProgressChannel:
         if self.in_cluster:
             with self._lock:
                 # A report held back by the rate limit goes out now if allowed: the answer
-                # (the Pod) carries the stop annotation.
+                # carries the stop request.
                 if (
                     self._pending is not None
                     and time.monotonic() - self._last_sent >= self.min_interval
@@ -142,12 +136,24 @@ class ProgressChannel:
         return self._stop_reason
 
     # ------------------------------------------------------------------ internals
-    def _read_sa(self, name: str) -> str:
+    def _read_token(self) -> str:
+        if not self.token_file:
+            return ""
         try:
-            with open(os.path.join(self.sa_dir, name), encoding="utf-8") as fh:
+            with open(self.token_file, encoding="utf-8") as fh:
                 return fh.read().strip()
         except OSError:
             return ""
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            pem = self.env.get("KUBEFORGE_PROGRESS_CA", "")
+            cafile = self.env.get("KUBEFORGE_PROGRESS_CA_FILE", "") or None
+            if pem:
+                self._ssl = ssl.create_default_context(cadata=pem)
+            else:
+                self._ssl = ssl.create_default_context(cafile=cafile)
+        return self._ssl
 
     def _append_line(self, payload: Mapping[str, Any]) -> None:
         try:
@@ -162,36 +168,34 @@ class ProgressChannel:
             return
         self._pending = None
         self._last_sent = time.monotonic()
-        body = {
-            "metadata": {
-                "annotations": {PROGRESS_ANNOTATION: json.dumps(payload, separators=(",", ":"))}
-            }
-        }
         try:
-            pod = self._patch(body)
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            self._warn(f"cannot patch pod {self.namespace}/{self.pod_name}: {exc}")
+            answer = self._post(payload)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429:  # too fast: the newest report goes with the next chance
+                self._pending = payload
+                return
+            self._warn(f"progress report refused ({exc.code}): {_detail(exc)}")
             return
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        if STOP_ANNOTATION in annotations:
-            self._stop_reason = str(annotations[STOP_ANNOTATION]) or "stop requested"
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            self._warn(f"cannot reach the progress endpoint {self.url}: {exc}")
+            return
+        stop = answer.get("stop")
+        if stop:
+            self._stop_reason = str(stop)
 
-    def _patch(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        url = f"{self.api_url}/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}"
-        token = self._read_sa("token")  # re-read each time: projected tokens rotate
+    def _post(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        token = self._read_token()  # read each time: the kubelet renews the projected token
         req = urllib.request.Request(
-            url,
-            data=json.dumps(body).encode(),
-            method="PATCH",
+            self.url,
+            data=json.dumps(payload, separators=(",", ":")).encode(),
+            method="POST",
             headers={
-                "Content-Type": "application/merge-patch+json",
+                "Content-Type": "application/json",
                 "Accept": "application/json",
                 **({"Authorization": f"Bearer {token}"} if token else {}),
             },
         )
-        ca = os.path.join(self.sa_dir, "ca.crt")
-        ctx = ssl.create_default_context(cafile=ca if os.path.exists(ca) else None)
-        with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self._context()) as resp:
             data = json.loads(resp.read().decode() or "{}")
         return data if isinstance(data, dict) else {}
 
@@ -199,6 +203,14 @@ class ProgressChannel:
         if not self._warned:  # one line, not one per report
             print(f"kubeforge: progress channel: {message}", file=sys.stderr, flush=True)
             self._warned = True
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read().decode() or "{}")
+    except (OSError, ValueError):
+        return str(exc.reason)
+    return str(body.get("message") or exc.reason) if isinstance(body, dict) else str(exc.reason)
 
 
 def _num(value: Any) -> int | float:

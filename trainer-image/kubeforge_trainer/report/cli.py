@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll", type=float, default=0.2, help="seconds between file/stop checks")
     p.add_argument("--grace", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
-    p.add_argument("--min-interval", type=float, default=1.0, help="seconds between pod patches")
+    p.add_argument("--min-interval", type=float, default=1.0, help="seconds between progress reports")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return p
 
