@@ -88,8 +88,15 @@ def test_onnx_parity_and_dynamic_batch(tmp_path: Path, run_inprocess) -> None:
     assert state["epoch"] == 1
 
 
-def test_parity_failure_fails_the_job(tmp_path: Path, run_inprocess) -> None:
-    r = run_inprocess(tmp_path, job(tmp_path, hp={"epochs": 1, "onnx_tolerance": 1e-30}))
+def test_parity_failure_fails_the_job(
+    tmp_path: Path, run_inprocess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ONNX Runtime can match torch bit for bit on some CPUs (diff 0.0 passes any tolerance):
+    # a parity check that measures a difference past the tolerance must fail the job.
+    from kubeforge_trainer import train
+
+    monkeypatch.setattr(train, "parity", lambda *_args, **_kw: 0.5)
+    r = run_inprocess(tmp_path, job(tmp_path, hp={"epochs": 1, "onnx_tolerance": 1e-3}))
     assert r.rc == 1
     assert not (tmp_path / "out" / "model.onnx").exists()
 
