@@ -21,6 +21,7 @@ from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
+from kubeforge.refusal import RefusalGuard
 from kubeforge.trainingjob import build as tjbuild
 from kubeforge.trainingjob.status import compute_status
 
@@ -120,6 +121,7 @@ class TrainingJobReconciler:
         # the last view a reconcile found settled: (snapshot, written status, service account)
         self.settled: dict[Key, tuple[Snapshot, JSON | None, str]] = {}
         self.phases = PhaseTracker(KIND)
+        self.guard = RefusalGuard(KIND)
         self._tjs = ctx.index(IDX_TJ)
         self._jobs = ctx.index(IDX_JOBS)
         self._pods = ctx.index(IDX_PODS)
@@ -148,6 +150,7 @@ class TrainingJobReconciler:
         self.built.pop(key, None)
         self.settled.pop(key, None)
         self.phases.forget(key)
+        self.guard.forget(key)
 
     def job_gone(self, key: Key) -> None:
         self.recent_job.pop(key, None)
@@ -177,11 +180,14 @@ class TrainingJobReconciler:
         return snap is not None and self._still_settled(key, snap)
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
-        if self._still_settled(key, snap):
+        if self._still_settled(key, snap) or self.guard.holds(key, snap.tj):
             return None
         self.settled.pop(key, None)
         writes = self.kube.write_count
-        await self.reconcile(key, snap)
+        await self.guard.run(
+            key, snap.tj, lambda: self.reconcile(key, snap),
+            lambda change: self._amend_status(key, snap.tj, change),
+        )
         cached = self.built.get(key)
         if self.kube.write_count == writes and cached is not None:
             sa = cached[1].pod.service_account_name or self.settings.trainer_service_account
@@ -295,6 +301,11 @@ class TrainingJobReconciler:
             self.written_status[key] = status
             await self._announce(tj, base, status)
         self.phases.set(key, status.get("phase", "Pending"))
+
+    async def _amend_status(self, key: Key, tj: JSON, change: Any) -> None:
+        """Write `change(current status)` (the refusal guard's writes)."""
+        base = self.written_status.get(key) or tj.get("status") or {}
+        await self._write_status(key, tj, base, change(base))
 
     async def _announce(self, tj: JSON, old: JSON, new: JSON) -> None:
         """Events for what a user must see: the phase changes that matter."""

@@ -23,12 +23,15 @@ has moved past them, and CMA-ES counts them in its generation.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import functools
 import logging
 import math
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,12 +48,21 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kubeforge.api.tuningstudy import Objective, SearchParameter, TuningStudySpec
+from kubeforge.refusal import InvalidSpecError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", module="optuna")
 
 log = logging.getLogger("kubeforge.tuningstudy")
+
+SEARCH_WORKERS = 2
+"""Threads that run search decisions: the event loop never runs Optuna, and at most this many
+studies decide at once (the rest wait their turn, bounding CPU and memory)."""
+SEARCH_TIMEOUT_SECONDS = 60.0
+"""A decision that takes longer is abandoned (TimeoutError: retried with backoff, shown as
+Synced=False on the study)."""
+_POOL = ThreadPoolExecutor(max_workers=SEARCH_WORKERS, thread_name_prefix="kubeforge-search")
 
 TrialStateName = Literal["running", "complete", "pruned", "failed"]
 
@@ -409,3 +421,24 @@ def grid_exhausted(spec: TuningStudySpec, records: Sequence[TrialRecord]) -> boo
         return False
     next_number = max((r.number for r in records), default=-1) + 1
     return next_number >= size
+
+
+def check_runnable(spec: TuningStudySpec) -> None:
+    """Build the spec's sampler and pruner once: settings Optuna's constructors refuse (what the
+    CRD and the models could not foresee) raise InvalidSpecError naming the field."""
+    try:
+        build_sampler(spec, 0)
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.algorithm.settings", f"Optuna refuses them: {exc}") from exc
+    try:
+        build_pruner(spec)
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.earlyStopping.settings", f"Optuna refuses them: {exc}") from exc
+
+
+async def off_loop(fn: Callable[..., Any], *args: Any, timeout: float = SEARCH_TIMEOUT_SECONDS) -> Any:
+    """`fn(*args)` on the search threads, awaited from the event loop (which stays free for
+    watches, other objects and the health endpoint)."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_POOL, functools.partial(fn, *args))
+    return await asyncio.wait_for(future, timeout)

@@ -346,3 +346,35 @@ def test_pruning_matches_a_live_optuna_study(pruner: str) -> None:
             live.tell(t, rec.reports[-1][1])
             rec.state, rec.final = "complete", rec.reports[-1][1]
     assert pruned_any
+
+
+def test_settings_optuna_refuses_are_an_invalid_spec_naming_the_field() -> None:
+    """What an older CRD stored (before the bounds) still ends in InvalidSpec, not a crash loop."""
+    from kubeforge.refusal import InvalidSpecError
+
+    spec = make_spec("tpe", "percentile")
+    S.check_runnable(spec)
+    spec.early_stopping.settings["percentile"] = 200  # as stored before the CRD bounded it
+    with pytest.raises(InvalidSpecError, match=r"^spec\.earlyStopping\.settings: Optuna refuses"):
+        S.check_runnable(spec)
+    spec = make_spec("qmc")
+    spec.algorithm.settings["qmc_type"] = "bogus"
+    with pytest.raises(InvalidSpecError, match=r"^spec\.algorithm\.settings"):
+        S.check_runnable(spec)
+
+
+def test_off_loop_runs_on_the_search_threads_and_is_bounded_in_time() -> None:
+    import asyncio
+    import threading
+    import time
+
+    async def main() -> tuple[str, bool]:
+        name = await S.off_loop(lambda: threading.current_thread().name)
+        try:
+            await S.off_loop(time.sleep, 0.5, timeout=0.05)
+        except TimeoutError:
+            return name, True
+        return name, False
+
+    name, timed_out = asyncio.run(main())
+    assert name.startswith("kubeforge-search") and timed_out
