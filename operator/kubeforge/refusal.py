@@ -99,6 +99,8 @@ def classify(exc: BaseException) -> Verdict | None:
             return Verdict.NAMESPACE_GONE
         if status == 404 and re.search(r'namespaces? "[^"]*" not found', message):
             return Verdict.NAMESPACE_GONE
+        if "request is too large" in message:
+            return Verdict.PERMANENT  # etcd's limit (a 500): the same object never fits
         if status >= 500 or status in (401, 408, 409, 410, 429):
             # 409: a conflict the handlers did not resolve (an object of an older owner being
             # deleted); 401: credentials being rotated

@@ -40,6 +40,8 @@ TERMINATING = ApiError(403, "Forbidden", {
     (ApiError(403, "Forbidden", {"message": 'pods "x" is forbidden: exceeded quota: q'}),
      Verdict.TRANSIENT),
     (ApiError(500, "Internal Server Error"), Verdict.TRANSIENT),
+    (ApiError(500, "Internal Server Error", {"message": "etcdserver: request is too large"}),
+     Verdict.PERMANENT),
     (ApiError(503, "Service Unavailable"), Verdict.TRANSIENT),
     (ApiError(429, "Too Many Requests"), Verdict.TRANSIENT),
     (ApiError(409, "Conflict"), Verdict.TRANSIENT),
