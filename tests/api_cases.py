@@ -213,7 +213,7 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
      "spec.resources.memory"),
     ("choices-null", "TuningStudy",
      _with("TuningStudy", "searchSpace.opt", {"type": "categorical", "choices": [None, "adam"]}),
-     "spec.searchSpace[opt].choices"),
+     "spec.searchSpace[opt]"),
     ("choices-object", "TuningStudy",
      _with("TuningStudy", "searchSpace.opt", {"type": "categorical", "choices": [{"a": 1}]}),
      "spec.searchSpace[opt].choices"),
@@ -262,6 +262,7 @@ INVALID_NAMES: list[tuple[str, str, str]] = [
 # Refused by the operator (pydantic; the TrainingJob fails with reason InvalidSpec naming the
 # field), not at admission: hyperparameter values are of any JSON type, which CEL cannot type.
 # The product of a grid's dimensions, too: CEL has no fold to multiply over a map (each dimension
-# is bounded at admission, the product by the operator at once, Failed with InvalidSpec).
-OPERATOR_ONLY = {"hp-collision", "grid-product-too-big"}
+# is bounded at admission, the product by the operator at once, Failed with InvalidSpec). And
+# choices that are objects or lists: CEL cannot see values of any JSON type (null it refuses).
+OPERATOR_ONLY = {"hp-collision", "grid-product-too-big", "choices-object"}
 ADMISSION = [c for c in INVALID if c[0] not in OPERATOR_ONLY]

@@ -184,7 +184,6 @@ def object_name_rule(limit: int) -> dict[str, str]:
         f"self.metadata.name.matches({cel_pattern(DNS_1035_LABEL)})",
         f"metadata.name must be at most {limit} characters of a-z, 0-9 and '-', starting with a "
         "letter and ending alphanumeric (names of the objects made for it derive from it)",
-        field_path=".metadata.name",
     )
 
 

@@ -211,6 +211,11 @@ class SearchParameter(KubeModel):
         rule("!self.log || (has(self.low) && self.low > 0.0)", "log needs low > 0",
              field_path=".low"),
         rule("!has(self.step) || self.step > 0.0", "step must be > 0", field_path=".step"),
+        # `choices` holds values of any JSON type, which CEL cannot see, so no rule can look at
+        # an item. But evaluating any rule over the whole parameter converts it, and a null item
+        # fails that conversion (as it would fail the spec's immutability rules at every later
+        # status write): this rule makes the null refused at admission, with its message.
+        rule("self == self", "choices must be strings, numbers or booleans, never null"),
     ), "x-kubeforge-any-of": [
         {"properties": {"type": {"enum": ["categorical"]}}, "required": ["choices"]},
         {"properties": {"type": {"enum": ["float", "int"]}}, "not": {"required": ["choices"]}},
@@ -232,11 +237,7 @@ class SearchParameter(KubeModel):
         description="Choices of a categorical parameter: strings, numbers or booleans.",
         min_length=1,
         max_length=256,
-        json_schema_extra={"items": FREE_FORM, **cel(
-            rule("self.all(c, type(c) == string || type(c) == int || type(c) == uint || "
-                 "type(c) == double || type(c) == bool)",
-                 "choices must be strings, numbers or booleans (not null, lists or objects)"),
-        )},
+        json_schema_extra={"items": FREE_FORM},
     )
 
     @field_validator("choices")
@@ -301,9 +302,10 @@ class SearchParameter(KubeModel):
 
 
 # CEL twin of SearchParameter.grid_size for the admission bound (doubles: an estimate exact
-# enough to bound; the operator counts exactly).
+# enough to bound; the operator counts exactly). `choices` (of any JSON type) is invisible to CEL;
+# it holds at most 256 anyway.
 _CEL_DIM_POINTS = (
-    "(p.type == 'categorical' ? double(size(p.choices)) : "
+    "(p.type == 'categorical' ? 1.0 : "
     "(has(p.step) ? (p.high - p.low) / p.step + 1.0 : "
     "(p.type == 'int' ? p.high - p.low + 1.0 : 1.0)))"
 )
