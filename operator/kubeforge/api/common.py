@@ -420,10 +420,10 @@ class PodSettings(KubeModel):
         default="IfNotPresent", description="When the kubelet pulls the image."
     )
     run_as_user: int = Field(
-        default=1000, ge=1, description="UID the containers run as (never 0: Pod Security restricted)."
+        default=1000, ge=1, le=2147483647, description="UID the containers run as (never 0: Pod Security restricted)."
     )
-    run_as_group: int = Field(default=1000, ge=1, description="GID the containers run as (never 0).")
-    fs_group: int = Field(default=1000, ge=1, description="Group owning mounted volumes (never 0).")
+    run_as_group: int = Field(default=1000, ge=1, le=2147483647, description="GID the containers run as (never 0).")
+    fs_group: int = Field(default=1000, ge=1, le=2147483647, description="Group owning mounted volumes (never 0).")
 
     @field_validator("labels", "annotations")
     @classmethod
@@ -472,7 +472,7 @@ class Toleration(KubeModel):
         default=None, description="The taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
+        default=None, ge=-(2**62), le=2**62, description="How long a NoExecute taint is tolerated."
     )
 
     @model_validator(mode="after")

@@ -98,7 +98,7 @@ class Autoscaling(KubeModel):
              field_path=".minReplicas"),
     )}
 
-    min_replicas: int = Field(default=1, ge=1, description="Fewest replicas.")
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas.")
     metric: Literal["cpu", "memory"] = Field(
         default="cpu", description="Resource whose utilisation drives scaling."

@@ -210,7 +210,7 @@ class Output(KubeModel):
 
 class Checkpoint(KubeModel):
     every_epochs: int = Field(
-        default=1, ge=0, description="Checkpoint every N epochs (0: only at the end and on SIGTERM)."
+        default=1, ge=0, le=1000000, description="Checkpoint every N epochs (0: only at the end and on SIGTERM)."
     )
     resume: bool = Field(default=True, description="Resume from the latest checkpoint on restart.")
 
@@ -218,11 +218,13 @@ class Checkpoint(KubeModel):
 class RunPolicy(KubeModel):
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries before the job fails.")
     active_deadline_seconds: int = Field(
-        default=0, ge=0, description="Wall-clock limit of the whole job in seconds (0: none)."
+        default=0, ge=0, le=2147483647,
+        description="Wall-clock limit of the whole job in seconds (0: none)."
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
+        le=2147483647,
         description="Delete the Job (and pods) this long after it finished; null: keep. "
         "The TrainingJob itself always stays.",
     )

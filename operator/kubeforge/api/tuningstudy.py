@@ -323,7 +323,7 @@ class Algorithm(KubeModel):
         description="random, grid, tpe, cmaes or qmc (Optuna samplers). Optuna's gp sampler is "
         "not offered: it needs torch, which the operator image does not carry.",
     )
-    seed: int | None = Field(default=0, description="Sampler seed (same seed, same suggestions).")
+    seed: int | None = Field(default=0, ge=0, le=4294967295, description="Sampler seed (same seed, same suggestions).")
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments of the Optuna sampler, allow-listed per name.",
@@ -348,7 +348,8 @@ class EarlyStopping(KubeModel):
         default="none", description="none, median, percentile or hyperband (Optuna pruners)."
     )
     start_step: int = Field(
-        default=2, ge=0, description="Never prune a trial before it reported this step."
+        default=2, ge=0, le=1000000000,
+        description="Never prune a trial before it reported this step."
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
@@ -435,7 +436,8 @@ class TuningStudySpec(KubeModel):
     )
     parallelism: int = Field(default=4, ge=1, le=1000, description="Trials running at once.")
     max_failed_trials: int = Field(
-        default=3, ge=0, description="Fail the study once this many trials failed (pruned is not failed)."
+        default=3, ge=0, le=100000,
+        description="Fail the study once this many trials failed (pruned is not failed).",
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
     promote: Promote | None = Field(default=None, description="Serve the best model.")
