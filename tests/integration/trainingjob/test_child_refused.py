@@ -57,6 +57,15 @@ def _deny_blocked_jobs(kube: Any, ns: str) -> str:
     return name
 
 
+def _refusals(operator: Any) -> float:
+    """Reconciles of TrainingJobs stopped by a 403 for good (kubeforge_api_refusals_total)."""
+    series = 'kubeforge_api_refusals_total{code="403",kind="TrainingJob",verdict="permanent"}'
+    for line in operator.metrics().splitlines():
+        if line.startswith(series):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_job_denied_by_cluster_policy_fails_the_trainingjob_once(
     kube: Any, namespace: str, operator: Any
 ) -> None:
@@ -82,9 +91,17 @@ def test_a_job_denied_by_cluster_policy_fails_the_trainingjob_once(
         assert cond["reason"] == "ChildRejected", status
         assert status["message"].startswith("spec: the API server refused jobs 'blocked' (403")
         assert "team blocked may not run jobs" in status["message"]  # the API server's words
-        writes = operator.writes()
+        version = got["metadata"]["resourceVersion"]
+        refusals = _refusals(operator)
+        assert refusals >= 1
         time.sleep(12)  # more than a resync period: no retry, no second status or Event
-        assert operator.writes() == writes
+        again = kube.get(f"{API}/{ns}/trainingjobs/blocked")
+        assert again["metadata"]["resourceVersion"] == version
+        with pytest.raises(ApiError) as gone:
+            kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/blocked")
+        assert gone.value.status == 404
+        assert operator.proc.poll() is None
+        assert _refusals(operator) == refusals  # no second try
         events = kube.get(f"/api/v1/namespaces/{ns}/events",
                           query={"fieldSelector": "involvedObject.name=blocked"})["items"]
         assert [e["reason"] for e in events] == ["ChildRejected"]
