@@ -245,6 +245,8 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
     ("reduction-factor-one", "TuningStudy",
      _with("TuningStudy", "earlyStopping", {"name": "hyperband", "settings": {"reduction_factor": 1}}),
      "spec.earlyStopping.settings.reduction_factor"),
+    ("promote-name-leading-digit", "TuningStudy",
+     _with("TuningStudy", "promote", {"modelDeployment": "1-digits"}), "spec.promote.modelDeployment"),
     ("gp-not-offered", "TuningStudy", _with("TuningStudy", "algorithm", {"name": "gp"}),
      "spec.algorithm.name"),
     ("trial-template-negative-cpu", "TuningStudy",

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.api._base import FREE_FORM, KubeModel, cel, check_object_name, rule
+from kubeforge.api._base import DNS_1035_LABEL, FREE_FORM, KubeModel, cel, check_object_name, rule
 from kubeforge.api.common import (
     HYPERPARAMETER_NAME,
     Condition,
@@ -383,7 +383,7 @@ class Promote(KubeModel):
     model_deployment: str = Field(
         description="A ModelDeployment pointed at the best trial's model once the study succeeds "
         "(created if absent).",
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS_1035_LABEL,  # a ModelDeployment's own name rule
         max_length=63,
     )
 
