@@ -16,9 +16,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from kubeforge.api import GROUP, VERSION
-from kubeforge.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
-from kubeforge.api.trainingjob import TrainingJobSpec, TrainingJobStatus
-from kubeforge.api.tuningstudy import TuningStudySpec, TuningStudyStatus
+from kubeforge.api._base import object_name_rule
+from kubeforge.api.modeldeployment import (
+    MODELDEPLOYMENT_NAME_MAX,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+)
+from kubeforge.api.trainingjob import TRAININGJOB_NAME_MAX, TrainingJobSpec, TrainingJobStatus
+from kubeforge.api.tuningstudy import TUNINGSTUDY_NAME_MAX, TuningStudySpec, TuningStudyStatus
 
 # Keys an OpenAPI v3 structural schema keeps; everything else pydantic emits is dropped.
 _KEEP = {
@@ -208,6 +213,14 @@ _KINDS: list[dict[str, Any]] = [
 ]
 
 
+_NAME_MAX = {
+    "TrainingJob": TRAININGJOB_NAME_MAX,
+    "TuningStudy": TUNINGSTUDY_NAME_MAX,
+    "ModelDeployment": MODELDEPLOYMENT_NAME_MAX,
+}
+"""Longest metadata.name of each kind (every child name derived from it must fit)."""
+
+
 def crd(kind: dict[str, Any]) -> dict[str, Any]:
     spec_schema = structural(kind["spec"])
     spec_schema["description"] = kind["spec"].__doc__.strip().splitlines()[0] if kind[
@@ -254,6 +267,9 @@ def crd(kind: dict[str, Any]) -> dict[str, Any]:
                             "type": "object",
                             "description": kind["doc"],
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                object_name_rule(_NAME_MAX[kind["kind"]])
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind."},

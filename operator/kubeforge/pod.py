@@ -138,8 +138,9 @@ def scheduling_fields(
             tolerations.append(gpu_tol)
     if tolerations:
         out["tolerations"] = tolerations
-    if scheduling.affinity:
-        out["affinity"] = scheduling.affinity
+    affinity = scheduling.affinity.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    if affinity:
+        out["affinity"] = affinity
     if scheduling.priority_class_name:
         out["priorityClassName"] = scheduling.priority_class_name
     return out

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.api._base import KubeModel, cel, rule
+from kubeforge.api._base import KubeModel, cel, check_object_name, rule
 from kubeforge.api.common import (
     _LIMIT_RULES,
     STORAGE_SCHEMES,
@@ -21,6 +21,9 @@ from kubeforge.api.common import (
 )
 
 MODEL_SCHEMES = STORAGE_SCHEMES
+
+MODELDEPLOYMENT_NAME_MAX = 63
+"""A ModelDeployment's name is its Deployment's, Service's (RFC 1035 label) and model's name."""
 
 
 class ModelSource(KubeModel):
@@ -95,7 +98,7 @@ class Autoscaling(KubeModel):
              field_path=".minReplicas"),
     )}
 
-    min_replicas: int = Field(default=1, ge=1, description="Fewest replicas.")
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas.")
     metric: Literal["cpu", "memory"] = Field(
         default="cpu", description="Resource whose utilisation drives scaling."
@@ -214,6 +217,13 @@ class ModelDeployment(KubeModel):
     api_version: str = Field(default="kubeforge.io/v1alpha1", alias="apiVersion")
     kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    NAME_MAX: ClassVar[int] = MODELDEPLOYMENT_NAME_MAX
+
+    @field_validator("metadata")
+    @classmethod
+    def _name(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        return check_object_name(metadata, cls.NAME_MAX)
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus | None = None
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.api._base import FREE_FORM, KubeModel, OptionalQuantity, Quantity, cel, rule
+from kubeforge.api._base import (
+    FREE_FORM,
+    KubeModel,
+    OptionalQuantity,
+    Quantity,
+    cel,
+    check_object_name,
+    rule,
+)
 from kubeforge.api.common import (
     _LIMIT_RULES,
     HYPERPARAMETER_NAME,
@@ -30,6 +38,10 @@ from kubeforge.api.common import (
 RECIPES = ("mlp-classifier", "mlp-regressor", "cnn-classifier")
 DATASET_SCHEMES = ("builtin", *STORAGE_SCHEMES)
 OUTPUT_SCHEMES = ("file", "pvc", "s3", "gs", "az", "abfs")
+
+TRAININGJOB_NAME_MAX = 52
+"""A TrainingJob's name is its Job's and headless Service's name, and its pods' hostnames are
+`<name>-<index>` (≤ 63 with up to 1,024 nodes): 52 leaves room, as trial names do."""
 
 EXIT_BAD_CONFIG = 2
 """Exit code of a trainer (or kubeforge-report) that was given a bad configuration: no retry."""
@@ -198,7 +210,7 @@ class Output(KubeModel):
 
 class Checkpoint(KubeModel):
     every_epochs: int = Field(
-        default=1, ge=0, description="Checkpoint every N epochs (0: only at the end and on SIGTERM)."
+        default=1, ge=0, le=1000000, description="Checkpoint every N epochs (0: only at the end and on SIGTERM)."
     )
     resume: bool = Field(default=True, description="Resume from the latest checkpoint on restart.")
 
@@ -206,11 +218,13 @@ class Checkpoint(KubeModel):
 class RunPolicy(KubeModel):
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries before the job fails.")
     active_deadline_seconds: int = Field(
-        default=0, ge=0, description="Wall-clock limit of the whole job in seconds (0: none)."
+        default=0, ge=0, le=2147483647,
+        description="Wall-clock limit of the whole job in seconds (0: none)."
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
+        le=2147483647,
         description="Delete the Job (and pods) this long after it finished; null: keep. "
         "The TrainingJob itself always stays.",
     )
@@ -368,5 +382,12 @@ class TrainingJob(KubeModel):
     api_version: str = Field(default="kubeforge.io/v1alpha1", alias="apiVersion")
     kind: Literal["TrainingJob"] = "TrainingJob"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    NAME_MAX: ClassVar[int] = TRAININGJOB_NAME_MAX
+
+    @field_validator("metadata")
+    @classmethod
+    def _name(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        return check_object_name(metadata, cls.NAME_MAX)
     spec: TrainingJobSpec
     status: TrainingJobStatus | None = None

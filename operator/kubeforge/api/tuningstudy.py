@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kubeforge.api._base import FREE_FORM, KubeModel, cel, rule
+from kubeforge.api._base import DNS_1035_LABEL, FREE_FORM, KubeModel, cel, check_object_name, rule
 from kubeforge.api.common import (
     HYPERPARAMETER_NAME,
     Condition,
@@ -19,46 +19,103 @@ from kubeforge.api.common import (
 )
 from kubeforge.api.trainingjob import TrainingJobSpec
 
+TUNINGSTUDY_NAME_MAX = 63
+"""A study's name is the prefix of its trials' names (hashed to fit) and a label value."""
+
+MAX_GRID_POINTS = 100_000_000
+"""Most points a grid study's search space may have (each dimension, and all together). The
+grid is never materialised (points are counted and indexed arithmetically), so the bound is about
+what a study can sensibly mean, not memory."""
+
 # Keyword arguments each Optuna sampler / pruner accepts through `settings` (Optuna 5), with
-# their JSON types. `seed` comes from algorithm.seed; the pruners' warm-up from startStep.
+# the values Optuna accepts (its constructors raise on anything else, or fail later). `seed`
+# comes from algorithm.seed; the pruners' warm-up from startStep.
 _INT, _NUM, _BOOL, _STR = "integer", "number", "boolean", "string"
-_SAMPLER_TYPES: dict[str, dict[str, str]] = {
-    "random": {},
-    "grid": {},
-    "tpe": {
-        "consider_prior": _BOOL, "prior_weight": _NUM, "consider_magic_clip": _BOOL,
-        "consider_endpoints": _BOOL, "n_startup_trials": _INT, "n_ei_candidates": _INT,
-        "multivariate": _BOOL, "group": _BOOL, "warn_independent_sampling": _BOOL,
-        "constant_liar": _BOOL,
-    },
-    "cmaes": {
-        "sigma0": _NUM, "n_startup_trials": _INT, "warn_independent_sampling": _BOOL,
-        "consider_pruned_trials": _BOOL, "restart_strategy": _STR, "popsize": _INT,
-        "inc_popsize": _INT, "use_separable_cma": _BOOL, "with_margin": _BOOL, "lr_adapt": _BOOL,
-    },
-    "gp": {"n_startup_trials": _INT, "deterministic_objective": _BOOL,
-           "warn_independent_sampling": _BOOL},
-    "qmc": {"qmc_type": _STR, "scramble": _BOOL, "warn_independent_sampling": _BOOL,
-            "warn_asynchronous_seeding": _BOOL},
+_KEYS: dict[str, dict[str, Any]] = {
+    # samplers
+    "consider_prior": {"type": _BOOL}, "consider_magic_clip": {"type": _BOOL},
+    "consider_endpoints": {"type": _BOOL}, "multivariate": {"type": _BOOL},
+    "group": {"type": _BOOL}, "warn_independent_sampling": {"type": _BOOL},
+    "constant_liar": {"type": _BOOL}, "consider_pruned_trials": {"type": _BOOL},
+    "use_separable_cma": {"type": _BOOL}, "with_margin": {"type": _BOOL},
+    "lr_adapt": {"type": _BOOL}, "scramble": {"type": _BOOL},
+    "warn_asynchronous_seeding": {"type": _BOOL},
+    "prior_weight": {"type": _NUM, "exclusiveMinimum": 0, "maximum": 1e6},
+    "n_startup_trials": {"type": _INT, "minimum": 0, "maximum": 100000},
+    "n_ei_candidates": {"type": _INT, "minimum": 1, "maximum": 10000},
+    "sigma0": {"type": _NUM, "exclusiveMinimum": 0, "maximum": 1e6},
+    "restart_strategy": {"type": _STR, "enum": ["ipop", "bipop"]},
+    "popsize": {"type": _INT, "minimum": 2, "maximum": 10000},
+    "inc_popsize": {"type": _INT, "minimum": 1, "maximum": 100},
+    "qmc_type": {"type": _STR, "enum": ["sobol", "halton"]},
+    # pruners
+    "interval_steps": {"type": _INT, "minimum": 1, "maximum": 1000000},
+    "n_min_trials": {"type": _INT, "minimum": 1, "maximum": 100000},
+    "percentile": {"type": _NUM, "minimum": 0, "maximum": 100},
+    "max_resource": {"type": _INT, "minimum": 1, "maximum": 1000000000},
+    "reduction_factor": {"type": _INT, "minimum": 2, "maximum": 1000},
+    "bootstrap_count": {"type": _INT, "minimum": 0, "maximum": 100000},
 }
-_PRUNER_TYPES: dict[str, dict[str, str]] = {
-    "none": {},
-    "median": {"n_startup_trials": _INT, "interval_steps": _INT, "n_min_trials": _INT},
-    "percentile": {"percentile": _NUM, "n_startup_trials": _INT, "interval_steps": _INT,
-                   "n_min_trials": _INT},
-    "hyperband": {"max_resource": _INT, "reduction_factor": _INT, "bootstrap_count": _INT},
+_SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
+    "random": (),
+    "grid": (),
+    "tpe": ("consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints",
+            "n_startup_trials", "n_ei_candidates", "multivariate", "group",
+            "warn_independent_sampling", "constant_liar"),
+    "cmaes": ("sigma0", "n_startup_trials", "warn_independent_sampling", "consider_pruned_trials",
+              "restart_strategy", "popsize", "inc_popsize", "use_separable_cma", "with_margin",
+              "lr_adapt"),
+    "qmc": ("qmc_type", "scramble", "warn_independent_sampling", "warn_asynchronous_seeding"),
 }
-SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _SAMPLER_TYPES.items()}
-PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _PRUNER_TYPES.items()}
+_PRUNER_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "interval_steps", "n_min_trials"),
+    "hyperband": ("max_resource", "reduction_factor", "bootstrap_count"),
+}
+SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = dict(_SAMPLER_KEYS)
+PRUNER_SETTINGS: dict[str, tuple[str, ...]] = dict(_PRUNER_KEYS)
+
+# Combinations Optuna refuses (its constructors raise ValueError): (CEL, python check, message).
+_SAMPLER_COMBINATIONS: list[tuple[str, Any, str]] = [
+    ("!(has(self.settings.group) && self.settings.group) || "
+     "(has(self.settings.multivariate) && self.settings.multivariate)",
+     lambda s: not s.get("group") or bool(s.get("multivariate")),
+     "settings.group needs settings.multivariate: true"),
+    ("!(has(self.settings.with_margin) && self.settings.with_margin && "
+     "has(self.settings.use_separable_cma) && self.settings.use_separable_cma)",
+     lambda s: not (s.get("with_margin") and s.get("use_separable_cma")),
+     "settings.with_margin and settings.use_separable_cma cannot both be true"),
+    ("!(has(self.settings.lr_adapt) && self.settings.lr_adapt && "
+     "((has(self.settings.with_margin) && self.settings.with_margin) || "
+     "(has(self.settings.use_separable_cma) && self.settings.use_separable_cma)))",
+     lambda s: not (s.get("lr_adapt") and (s.get("with_margin") or s.get("use_separable_cma"))),
+     "settings.lr_adapt cannot be combined with with_margin or use_separable_cma"),
+    ("!has(self.settings.restart_strategy) || !(has(self.settings.use_separable_cma) && "
+     "self.settings.use_separable_cma || has(self.settings.with_margin) && "
+     "self.settings.with_margin)",
+     lambda s: "restart_strategy" not in s or not (s.get("use_separable_cma")
+                                                     or s.get("with_margin")),
+     "settings.restart_strategy cannot be combined with use_separable_cma or with_margin"),
+]
+_PRUNER_COMBINATIONS: list[tuple[str, Any, str]] = [
+    ("!has(self.settings.bootstrap_count) || self.settings.bootstrap_count == 0 || "
+     "has(self.settings.max_resource)",
+     lambda s: not s.get("bootstrap_count") or "max_resource" in s,
+     "settings.bootstrap_count > 0 needs settings.max_resource"),
+    ("!has(self.settings.max_resource) || self.settings.max_resource >= self.startStep",
+     None,  # checked in EarlyStopping (needs startStep)
+     "settings.max_resource must not be below startStep"),
+]
 
 
-def _settings_schema(table: dict[str, dict[str, str]], what: str) -> dict[str, Any]:
-    """The CRD schema of `settings`: every keyword any of them takes, typed (an unknown key is
-    refused by the API server's field validation, naming it)."""
+def _settings_schema(table: dict[str, tuple[str, ...]], what: str) -> dict[str, Any]:
+    """The CRD schema of `settings`: every keyword any of them takes, typed and bounded (an
+    unknown key is refused by the API server's field validation, naming it)."""
     props: dict[str, Any] = {}
     for name, keys in table.items():
-        for key, typ in keys.items():
-            entry = props.setdefault(key, {"type": typ, "used_by": []})
+        for key in keys:
+            entry = props.setdefault(key, {**_KEYS[key], "used_by": []})
             entry["used_by"].append(name)
     for key, entry in props.items():
         entry["description"] = f"Optuna keyword argument `{key}` of {what} " + ", ".join(
@@ -67,7 +124,7 @@ def _settings_schema(table: dict[str, dict[str, str]], what: str) -> dict[str, A
     return {"x-kubeforge-properties": props, "maxProperties": 16}
 
 
-def _allow_list_rules(table: dict[str, dict[str, str]], what: str) -> list[dict[str, str]]:
+def _allow_list_rules(table: dict[str, tuple[str, ...]], what: str) -> list[dict[str, str]]:
     every = sorted({k for keys in table.values() for k in keys})
     out = []
     for name, keys in table.items():
@@ -86,14 +143,41 @@ def _allow_list_rules(table: dict[str, dict[str, str]], what: str) -> list[dict[
     return out
 
 
+def _check_value(key: str, value: Any) -> None:
+    """One setting against its schema (type, bounds, enum), as the API server checks it."""
+    schema = _KEYS[key]
+    typ = schema["type"]
+    ok = {
+        _BOOL: isinstance(value, bool),
+        _INT: isinstance(value, int) and not isinstance(value, bool),
+        _NUM: isinstance(value, int | float) and not isinstance(value, bool),
+        _STR: isinstance(value, str),
+    }[typ]
+    if not ok:
+        raise ValueError(f"settings.{key} must be a {typ}, not {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise ValueError(f"settings.{key} must be one of {schema['enum']}, not {value!r}")
+    if "minimum" in schema and value < schema["minimum"]:
+        raise ValueError(f"settings.{key} must be at least {schema['minimum']}, not {value!r}")
+    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+        raise ValueError(f"settings.{key} must be above {schema['exclusiveMinimum']}, not {value!r}")
+    if "maximum" in schema and value > schema["maximum"]:
+        raise ValueError(f"settings.{key} must be at most {schema['maximum']}, not {value!r}")
+
+
 def _check_settings(table: dict[str, tuple[str, ...]], name: str, settings: dict[str, Any],
-                    what: str) -> None:
+                    what: str, combinations: list[tuple[str, Any, str]]) -> None:
     unknown = sorted(set(settings) - set(table[name]))
     if unknown:
         raise ValueError(
             f"settings: {what} '{name}' does not accept {unknown}; it accepts only: "
             f"{', '.join(table[name]) or 'nothing'}"
         )
+    for key, value in settings.items():
+        _check_value(key, value)
+    for _cel, check, message in combinations:
+        if check is not None and not check(settings):
+            raise ValueError(message)
 
 
 class Objective(KubeModel):
@@ -127,17 +211,26 @@ class SearchParameter(KubeModel):
         rule("!self.log || (has(self.low) && self.low > 0.0)", "log needs low > 0",
              field_path=".low"),
         rule("!has(self.step) || self.step > 0.0", "step must be > 0", field_path=".step"),
+        # `choices` holds values of any JSON type, which CEL cannot see, so no rule can look at
+        # an item. But evaluating any rule over the whole parameter converts it, and a null item
+        # fails that conversion (as it would fail the spec's immutability rules at every later
+        # status write): this rule makes the null refused at admission, with its message.
+        rule("self == self", "choices must be strings, numbers or booleans, never null"),
     ), "x-kubeforge-any-of": [
         {"properties": {"type": {"enum": ["categorical"]}}, "required": ["choices"]},
         {"properties": {"type": {"enum": ["float", "int"]}}, "not": {"required": ["choices"]}},
     ]}}
 
     type: Literal["float", "int", "categorical"] = Field(description="float, int or categorical.")
-    low: float | None = Field(default=None, description="Lower bound (float, int).")
-    high: float | None = Field(default=None, description="Upper bound, inclusive (float, int).")
+    low: float | None = Field(
+        default=None, ge=-1e18, le=1e18, description="Lower bound (float, int)."
+    )
+    high: float | None = Field(
+        default=None, ge=-1e18, le=1e18, description="Upper bound, inclusive (float, int)."
+    )
     log: bool = Field(default=False, description="Sample on a log scale.")
     step: float | None = Field(
-        default=None, description="Discretisation step (on float: makes a finite grid)."
+        default=None, le=1e18, description="Discretisation step (on float: makes a finite grid)."
     )
     choices: list[Any] | None = Field(
         default=None,
@@ -152,7 +245,7 @@ class SearchParameter(KubeModel):
     def _scalar_choices(cls, value: list[Any] | None) -> list[Any] | None:
         if value is not None:
             for c in value:
-                if not isinstance(c, str | int | float | bool) or c is None:
+                if not isinstance(c, str | int | float | bool):
                     raise ValueError(f"choices must be strings, numbers or booleans, not {c!r}")
             if len({repr(c) for c in value}) != len(value):
                 raise ValueError("choices must be unique")
@@ -187,38 +280,60 @@ class SearchParameter(KubeModel):
     def finite(self) -> bool:
         return self.type != "float" or self.step is not None
 
-    def grid_points(self) -> list[Any]:
-        """Every value of a finite dimension, in order."""
+    def grid_size(self) -> int:
+        """Values of a finite dimension, counted (never listed)."""
         if self.type == "categorical":
-            return list(self.choices or [])
+            return len(self.choices or [])
         assert self.low is not None and self.high is not None
         if self.type == "int":
-            step = int(self.step or 1)
-            return list(range(int(self.low), int(self.high) + 1, step))
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
         assert self.step is not None
-        n = math.floor((self.high - self.low) / self.step + 1e-9)
-        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+        return math.floor((self.high - self.low) / self.step + 1e-9) + 1
+
+    def grid_value(self, index: int) -> Any:
+        """The `index`-th value of a finite dimension (0 ≤ index < grid_size())."""
+        if self.type == "categorical":
+            return (self.choices or [])[index]
+        assert self.low is not None
+        if self.type == "int":
+            return int(self.low) + index * int(self.step or 1)
+        assert self.step is not None
+        return round(self.low + index * self.step, 12)
+
+
+# CEL twin of SearchParameter.grid_size for the admission bound (doubles: an estimate exact
+# enough to bound; the operator counts exactly). `choices` (of any JSON type) is invisible to CEL;
+# it holds at most 256 anyway.
+_CEL_DIM_POINTS = (
+    "(p.type == 'categorical' ? 1.0 : "
+    "(has(p.step) ? (p.high - p.low) / p.step + 1.0 : "
+    "(p.type == 'int' ? p.high - p.low + 1.0 : 1.0)))"
+)
 
 
 class Algorithm(KubeModel):
     """The search algorithm: an Optuna sampler."""
 
     model_config = {**KubeModel.model_config, "json_schema_extra": cel(
-        *_allow_list_rules(_SAMPLER_TYPES, "algorithm"))}
+        *_allow_list_rules(_SAMPLER_KEYS, "algorithm"),
+        *(rule(c, m, field_path=".settings") for c, _, m in _SAMPLER_COMBINATIONS))}
 
-    name: Literal["random", "grid", "tpe", "cmaes", "gp", "qmc"] = Field(
-        default="tpe", description="random, grid, tpe, cmaes, gp or qmc (Optuna samplers)."
+    name: Literal["random", "grid", "tpe", "cmaes", "qmc"] = Field(
+        default="tpe",
+        description="random, grid, tpe, cmaes or qmc (Optuna samplers). Optuna's gp sampler is "
+        "not offered: it needs torch, which the operator image does not carry.",
     )
-    seed: int | None = Field(default=0, description="Sampler seed (same seed, same suggestions).")
+    seed: int | None = Field(default=0, ge=0, le=4294967295, description="Sampler seed (same seed, same suggestions).")
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments of the Optuna sampler, allow-listed per name.",
-        json_schema_extra=_settings_schema(_SAMPLER_TYPES, "sampler"),
+        json_schema_extra=_settings_schema(_SAMPLER_KEYS, "sampler"),
     )
 
     @model_validator(mode="after")
     def _allowed(self) -> Algorithm:
-        _check_settings(SAMPLER_SETTINGS, self.name, self.settings, "algorithm")
+        _check_settings(SAMPLER_SETTINGS, self.name, self.settings, "algorithm",
+                        _SAMPLER_COMBINATIONS)
         return self
 
 
@@ -226,23 +341,29 @@ class EarlyStopping(KubeModel):
     """Early stopping of bad trials: an Optuna pruner fed by the trials' intermediate reports."""
 
     model_config = {**KubeModel.model_config, "json_schema_extra": cel(
-        *_allow_list_rules(_PRUNER_TYPES, "earlyStopping"))}
+        *_allow_list_rules(_PRUNER_KEYS, "earlyStopping"),
+        *(rule(c, m, field_path=".settings") for c, _, m in _PRUNER_COMBINATIONS))}
 
     name: Literal["none", "median", "percentile", "hyperband"] = Field(
         default="none", description="none, median, percentile or hyperband (Optuna pruners)."
     )
     start_step: int = Field(
-        default=2, ge=0, description="Never prune a trial before it reported this step."
+        default=2, ge=0, le=1000000000,
+        description="Never prune a trial before it reported this step."
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments of the Optuna pruner, allow-listed per name.",
-        json_schema_extra=_settings_schema(_PRUNER_TYPES, "pruner"),
+        json_schema_extra=_settings_schema(_PRUNER_KEYS, "pruner"),
     )
 
     @model_validator(mode="after")
     def _allowed(self) -> EarlyStopping:
-        _check_settings(PRUNER_SETTINGS, self.name, self.settings, "earlyStopping")
+        _check_settings(PRUNER_SETTINGS, self.name, self.settings, "earlyStopping",
+                        _PRUNER_COMBINATIONS)
+        max_resource = self.settings.get("max_resource")
+        if max_resource is not None and max_resource < self.start_step:
+            raise ValueError("settings.max_resource must not be below startStep")
         return self
 
 
@@ -262,7 +383,7 @@ class Promote(KubeModel):
     model_deployment: str = Field(
         description="A ModelDeployment pointed at the best trial's model once the study succeeds "
         "(created if absent).",
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS_1035_LABEL,  # a ModelDeployment's own name rule
         max_length=63,
     )
 
@@ -275,6 +396,13 @@ class TuningStudySpec(KubeModel):
             "self.algorithm.name != 'grid' || self.searchSpace.all(k, "
             "self.searchSpace[k].type != 'float' || has(self.searchSpace[k].step))",
             "algorithm grid needs a finite search space: give every float parameter a step",
+            field_path=".searchSpace",
+        ),
+        rule(
+            "self.algorithm.name != 'grid' || self.searchSpace.all(k, "
+            + _CEL_DIM_POINTS.replace("p.", "self.searchSpace[k].")
+            + f" <= {float(MAX_GRID_POINTS)})",
+            f"algorithm grid: each dimension may have at most {MAX_GRID_POINTS:,} points",
             field_path=".searchSpace",
         ),
         rule("self.searchSpace == oldSelf.searchSpace",
@@ -308,7 +436,8 @@ class TuningStudySpec(KubeModel):
     )
     parallelism: int = Field(default=4, ge=1, le=1000, description="Trials running at once.")
     max_failed_trials: int = Field(
-        default=3, ge=0, description="Fail the study once this many trials failed (pruned is not failed)."
+        default=3, ge=0, le=100000,
+        description="Fail the study once this many trials failed (pruned is not failed).",
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
     promote: Promote | None = Field(default=None, description="Serve the best model.")
@@ -334,7 +463,23 @@ class TuningStudySpec(KubeModel):
                 raise ValueError(
                     f"searchSpace: algorithm grid needs a finite search space: give {infinite} a step"
                 )
+            size = self.grid_size()
+            if size is not None and size > MAX_GRID_POINTS:
+                raise ValueError(
+                    f"searchSpace: algorithm grid has {size:,} points; at most "
+                    f"{MAX_GRID_POINTS:,} are allowed"
+                )
         return self
+
+    def grid_size(self) -> int | None:
+        """Points of the grid (algorithm grid; the product of the dimensions' sizes), else
+        None. Arithmetic: never lists the points."""
+        if self.algorithm.name != "grid":
+            return None
+        n = 1
+        for p in self.search_space.values():
+            n *= p.grid_size()
+        return n
 
 
 class TuningPhase(StrEnum):
@@ -381,5 +526,12 @@ class TuningStudy(KubeModel):
     api_version: str = Field(default="kubeforge.io/v1alpha1", alias="apiVersion")
     kind: Literal["TuningStudy"] = "TuningStudy"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    NAME_MAX: ClassVar[int] = TUNINGSTUDY_NAME_MAX
+
+    @field_validator("metadata")
+    @classmethod
+    def _name(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        return check_object_name(metadata, cls.NAME_MAX)
     spec: TuningStudySpec
     status: TuningStudyStatus | None = None

@@ -29,6 +29,7 @@ from kubeforge.metrics import PhaseTracker
 from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
 from kubeforge.modeldeployment.status import compute_status
+from kubeforge.refusal import RefusalGuard
 
 log = logging.getLogger("kubeforge.modeldeployment")
 
@@ -223,6 +224,7 @@ class ModelDeploymentReconciler:
         self.recent_deployment: dict[Key, JSON] = {}
         self.written_status: dict[Key, JSON] = {}
         self.phases = PhaseTracker(KIND)
+        self.guard = RefusalGuard(KIND, condition="Ready")
 
     # --- bookkeeping (event loop) -----------------------------------------------------------
 
@@ -257,6 +259,7 @@ class ModelDeploymentReconciler:
         self.recent_deployment.pop(key, None)
         self.written_status.pop(key, None)
         self.phases.forget(key)
+        self.guard.forget(key)
 
     def child_gone(self, key: Key, kind: str) -> None:
         self.recent.pop((key, kind), None)
@@ -266,6 +269,19 @@ class ModelDeploymentReconciler:
     # --- the reconcile (event loop) ---------------------------------------------------------
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        if self.guard.holds(key, snap.md):
+            return None
+        return await self.guard.run(
+            key, snap.md, lambda: self._reconcile(key, snap),
+            lambda change: self._amend_status(key, snap.md, change),
+        )
+
+    async def _amend_status(self, key: Key, md: JSON, change: Any) -> None:
+        """Write `change(current status)` (the refusal guard's writes)."""
+        base = self.written_status.get(key) or md.get("status") or {}
+        await self._write_status(key, md, base, change(base))
+
+    async def _reconcile(self, key: Key, snap: Snapshot) -> float | None:
         md = snap.md
         if md["metadata"].get("deletionTimestamp"):
             return None  # children go by owner references

@@ -21,6 +21,7 @@ from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
+from kubeforge.refusal import RefusalGuard
 from kubeforge.trainingjob import build as tjbuild
 from kubeforge.trainingjob import status as tjstatus
 from kubeforge.trainingjob.status import compute_status
@@ -127,6 +128,7 @@ class TrainingJobReconciler:
         # the last view a reconcile found settled: (snapshot, written status)
         self.settled: dict[Key, tuple[Snapshot, JSON | None]] = {}
         self.phases = PhaseTracker(KIND)
+        self.guard = RefusalGuard(KIND)
         self._tjs = ctx.index(IDX_TJ)
         self._jobs = ctx.index(IDX_JOBS)
         self._pods = ctx.index(IDX_PODS)
@@ -158,6 +160,7 @@ class TrainingJobReconciler:
         self.phases.forget(key)
         if self.ctx.progress is not None:
             self.ctx.progress.forget(key)
+        self.guard.forget(key)
 
     def job_gone(self, key: Key) -> None:
         self.recent_job.pop(key, None)
@@ -185,11 +188,14 @@ class TrainingJobReconciler:
         return snap is not None and self._still_settled(key, snap)
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
-        if self._still_settled(key, snap):
+        if self._still_settled(key, snap) or self.guard.holds(key, snap.tj):
             return None
         self.settled.pop(key, None)
         writes = self.kube.write_count
-        await self.reconcile(key, snap)
+        await self.guard.run(
+            key, snap.tj, lambda: self.reconcile(key, snap),
+            lambda change: self._amend_status(key, snap.tj, change),
+        )
         if self.kube.write_count == writes and key in self.built:
             self.settled[key] = (snap, self.written_status.get(key))
         return None
@@ -297,6 +303,11 @@ class TrainingJobReconciler:
             self.written_status[key] = status
             await self._announce(tj, base, status)
         self.phases.set(key, status.get("phase", "Pending"))
+
+    async def _amend_status(self, key: Key, tj: JSON, change: Any) -> None:
+        """Write `change(current status)` (the refusal guard's writes)."""
+        base = self.written_status.get(key) or tj.get("status") or {}
+        await self._write_status(key, tj, base, change(base))
 
     async def _announce(self, tj: JSON, old: JSON, new: JSON) -> None:
         """Events for what a user must see: the phase changes that matter."""

@@ -25,7 +25,9 @@ from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key, slim_owner
 from kubeforge.metrics import PhaseTracker
+from kubeforge.refusal import RefusalGuard
 from kubeforge.tuningstudy import build as tb
+from kubeforge.tuningstudy.search import check_runnable, off_loop
 from kubeforge.tuningstudy.status import decide
 
 log = logging.getLogger("kubeforge.tuningstudy")
@@ -105,6 +107,7 @@ class TuningStudyReconciler:
         """Trials we created or patched that the watch may not show yet (name → object)."""
         self.promoted: dict[Key, str] = {}
         self.phases = PhaseTracker(KIND)
+        self.guard = RefusalGuard(KIND)
 
     # --- bookkeeping (event loop) ---
 
@@ -119,6 +122,7 @@ class TuningStudyReconciler:
         self.recent.pop(key, None)
         self.promoted.pop(key, None)
         self.phases.forget(key)
+        self.guard.forget(key)
 
     # --- the reconcile (event loop) ---
 
@@ -139,6 +143,19 @@ class TuningStudyReconciler:
         self.recent.setdefault(key, {})[obj["metadata"]["name"]] = slim_trial(obj)
 
     async def __call__(self, key: Key, snap: Snapshot) -> float | None:
+        if self.guard.holds(key, snap.study):
+            return None
+        return await self.guard.run(
+            key, snap.study, lambda: self._reconcile(key, snap),
+            lambda change: self._amend_status(key, snap.study, change),
+        )
+
+    async def _amend_status(self, key: Key, study: JSON, change: Any) -> None:
+        """Write `change(current status)` (the refusal guard's writes)."""
+        base = self.written_status.get(key) or study.get("status") or {}
+        await self._write_status(key, study, base, change(base))
+
+    async def _reconcile(self, key: Key, snap: Snapshot) -> float | None:
         study = snap.study
         if study["metadata"].get("deletionTimestamp"):
             return None
@@ -151,7 +168,9 @@ class TuningStudyReconciler:
             await self._invalid(key, study, exc, now)
             return None
         trials = self._trials(key, snap.trials)
-        d = decide(study, spec, trials, now)
+        # Optuna and anything proportional to the study's size run off the event loop
+        await off_loop(check_runnable, spec)
+        d = await off_loop(decide, study, spec, trials, now)
         ns = key[0]
         for name, value in d.reports.items():
             patch = {"metadata": {"annotations": {tb.REPORTS: value}}}

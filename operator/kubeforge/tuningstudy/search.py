@@ -9,23 +9,29 @@ an operator restart loses nothing.
 Determinism: a sampler's random generator would drift between a long-lived study and a rebuilt
 one, so each suggestion uses a fresh sampler seeded from `(algorithm.seed, trial number)`. The
 samplers whose structure depends on the seed itself (grid: the order of the points; qmc: the
-scrambled sequence) keep the study seed, and carry their progress in system attributes (grid's
-`grid_id`, qmc's sample counter) that the records restore. The result: the same records always
+scrambled sequence) keep the study seed; qmc carries its progress in a study system attribute
+(its sample counter) that the records restore. Grid is kubeforge's own, not Optuna's
+GridSampler (which lists every point): trial n runs point perm(n) of a seeded bijection of the
+point indices, each point found arithmetically (mixed radix), so a grid of any size costs O(1)
+memory and each point runs once; the trial records its point's index (`grid_id`). The result: the same records always
 give the same next suggestion, whether the study was interrupted or not.
 
 Parallel trials: running trials are added to the rebuilt study as RUNNING with their parameters,
-so TPE's constant liar (on by default) and GP see them, grid skips their points, qmc's counter
+so TPE's constant liar (on by default) sees them, grid's numbering has moved past them, qmc's counter
 has moved past them, and CMA-ES counts them in its generation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import functools
 import logging
 import math
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,12 +48,21 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kubeforge.api.tuningstudy import Objective, SearchParameter, TuningStudySpec
+from kubeforge.refusal import InvalidSpecError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", module="optuna")
 
 log = logging.getLogger("kubeforge.tuningstudy")
+
+SEARCH_WORKERS = 2
+"""Threads that run search decisions: the event loop never runs Optuna, and at most this many
+studies decide at once (the rest wait their turn, bounding CPU and memory)."""
+SEARCH_TIMEOUT_SECONDS = 60.0
+"""A decision that takes longer is abandoned (TimeoutError: retried with backoff, shown as
+Synced=False on the study)."""
+_POOL = ThreadPoolExecutor(max_workers=SEARCH_WORKERS, thread_name_prefix="kubeforge-search")
 
 TrialStateName = Literal["running", "complete", "pruned", "failed"]
 
@@ -61,6 +76,9 @@ _EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.UTC)
 
 # Samplers whose structure is fixed by the study seed (kept constant across suggestions).
 _STUDY_SEEDED = ("grid", "qmc")
+
+GRID_INDEX = "grid_id"
+"""The system attribute recording a grid trial's point (one integer: the point, not the grid)."""
 
 
 @dataclass
@@ -148,13 +166,36 @@ def distributions(spec: TuningStudySpec) -> dict[str, BaseDistribution]:
 
 
 def grid_size(spec: TuningStudySpec) -> int | None:
-    """Points of the grid (algorithm grid), else None."""
-    if spec.algorithm.name != "grid":
-        return None
-    n = 1
-    for p in spec.search_space.values():
-        n *= len(p.grid_points())
-    return n
+    """Points of the grid (algorithm grid), else None: counted, never listed."""
+    return spec.grid_size()
+
+
+def _grid_permutation(size: int, seed: int) -> tuple[int, int]:
+    """(a, b) of the bijection i -> (a*i + b) mod size that orders the grid (seeded, so the order
+    is the study's own and not the spec's; a bijection, so each point runs once)."""
+    if size <= 1:
+        return 1, 0
+    a = trial_seed(seed, -1) % size or 1
+    while math.gcd(a, size) != 1:  # at most a few steps: coprimes are dense
+        a = a % size + 1
+    return a, trial_seed(seed, -2) % size
+
+
+def grid_index(spec: TuningStudySpec, number: int, seed: int) -> int:
+    """The grid point (its index in the product of the dimensions) of trial `number`."""
+    size = grid_size(spec)
+    assert size is not None and 0 <= number < size
+    a, b = _grid_permutation(size, seed)
+    return (a * number + b) % size
+
+
+def grid_point(spec: TuningStudySpec, index: int) -> dict[str, Any]:
+    """The parameters of grid point `index` (mixed radix over the dimensions, in spec order)."""
+    params: dict[str, Any] = {}
+    for name, p in reversed(list(spec.search_space.items())):
+        index, digit = divmod(index, p.grid_size())
+        params[name] = p.grid_value(digit)
+    return {name: params[name] for name in spec.search_space}
 
 
 def effective_max_trials(spec: TuningStudySpec) -> int:
@@ -186,16 +227,14 @@ def build_sampler(spec: TuningStudySpec, number: int, study_key: str = "") -> Ba
     if algo.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algo.name == "grid":
-        grid = {name: p.grid_points() for name, p in spec.search_space.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        # never Optuna's GridSampler: it lists every point (and writes the whole grid into each
+        # trial's system attributes); SearchState.suggest indexes the point instead
+        return optuna.samplers.RandomSampler(seed=seed)
     if algo.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **settings)
     if algo.name == "cmaes":
         settings.setdefault("warn_independent_sampling", False)
         return optuna.samplers.CmaEsSampler(seed=seed, **settings)
-    if algo.name == "gp":
-        settings.setdefault("warn_independent_sampling", False)
-        return optuna.samplers.GPSampler(seed=seed, **settings)
     if algo.name == "qmc":
         settings.setdefault("warn_asynchronous_seeding", False)
         return optuna.samplers.QMCSampler(seed=seed, **settings)
@@ -319,7 +358,13 @@ class SearchState:
         """The next trial (number = one past the last record)."""
         number = self.next_number
         self.study.sampler = build_sampler(self.spec, number, self.study_key)
+        index = None
+        if self.spec.algorithm.name == "grid":
+            index = grid_index(self.spec, number, base_seed(self.spec, self.study_key))
+            self.study.enqueue_trial(grid_point(self.spec, index))
         trial = self.study.ask(fixed_distributions=None)
+        if index is not None:
+            self.storage.set_trial_system_attr(trial._trial_id, GRID_INDEX, index)
         assert trial.number == number, (trial.number, number)
         for name, dist in self.dists.items():
             trial._suggest(name, dist)
@@ -376,3 +421,24 @@ def grid_exhausted(spec: TuningStudySpec, records: Sequence[TrialRecord]) -> boo
         return False
     next_number = max((r.number for r in records), default=-1) + 1
     return next_number >= size
+
+
+def check_runnable(spec: TuningStudySpec) -> None:
+    """Build the spec's sampler and pruner once: settings Optuna's constructors refuse (what the
+    CRD and the models could not foresee) raise InvalidSpecError naming the field."""
+    try:
+        build_sampler(spec, 0)
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.algorithm.settings", f"Optuna refuses them: {exc}") from exc
+    try:
+        build_pruner(spec)
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.earlyStopping.settings", f"Optuna refuses them: {exc}") from exc
+
+
+async def off_loop(fn: Callable[..., Any], *args: Any, timeout: float = SEARCH_TIMEOUT_SECONDS) -> Any:
+    """`fn(*args)` on the search threads, awaited from the event loop (which stays free for
+    watches, other objects and the health endpoint)."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_POOL, functools.partial(fn, *args))
+    return await asyncio.wait_for(future, timeout)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from api_cases import ADMISSION
+from api_cases import ADMISSION, BASE, INVALID_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,24 @@ def test_category_lists_all_three_kinds(
     assert "modeldeployment.kubeforge.io/digits-mlp" in out
     short = kubectl("get", "tj,ts,md", "-n", namespace, "-o", "name")
     assert len(short.split()) == 3
+
+
+@pytest.mark.parametrize(("case", "kind", "name"), INVALID_NAMES, ids=[c[0] for c in INVALID_NAMES])
+def test_names_that_children_cannot_take_are_refused(
+    case: str, kind: str, name: str, kubeforge_crds: list[str], kubectl: Any, namespace: str,
+) -> None:
+    obj = {"apiVersion": "kubeforge.io/v1alpha1", "kind": kind,
+           "metadata": {"name": name, "namespace": namespace}, "spec": BASE[kind]}
+    result = kubectl.result("apply", "--server-side", "-f", "-", input=json.dumps(obj))
+    assert result.returncode != 0, f"{case}: the API server accepted it"
+    assert "metadata.name" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["TrainingJob", "TuningStudy", "ModelDeployment"])
+def test_longest_names_are_accepted(
+    kind: str, kubeforge_crds: list[str], kubectl: Any, namespace: str,
+) -> None:
+    limit = {"TrainingJob": 52, "TuningStudy": 63, "ModelDeployment": 63}[kind]
+    obj = {"apiVersion": "kubeforge.io/v1alpha1", "kind": kind,
+           "metadata": {"name": "a" * limit, "namespace": namespace}, "spec": BASE[kind]}
+    kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=json.dumps(obj))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from api_cases import INVALID
+from api_cases import BASE, INVALID, INVALID_NAMES
 from kubeforge import crdgen
 from kubeforge.api import KINDS, hp_env_name, hp_env_value
 from pydantic import ValidationError
@@ -108,3 +108,32 @@ class TestCrds:
             schema = crdgen.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
             walk(schema["properties"]["spec"], kind["kind"] + ".spec")
         assert missing == []
+
+
+class TestObjectNames:
+    @pytest.mark.parametrize(("case", "kind", "name"), INVALID_NAMES, ids=[c[0] for c in INVALID_NAMES])
+    def test_refused_naming_metadata_name(self, case: str, kind: str, name: str) -> None:
+        spec = BASE[kind]
+        with pytest.raises(ValidationError, match=r"metadata\.name"):
+            KINDS[kind].model_validate({"kind": kind, "metadata": {"name": name}, "spec": spec})
+
+    @pytest.mark.parametrize("kind", list(KINDS))
+    def test_longest_valid_name_passes(self, kind: str) -> None:
+        name = "a" * KINDS[kind].NAME_MAX
+        KINDS[kind].model_validate({"kind": kind, "metadata": {"name": name}, "spec": BASE[kind]})
+
+
+class TestQuantities:
+    @pytest.mark.parametrize("text", ["0", "1", "500m", "1.5", ".5", "2Gi", "1e3", "+1", "64Mi"])
+    def test_accepted(self, text: str) -> None:
+        KINDS["TrainingJob"].model_validate(
+            {"metadata": {"name": "x"}, "spec": {**BASE["TrainingJob"], "resources": {"cpu": text}}}
+        )
+
+    @pytest.mark.parametrize("text", ["-1", "-0.5", "1.2.3", "1Gb", "", "1 Gi", "e3", "1Ki5"])
+    def test_refused(self, text: str) -> None:
+        with pytest.raises(ValidationError, match="resources"):
+            KINDS["TrainingJob"].model_validate(
+                {"metadata": {"name": "x"},
+                 "spec": {**BASE["TrainingJob"], "resources": {"cpu": text}}}
+            )

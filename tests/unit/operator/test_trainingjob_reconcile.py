@@ -202,3 +202,51 @@ def test_a_settled_view_is_not_reconciled_again() -> None:
     rec.forget(key)
     rec(key, view)
     assert len(calls) == 4
+
+
+class RefusingKube(FakeKube):
+    """The API server refusing the Job (what a CRD without the issue-18 rules let through)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__()
+        self.error = error
+        self.attempts = 0
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Job":
+            self.attempts += 1
+            raise self.error
+        return await super().create(obj)
+
+
+def test_a_job_refused_for_good_fails_the_trainingjob_once() -> None:
+    error = ApiError(422, "Unprocessable Entity", {
+        "message": 'Job.batch "digits" is invalid: spec.template.spec.containers[0].resources.'
+                   'limits[cpu]: Invalid value: "-1": must be greater than or equal to 0',
+        "details": {"name": "digits", "kind": "Job", "group": "batch", "causes": [
+            {"field": "spec.template.spec.containers[0].resources.limits[cpu]"}]}})
+    kube = RefusingKube(error)
+    rec, obj = Rec(kube), tj(with_spec())
+    key = ("ml", "digits")
+    rec(key, snap(obj))  # no exception: the controller does not retry it
+    status = [w for w in kube.writes if w[0] == "STATUS"]
+    assert len(status) == 1 and status[0][2]["phase"] == "Failed"
+    assert status[0][2]["message"].startswith("spec.resources: the API server refused Job")
+    assert 'Invalid value: "-1"' in status[0][2]["message"]
+    events = [w for w in kube.writes if "/events" in w[1]]
+    assert len(events) == 1 and events[0][2]["reason"] == "InvalidSpec"
+    # the resync and further events change nothing: no retry loop
+    for _ in range(3):
+        rec(key, snap(obj))
+    assert kube.attempts == 1 and len([w for w in kube.writes if w[0] == "STATUS"]) == 1
+
+
+def test_a_terminating_namespace_stops_the_trainingjob_quietly() -> None:
+    kube = RefusingKube(ApiError(403, "Forbidden", {
+        "message": 'jobs.batch "digits" is forbidden: unable to create new content in namespace '
+                   "ml because it is being terminated"}))
+    rec, obj = Rec(kube), tj(with_spec())
+    for _ in range(5):
+        rec(("ml", "digits"), snap(obj))
+    assert kube.attempts == 1
+    assert [w for w in kube.writes if w[0] == "STATUS"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -86,7 +87,7 @@ def rebuilt(spec: TuningStudySpec, n_trials: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     ("algo", "n"),
-    [("tpe", 16), ("random", 10), ("grid", 20), ("cmaes", 14), ("qmc", 10), ("gp", 13)],
+    [("tpe", 16), ("random", 10), ("cmaes", 14), ("qmc", 10)],
 )
 def test_rebuilt_study_suggests_what_the_uninterrupted_one_does(algo: str, n: int) -> None:
     spec = make_spec(algo)
@@ -118,15 +119,29 @@ def test_running_trials_are_seen_constant_liar() -> None:
     assert len({tuple(sorted(b.items())) for b in batch}) == 3
 
 
-def test_grid_covers_its_space_exactly_once_in_order() -> None:
+def test_grid_covers_its_space_exactly_once_in_a_seeded_order() -> None:
     spec = make_spec("grid", maxTrials=100)
     size = S.grid_size(spec)
     assert size == 5 * 3 * 2
     assert S.effective_max_trials(spec) == size
     points = rebuilt(spec, size)
-    assert len({tuple(sorted(p.items())) for p in points}) == size  # every point, once
-    assert points == uninterrupted(spec, size)  # Optuna's (seeded) order
+    every = {
+        (x, lr, opt) for x in (-5.0, -2.5, 0.0, 2.5, 5.0) for lr in (1, 2, 3) for opt in ("adam", "sgd")
+    }
+    assert {(p["x"], p["lr"], p["opt"]) for p in points} == every  # every point, once
+    assert len(points) == size
+    assert points == rebuilt(spec, size)  # the same seed, the same order
+    assert points != rebuilt(make_spec("grid", algorithm={"seed": 4}), size)
     assert S.grid_exhausted(spec, [TrialRecord(number=size - 1, params={})])
+
+
+def test_grid_point_indexes_the_product_in_spec_order() -> None:
+    spec = make_spec("grid")
+    # mixed radix, the last dimension fastest: x (5) * lr (3) * opt (2)
+    assert S.grid_point(spec, 0) == {"x": -5.0, "lr": 1, "opt": "adam"}
+    assert S.grid_point(spec, 1) == {"x": -5.0, "lr": 1, "opt": "sgd"}
+    assert S.grid_point(spec, 2) == {"x": -5.0, "lr": 2, "opt": "adam"}
+    assert S.grid_point(spec, 29) == {"x": 5.0, "lr": 3, "opt": "sgd"}
 
 
 def test_grid_stops_at_max_trials() -> None:
@@ -134,17 +149,43 @@ def test_grid_stops_at_max_trials() -> None:
     assert S.effective_max_trials(spec) == 7
 
 
-def test_grid_skips_points_of_running_trials_after_a_gap() -> None:
-    """A placeholder for a garbage-collected trial keeps Optuna's numbering (and grid ids)."""
+def test_grid_trial_records_its_point_not_the_grid() -> None:
     spec = make_spec("grid")
-    full = rebuilt(spec, 4)
-    records = [
-        TrialRecord(number=i, params=p, state="complete", final=1.0, system_attrs={})
-        for i, p in enumerate(full[:3])
-    ]
-    del records[1]  # trial 1 was deleted
-    s = SearchState(spec, records, "k", next_number=3).suggest()
-    assert s.number == 3 and s.params == full[3]
+    s = SearchState(spec, [], "k").suggest()
+    assert s.system_attrs[S.GRID_INDEX] == S.grid_index(spec, 0, 3)
+    assert len(json.dumps(s.system_attrs)) < 200
+
+
+def test_a_huge_grid_is_counted_and_indexed_never_listed() -> None:
+    """5 M points (float 0-1 step 2e-7) and 1e8 (the maximum): suggestions cost what a small
+    grid's do, and records stay small (the issue: 1.48 GB and a 413 with Optuna's GridSampler)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for space, size in (
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 2e-7}}, 5_000_001),
+        ({"a": {"type": "int", "low": 0, "high": 9999}, "b": {"type": "int", "low": 0, "high": 9999}},
+         100_000_000),
+    ):
+        spec = TuningStudySpec.model_validate({**make_spec("grid").wire(), "searchSpace": space})
+        assert S.grid_size(spec) == size
+        records: list[TrialRecord] = []
+        for n in range(5):
+            sug = SearchState(spec, records, "k").suggest()
+            records.append(TrialRecord(number=n, params=sug.params, state="complete", final=1.0,
+                                       system_attrs=sug.system_attrs))
+        assert len({json.dumps(r.params, sort_keys=True) for r in records}) == 5
+        assert all(len(json.dumps(r.system_attrs)) < 200 for r in records)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 50, grown_mb
+
+
+def test_grid_above_the_maximum_is_refused_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    space = {"a": {"type": "int", "low": 0, "high": 99999}, "b": {"type": "int", "low": 0, "high": 9999}}
+    with pytest.raises(ValidationError, match="searchSpace: algorithm grid has 1,000,000,000 points"):
+        TuningStudySpec.model_validate({**make_spec("grid").wire(), "searchSpace": space})
 
 
 def test_settings_pass_through() -> None:
@@ -305,3 +346,35 @@ def test_pruning_matches_a_live_optuna_study(pruner: str) -> None:
             live.tell(t, rec.reports[-1][1])
             rec.state, rec.final = "complete", rec.reports[-1][1]
     assert pruned_any
+
+
+def test_settings_optuna_refuses_are_an_invalid_spec_naming_the_field() -> None:
+    """What an older CRD stored (before the bounds) still ends in InvalidSpec, not a crash loop."""
+    from kubeforge.refusal import InvalidSpecError
+
+    spec = make_spec("tpe", "percentile")
+    S.check_runnable(spec)
+    spec.early_stopping.settings["percentile"] = 200  # as stored before the CRD bounded it
+    with pytest.raises(InvalidSpecError, match=r"^spec\.earlyStopping\.settings: Optuna refuses"):
+        S.check_runnable(spec)
+    spec = make_spec("qmc")
+    spec.algorithm.settings["qmc_type"] = "bogus"
+    with pytest.raises(InvalidSpecError, match=r"^spec\.algorithm\.settings"):
+        S.check_runnable(spec)
+
+
+def test_off_loop_runs_on_the_search_threads_and_is_bounded_in_time() -> None:
+    import asyncio
+    import threading
+    import time
+
+    async def main() -> tuple[str, bool]:
+        name = await S.off_loop(lambda: threading.current_thread().name)
+        try:
+            await S.off_loop(time.sleep, 0.5, timeout=0.05)
+        except TimeoutError:
+            return name, True
+        return name, False
+
+    name, timed_out = asyncio.run(main())
+    assert name.startswith("kubeforge-search") and timed_out
