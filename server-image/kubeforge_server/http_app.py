@@ -1,0 +1,409 @@
+"""HTTP routing, inference hand-off and the limits shared by all connections.
+
+``HttpApp`` owns what is global to the HTTP side: the connection registry (capped), the budget
+of buffered request bytes, the timer that enforces header/body/keep-alive timeouts, and routing.
+The per-connection framing lives in ``http_server.HttpProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import orjson
+
+from .codec import InferRequest, decode_json_request, encode_json_response
+from .dataplane import DataPlane, Job, ModelEntry, Results
+from .errors import BadRequest, InferenceError, MethodNotAllowed, NotFound
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .http_server import HttpProtocol
+
+log = logging.getLogger("kubeforge_server.http")
+_now = time.perf_counter
+
+JSON = b"application/json"
+OCTET = b"application/octet-stream"
+TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+# Bodies up to this size are decoded on the loop and do not count against the buffered-bytes
+# budget (a connection holds at most one such body, and connections are capped).
+SMALL_BODY = 64 * 1024
+
+_REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+_STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
+_GET = "GET, HEAD"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_json_bytes: int = 2 * 1024 * 1024
+    max_connections: int = 1000
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 65.0
+
+
+def build_response(
+    code: int,
+    body: bytes,
+    ctype: bytes = JSON,
+    close: bool = False,
+    header_length: int | None = None,
+    extra: bytes = b"",
+    head: bool = False,
+) -> bytes:
+    """One complete HTTP/1.1 answer. ``head``: the headers a GET would get, without the body."""
+    if header_length is not None:
+        extra += b"inference-header-content-length: %d\r\n" % header_length
+    line = _STATUS.get(code) or b"HTTP/1.1 %d Status\r\n" % code
+    return b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+        line,
+        ctype,
+        len(body),
+        extra,
+        b"connection: close\r\n" if close else b"",
+        b"" if head else body,
+    )
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:  # pragma: no cover
+        return None
+
+
+_LIBC = _libc()
+
+
+def tune_malloc() -> None:
+    """Fix glibc's mmap threshold at 1 MiB: large bodies and tensors are then mapped and unmapped
+    on their own, so memory a burst of big requests used goes back to the system afterwards
+    (the default threshold rises to the largest block ever freed, keeping such blocks in the
+    heap for good)."""
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+
+
+def trim_malloc() -> None:
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+class HttpApp:
+    """Routing and shared state for all HTTP connections."""
+
+    def __init__(
+        self, dataplane: DataPlane, metrics: Metrics, limits: HttpLimits | None = None
+    ) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.limits = limits or HttpLimits()
+        self.connections: set[HttpProtocol] = set()
+        self.buffered = 0  # bytes of request bodies held (reserved) right now
+        self.released_since_trim = 0
+        self.draining = False
+        self.drain_started = 0.0
+        self.accepted = 0  # infer requests read completely
+        self.served = 0  # infer requests answered (any status)
+        self.refused_connections = 0
+        self._infer_paths: dict[bytes, ModelEntry] = {}
+        self._decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self._timer: asyncio.TimerHandle | None = None
+
+    def protocol_factory(self) -> HttpProtocol:
+        from .http_server import HttpProtocol
+
+        return HttpProtocol(self)
+
+    def model_added(self, entry: ModelEntry) -> None:
+        self._infer_paths[f"/v2/models/{entry.model.name}/infer".encode()] = entry
+        self._infer_paths[
+            f"/v2/models/{entry.model.name}/versions/{entry.model.version}/infer".encode()
+        ] = entry
+
+    # -- budget of buffered request bytes ---------------------------------------------------------
+    def reserve(self, size: int) -> bool:
+        if self.buffered + size > self.limits.max_buffered_bytes:
+            return False
+        self.buffered += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.buffered -= size
+        self.released_since_trim += size
+
+    # -- timeouts -----------------------------------------------------------------------------------
+    def start_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        lim = self.limits
+        self._tick = max(0.05, min(0.5, lim.header_timeout / 4, lim.keepalive_timeout / 4))
+        self._timer = loop.call_later(self._tick, self._check_timeouts, loop)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._decoder.shutdown(wait=False)
+
+    def _check_timeouts(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = _now()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        if self.released_since_trim > 16 * 1024 * 1024 and self.buffered == 0:
+            self.released_since_trim = 0
+            loop.run_in_executor(self._decoder, trim_malloc)
+        self._timer = loop.call_later(self._tick, self._check_timeouts, loop)
+
+    # -- draining ---------------------------------------------------------------------------------
+    def start_draining(self) -> None:
+        self.draining = True
+        self.drain_started = _now()
+
+    def close_idle(self, idle_for: float) -> None:
+        """Close connections that owe no answer and sent nothing for ``idle_for`` seconds since
+        draining began: a client between two requests gets the chance to send one more and read
+        its ``connection: close`` answer; one stuck halfway through a request (never accepted)
+        does not hold the shutdown up."""
+        now = _now()
+        for conn in list(self.connections):
+            if (
+                conn.owes_nothing()
+                and now - max(conn.last_activity, self.drain_started) >= idle_for
+            ):
+                conn.close()
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def dispatch(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        method: bytes,
+        url: bytes,
+        body: bytes | bytearray,
+        header_length: bytes | None,
+        t0: float,
+    ) -> None:
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        entry = self._infer_paths.get(path)
+        if entry is not None and method == b"POST":
+            self.infer(conn, seq, entry, body, header_length, t0)
+            return
+        extra = b""
+        try:
+            code, payload, ctype = self.route(conn, seq, method, path, body, header_length, t0)
+        except InferenceError as exc:
+            code, payload, ctype, extra = exc.status, error_body(exc.message), JSON, exc.headers
+        except Exception as exc:  # pragma: no cover - defensive
+            log.exception("unexpected error handling %s %s", method, url)
+            code, payload, ctype = (
+                500,
+                error_body(f"internal error: {type(exc).__name__}: {exc}"),
+                JSON,
+            )
+        if code:
+            conn.respond(seq, code, payload, ctype, extra=extra)
+
+    def route(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        method: bytes,
+        path: bytes,
+        body: bytes | bytearray,
+        header_length: bytes | None,
+        t0: float,
+    ) -> tuple[int, bytes, bytes]:
+        dp = self.dataplane
+        p = unquote(path.decode("latin-1"))
+        if p.endswith("/") and len(p) > 1:
+            p = p[:-1]
+        is_get = method in (b"GET", b"HEAD")
+
+        def only_get() -> None:
+            if not is_get:
+                raise MethodNotAllowed(method.decode(), _GET)
+
+        if p == "/v2/health/live":
+            only_get()
+            return 200, b'{"live":true}', JSON
+        if p == "/v2/health/ready":
+            only_get()
+            return (200, b'{"ready":true}', JSON) if dp.ready else (503, b'{"ready":false}', JSON)
+        if p == "/metrics":
+            only_get()
+            return 200, self.metrics.render(), TEXT_METRICS
+        if p == "/v2":
+            only_get()
+            return 200, dp.server_metadata_json, JSON
+        if p.startswith("/v2/models/"):
+            parts = p[len("/v2/models/") :].split("/")
+            name, version = parts[0], None
+            rest = parts[1:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            if rest == [] or rest == ["ready"] or rest == ["infer"]:
+                entry = dp.get(name, version)
+                if rest == []:
+                    only_get()
+                    return 200, entry.metadata_json, JSON
+                if rest == ["ready"]:
+                    only_get()
+                    ok = dp.model_ready(entry)
+                    return (200 if ok else 503), orjson.dumps({"name": name, "ready": ok}), JSON
+                if method != b"POST":
+                    raise MethodNotAllowed(method.decode(), "POST")
+                self.infer(conn, seq, entry, body, header_length, t0)
+                return 0, b"", b""
+        if p in ("/v2/models", "/v2/repository/index"):
+            if method != b"POST" and p == "/v2/models":
+                raise MethodNotAllowed(method.decode(), "POST")
+            return (
+                200,
+                orjson.dumps(
+                    [
+                        {
+                            "name": n,
+                            "version": e.model.version,
+                            "state": "READY" if dp.model_ready(e) else "UNAVAILABLE",
+                        }
+                        for n, e in dp.entries.items()
+                    ]
+                ),
+                JSON,
+            )
+        if p == "/":
+            only_get()
+            return 200, dp.server_metadata_json, JSON
+        raise NotFound(f"no route for {method.decode()} {p}")
+
+    # -- inference ----------------------------------------------------------------------------------
+    def infer(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        entry: ModelEntry,
+        body: bytes | bytearray,
+        header_length: bytes | None,
+        t0: float,
+    ) -> None:
+        self.accepted += 1
+        try:
+            hl = None
+            if header_length is not None:
+                try:
+                    hl = int(header_length)
+                except ValueError:
+                    raise BadRequest("Inference-Header-Content-Length must be an integer") from None
+            self.dataplane.check_queue(entry)  # before decoding: a full queue costs nothing
+            if len(body) <= SMALL_BODY:
+                req = decode_json_request(entry.model, body, hl, entry.limits)
+            else:
+                # Large tensors are decoded on a worker thread; the loop keeps serving.
+                fut = asyncio.get_running_loop().run_in_executor(
+                    self._decoder, decode_json_request, entry.model, body, hl, entry.limits
+                )
+                fut.add_done_callback(lambda f: self._decoded(f, conn, seq, entry, t0))
+                return
+        except InferenceError as exc:
+            self._fail(conn, seq, entry, exc, t0)
+            return
+        self._submit(conn, seq, entry, req, t0)
+
+    def _decoded(
+        self,
+        fut: asyncio.Future[InferRequest],
+        conn: HttpProtocol,
+        seq: int,
+        entry: ModelEntry,
+        t0: float,
+    ) -> None:
+        try:
+            req = fut.result()
+        except InferenceError as exc:
+            self._fail(conn, seq, entry, exc, t0)
+            return
+        except Exception as exc:  # pragma: no cover - defensive
+            log.exception("decoding request failed")
+            self._fail(conn, seq, entry, InferenceError(f"internal error: {exc}"), t0)
+            return
+        self._submit(conn, seq, entry, req, t0)
+
+    def _submit(
+        self, conn: HttpProtocol, seq: int, entry: ModelEntry, req: InferRequest, t0: float
+    ) -> None:
+        try:
+            self.dataplane.submit(entry, Job(req, t0, self._complete, (conn, seq, entry)))
+        except InferenceError as exc:
+            self._fail(conn, seq, entry, exc, t0)
+
+    def _fail(
+        self, conn: HttpProtocol, seq: int, entry: ModelEntry, exc: InferenceError, t0: float
+    ) -> None:
+        self._finish(
+            conn, seq, entry, exc.status, error_body(exc.message), JSON, None, t0, exc.headers
+        )
+
+    def _complete(
+        self, job: Job, names: list[str], results: Results | None, err: InferenceError | None
+    ) -> None:
+        conn, seq, entry = job.ctx
+        entry.metrics.inflight -= 1
+        if err is not None:
+            self._fail(conn, seq, entry, err, job.t0)
+            return
+        assert results is not None
+        req: InferRequest = job.req
+        try:
+            body, hl = encode_json_response(entry.model, req, names, results)
+        except Exception as exc:  # pragma: no cover - defensive
+            log.exception("encoding response failed")
+            self._fail(conn, seq, entry, InferenceError(f"cannot encode outputs: {exc}"), job.t0)
+            return
+        self._finish(conn, seq, entry, 200, body, JSON if hl is None else OCTET, hl, job.t0)
+
+    def _finish(
+        self,
+        conn: HttpProtocol,
+        seq: int,
+        entry: ModelEntry,
+        code: int,
+        body: bytes,
+        ctype: bytes,
+        header_length: int | None,
+        t0: float,
+        extra: bytes = b"",
+    ) -> None:
+        conn.respond(seq, code, body, ctype, header_length, extra)
+        self.served += 1
+        entry.metrics.request_done("http", code, _now() - t0)
+
+
+__all__ = ["HttpApp", "HttpLimits", "build_response", "error_body", "tune_malloc"]
