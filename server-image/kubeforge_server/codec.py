@@ -362,6 +362,24 @@ def decode_json_request(
     return req
 
 
+def precheck_head(model: OnnxModel, head: Any, limits: DecodeLimits) -> None:
+    """Check the JSON head of a binary-extension request as soon as it has arrived, so a request
+    with an impossible shape is refused before its (possibly large) tensor bytes are read.
+    Raises BadRequest; anything it cannot judge is left to the full decode."""
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return
+    inputs = doc.get("inputs") if type(doc) is dict else None
+    if type(inputs) is not list:
+        return
+    for t in inputs:
+        spec = model.input_by_name.get(t.get("name")) if type(t) is dict else None
+        if spec is not None:
+            check_datatype(spec, t.get("datatype"))
+            _shape_of(spec, t.get("shape"), limits)
+
+
 def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == object:
         return [

@@ -195,22 +195,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tm(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in m.outputs],
         )
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, message: bytes, context: Any) -> Any:
+        """Takes the serialized request: a large one is parsed on a worker thread."""
         t0 = _now()
+        size = len(message)
+        held = size if size > _SMALL_MESSAGE else 0
+        if held and not self._reserve(held):
+            full = Overloaded(f"request of {size} bytes does not fit the buffered-bytes budget")
+            self._count("_unknown", full.status, t0)
+            await self._fail(context, full)
+        try:
+            try:
+                if held:
+                    request = await asyncio.get_running_loop().run_in_executor(
+                        self._decoder, pb.ModelInferRequest.FromString, message
+                    )
+                else:
+                    request = pb.ModelInferRequest.FromString(message)
+            except Exception as exc:  # protobuf's DecodeError
+                await self._fail(context, BadRequest(f"malformed ModelInferRequest: {exc}"))
+            del message
+            return await self._infer(request, context, t0)
+        finally:
+            if held:
+                self._release(held)
+
+    async def _infer(self, request: Any, context: Any, t0: float) -> Any:
         try:
             entry = self.dp.get(request.model_name, request.model_version or None)
         except InferenceError as exc:
             self._count("_unknown", exc.status, t0)
             await self._fail(context, exc)
-        size = request.ByteSize()
-        held = size if size > _SMALL_MESSAGE else 0
-        if held and not self._reserve(held):
-            full = Overloaded(f"request of {size} bytes does not fit the buffered-bytes budget")
-            self._count(entry.model.name, full.status, t0)
-            await self._fail(context, full)
+        large = request.ByteSize() > _SMALL_MESSAGE
         try:
             self.dp.check_queue(entry)
-            if held:
+            if large:
                 loop = asyncio.get_running_loop()
                 req = await loop.run_in_executor(
                     self._decoder, decode_grpc_request, entry.model, request, entry.limits
@@ -221,9 +240,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except InferenceError as exc:
             self._count(entry.model.name, exc.status, t0)
             await self._fail(context, exc)
-        finally:
-            if held:
-                self._release(held)
         self._count(entry.model.name, 200, t0)
         model = entry.model
         resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
@@ -236,6 +252,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             out.shape.extend(arr.shape)
             resp.raw_output_contents.append(bytes_from_array(arr))
         return resp
+
+
+def method_handlers(servicer: InferenceServicer) -> Any:
+    """The service's handlers, as the generated ``add_..._to_server`` builds them, except that
+    ModelInfer receives the serialized bytes (parsed off the loop when large)."""
+    names = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=getattr(pb, f"{name}Request").FromString,
+            response_serializer=getattr(pb, f"{name}Response").SerializeToString,
+        )
+        for name in names
+    }
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=None,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
 async def start_grpc(
@@ -257,7 +293,7 @@ async def start_grpc(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     servicer = InferenceServicer(dataplane, metrics, reserve, release)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
     bound = server.add_insecure_port(f"{'[::]' if host in ('0.0.0.0', '::') else host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from .codec import InferRequest, decode_json_request, encode_json_response
+from .codec import InferRequest, decode_json_request, encode_json_response, precheck_head
 from .dataplane import DataPlane, Job, ModelEntry, Results
 from .errors import BadRequest, InferenceError, MethodNotAllowed, NotFound
 from .metrics import Metrics
@@ -130,6 +130,7 @@ class HttpApp:
         self.connections: set[HttpProtocol] = set()
         self.buffered = 0  # bytes of request bodies held (reserved) right now
         self.released_since_trim = 0
+        self.trim_at = 0.0
         self.draining = False
         self.drain_started = 0.0
         self.accepted = 0  # infer requests read completely
@@ -164,7 +165,8 @@ class HttpApp:
     # -- timeouts -----------------------------------------------------------------------------------
     def start_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         lim = self.limits
-        self._tick = max(0.05, min(0.5, lim.header_timeout / 4, lim.keepalive_timeout / 4))
+        self._tick = max(0.05, min(0.25, lim.header_timeout / 4, lim.keepalive_timeout / 4))
+        self._due = _now() + self._tick
         self._timer = loop.call_later(self._tick, self._check_timeouts, loop)
 
     def stop(self) -> None:
@@ -174,11 +176,20 @@ class HttpApp:
 
     def _check_timeouts(self, loop: asyncio.AbstractEventLoop) -> None:
         now = _now()
+        metrics = self.metrics
+        metrics.loop_lag.observe(max(0.0, now - self._due))
+        metrics.open_connections = len(self.connections)
+        metrics.buffered_bytes = self.buffered
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        if self.released_since_trim > 16 * 1024 * 1024 and self.buffered == 0:
+        if self.released_since_trim > 16 * 1024 * 1024:
+            # Trim once the refused connections' lingering buffers are gone too.
             self.released_since_trim = 0
+            self.trim_at = now + 1.5
+        if self.trim_at and now >= self.trim_at and self.buffered == 0:
+            self.trim_at = 0.0
             loop.run_in_executor(self._decoder, trim_malloc)
+        self._due = _now() + self._tick
         self._timer = loop.call_later(self._tick, self._check_timeouts, loop)
 
     # -- draining ---------------------------------------------------------------------------------
@@ -199,6 +210,13 @@ class HttpApp:
             ):
                 conn.close()
 
+    def precheck(self, url: bytes, head: memoryview) -> None:
+        """Validate a binary request's JSON head before its tensor bytes are read (raises)."""
+        q = url.find(b"?")
+        entry = self._infer_paths.get(url if q < 0 else url[:q])
+        if entry is not None:
+            precheck_head(entry.model, head, entry.limits)
+
     # -- dispatch ---------------------------------------------------------------------------------
     def dispatch(
         self,
@@ -206,7 +224,7 @@ class HttpApp:
         seq: int,
         method: bytes,
         url: bytes,
-        body: bytes | bytearray,
+        body: bytes | memoryview,
         header_length: bytes | None,
         t0: float,
     ) -> None:
@@ -237,7 +255,7 @@ class HttpApp:
         seq: int,
         method: bytes,
         path: bytes,
-        body: bytes | bytearray,
+        body: bytes | memoryview,
         header_length: bytes | None,
         t0: float,
     ) -> tuple[int, bytes, bytes]:
@@ -310,7 +328,7 @@ class HttpApp:
         conn: HttpProtocol,
         seq: int,
         entry: ModelEntry,
-        body: bytes | bytearray,
+        body: bytes | memoryview,
         header_length: bytes | None,
         t0: float,
     ) -> None:

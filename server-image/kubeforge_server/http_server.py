@@ -22,13 +22,16 @@ health check behind it. Every resource a client can hold is bounded (``HttpLimit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 import httptools
+import numpy as np
 
 from .codec import json_too_large
+from .errors import InferenceError
 from .http_app import SMALL_BODY, HttpApp, build_response, error_body
 
 log = logging.getLogger("kubeforge_server.http")
@@ -58,6 +61,7 @@ class HttpProtocol(asyncio.Protocol):
         "expect_continue",
         "head_bytes",
         "head_seqs",
+        "head_to_check",
         "header_count",
         "header_length",
         "held",
@@ -84,12 +88,15 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.method = b""
         self.body: list[bytes] = []
-        self.buf: bytearray | None = None  # the body, when its length was declared up front
+        # The body, when its length was declared up front: uninitialised memory filled chunk by
+        # chunk (a zeroed bytearray or a final join would touch every page at once, on the loop).
+        self.buf: np.ndarray | None = None
         self.body_size = 0
         self.content_length: int | None = None
         self.reserved = 0  # budget bytes held by the body being read
         self.held: dict[int, int] = {}  # budget bytes held by requests awaiting their answer
         self.header_length: bytes | None = None
+        self.head_to_check = 0  # length of a binary request's JSON head still to be checked
         self.header_count = 0
         self.head_bytes = 0
         self.expect_continue = False
@@ -209,6 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body_size = 0
         self.content_length = None
         self.header_length = None
+        self.head_to_check = 0
         self.header_count = 0
         self.expect_continue = False
         self.upgrade = False
@@ -272,7 +280,10 @@ class HttpProtocol(asyncio.Protocol):
                     )
                     raise _Abort
                 self.reserved = size
-                self.buf = bytearray(size)
+                self.buf = np.empty(size, np.uint8)
+                if self.header_length is not None and self.method == b"POST":
+                    with contextlib.suppress(ValueError):
+                        self.head_to_check = int(self.header_length)
         self.phase = _BODY
         self.head_bytes = 0
         self.deadline = _now() + limits.body_timeout
@@ -285,7 +296,16 @@ class HttpProtocol(asyncio.Protocol):
         self.body_size = size
         buf = self.buf
         if buf is not None:
-            buf[start:size] = body  # the parser never hands more than Content-Length
+            # The parser never hands more than Content-Length.
+            buf[start:size] = np.frombuffer(body, np.uint8)
+            hl = self.head_to_check
+            if hl and size >= hl:
+                self.head_to_check = 0
+                try:
+                    self.app.precheck(self.url, buf[:hl].data)
+                except InferenceError as exc:
+                    self._fatal(exc.status, exc.message)
+                    raise _Abort from None
             return
         limits = self.app.limits
         # Chunked: no length up front, so check and reserve as it grows.
@@ -311,9 +331,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         if not parser.should_keep_alive() or self.app.draining:
             self.close_after = seq if self.close_after is None else min(self.close_after, seq)
-        data: bytes | bytearray
+        data: bytes | memoryview
         if self.buf is not None:
-            data = self.buf
+            data = self.buf.data
             self.buf = None
         else:
             body = self.body
@@ -397,6 +417,7 @@ class HttpProtocol(asyncio.Protocol):
         self.aborted = True
         self.linger = True
         self._release_reading()
+        self._pause_reading()  # read nothing more of a request we refused
         seq = self.next_seq
         self.next_seq = seq + 1
         self.phase = _IDLE

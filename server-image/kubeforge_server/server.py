@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -139,6 +140,11 @@ class Server:
                         max_queue=cfg.max_queue,
                     )
                     self.http.model_added(entry)
+                    # Everything loaded so far lives as long as the process: keep it out of the
+                    # cyclic collector, whose full passes over it would stall the loop for tens
+                    # of milliseconds under connection churn.
+                    gc.collect()
+                    gc.freeze()
                     log.info(
                         "ready: model %s (sha256 %s), dynamic batching %s",
                         model.name,
