@@ -77,7 +77,7 @@ def _run_ms(path: Path) -> float:
     x = {"input": np.ones((1, 64), np.float32)}
     sess.run(None, x)
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t = time.perf_counter()
         sess.run(None, x)
         times.append(time.perf_counter() - t)
@@ -89,9 +89,13 @@ def build_sleepy_model(path: Path, target_ms: float = 40.0) -> tuple[Path, float
     trips = 200
     onnx.save_model(_sleepy_model(trips), str(path))
     ms = _run_ms(path)
-    trips = max(1, round(trips * target_ms / max(ms, 0.01)))
-    onnx.save_model(_sleepy_model(trips), str(path))
-    return path, _run_ms(path)
+    for _ in range(3):  # the machine may be busy: measure again until it lands near the target
+        trips = max(1, round(trips * target_ms / max(ms, 0.01)))
+        onnx.save_model(_sleepy_model(trips), str(path))
+        ms = _run_ms(path)
+        if 0.75 * target_ms <= ms <= 1.25 * target_ms:
+            break
+    return path, ms
 
 
 GOOD_CLIENTS = textwrap.dedent(
