@@ -25,11 +25,11 @@ from .codec import (
     DecodeLimits,
     InferRequest,
     array_from_bytes,
-    bytes_from_array,
     check_datatype,
     check_shape,
 )
 from .dataplane import DataPlane
+from .encode import bytes_from_array
 from .errors import BadRequest, InferenceError, Overloaded
 from .grpc_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -155,6 +155,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _fail(context: Any, exc: InferenceError) -> NoReturn:
         await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False)
 
     def _count(self, model: str, code: int, t0: float) -> None:
         self.served += 1

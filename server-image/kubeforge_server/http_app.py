@@ -19,8 +19,9 @@ from urllib.parse import unquote
 
 import orjson
 
-from .codec import InferRequest, decode_json_request, encode_json_response, precheck_head
+from .codec import InferRequest, decode_json_request, precheck_head
 from .dataplane import DataPlane, Job, ModelEntry, Results
+from .encode import encode_json_response
 from .errors import BadRequest, InferenceError, MethodNotAllowed, NotFound
 from .metrics import Metrics
 

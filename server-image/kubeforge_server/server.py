@@ -185,6 +185,8 @@ class Server:
             await grpc_stop
         self.http.stop()
         self.dataplane.close()
+        if self._grpc_servicer is not None:
+            self._grpc_servicer.close()
         grpc_served = self._grpc_servicer.served if self._grpc_servicer is not None else 0
         log.info(
             "drained: http inference requests accepted=%d answered=%d; grpc answered=%d; "
