@@ -182,8 +182,11 @@ class GoodReport:
         s = sorted(xs)
         return s[min(len(s) - 1, int(len(s) * 0.99))] if s else float("nan")
 
-    def check(self, infer_p99: float = 0.25, live_p99: float = 0.05) -> None:
-        assert not self.errors, self.errors[:5]
+    def check(
+        self, infer_p99: float = 0.25, live_p99: float = 0.05, infer_may_get_503: bool = False
+    ) -> None:
+        errors = [e for e in self.errors if not (infer_may_get_503 and e == "infer: 503")]
+        assert not errors, errors[:5]
         assert len(self.infer) >= 5 and len(self.live) >= 5, (len(self.infer), len(self.live))
         live, infer = self._kept(self.live), self._kept(self.infer)
         assert self.p99(live) <= live_p99, f"liveness p99 {self.p99(live) * 1e3:.1f} ms"
