@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,19 @@ def write_termination_message(path: str, message: str) -> None:
         return
     with contextlib.suppress(OSError):
         p.write_text(message[:4000])
+
+
+def raise_fd_limit(connections: int) -> None:
+    """Room for ``--max-connections`` sockets plus gRPC, model and log files: the soft
+    RLIMIT_NOFILE (often 1024) is raised towards the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("file descriptor limit %d is below --max-connections + 256", new)
 
 
 class Server:
@@ -78,6 +92,7 @@ class Server:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         tune_malloc()
+        raise_fd_limit(cfg.max_connections)
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
