@@ -9,7 +9,6 @@ count against the same buffered-bytes budget as HTTP bodies (RESOURCE_EXHAUSTED 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import math
@@ -34,6 +33,7 @@ from .errors import BadRequest, InferenceError, Overloaded
 from .grpc_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from .metrics import Metrics
+from .offload import offload_await
 
 log = logging.getLogger("kubeforge_server.grpc")
 _now = time.perf_counter
@@ -210,7 +210,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             try:
                 if held:
-                    request = await asyncio.get_running_loop().run_in_executor(
+                    request = await offload_await(
                         self._decoder, pb.ModelInferRequest.FromString, message
                     )
                 else:
@@ -233,8 +233,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self.dp.check_queue(entry)
             if large:
-                loop = asyncio.get_running_loop()
-                req = await loop.run_in_executor(
+                req = await offload_await(
                     self._decoder, decode_grpc_request, entry.model, request, entry.limits
                 )
             else:

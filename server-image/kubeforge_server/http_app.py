@@ -24,6 +24,7 @@ from .dataplane import DataPlane, Job, ModelEntry, Results
 from .encode import encode_json_response
 from .errors import BadRequest, InferenceError, MethodNotAllowed, NotFound
 from .metrics import Metrics
+from .offload import offload
 
 if TYPE_CHECKING:
     from .http_server import HttpProtocol
@@ -37,6 +38,9 @@ TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 # Bodies up to this size are decoded on the loop and do not count against the buffered-bytes
 # budget (a connection holds at most one such body, and connections are capped).
 SMALL_BODY = 64 * 1024
+# Body bytes the loop copies in one turn before the connections still sending bodies wait a turn:
+# a flood of large uploads then costs each loop turn a few milliseconds, not tens.
+BULK_PER_TURN = 2 * 1024 * 1024
 
 _REASONS = {
     100: b"Continue",
@@ -140,6 +144,8 @@ class HttpApp:
         self._infer_paths: dict[bytes, ModelEntry] = {}
         self._decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
         self._timer: asyncio.TimerHandle | None = None
+        self.bulk_this_turn = 0
+        self._bulk_waiting: list[HttpProtocol] = []
 
     def protocol_factory(self) -> HttpProtocol:
         from .http_server import HttpProtocol
@@ -162,6 +168,23 @@ class HttpApp:
     def release(self, size: int) -> None:
         self.buffered -= size
         self.released_since_trim += size
+
+    # -- fairness between bulk uploads and everything else -------------------------------------------
+    def bulk_read(self, conn: HttpProtocol, size: int) -> bool:
+        """Count body bytes read this turn; False (and a resume next turn) once over the quota."""
+        self.bulk_this_turn += size
+        if self.bulk_this_turn <= BULK_PER_TURN:
+            return True
+        if not self._bulk_waiting:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._bulk_waiting.append(conn)
+        return False
+
+    def _next_turn(self) -> None:
+        self.bulk_this_turn = 0
+        waiting, self._bulk_waiting = self._bulk_waiting, []
+        for conn in waiting:
+            conn.bulk_resume()
 
     # -- timeouts -----------------------------------------------------------------------------------
     def start_timer(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -346,10 +369,13 @@ class HttpApp:
                 req = decode_json_request(entry.model, body, hl, entry.limits)
             else:
                 # Large tensors are decoded on a worker thread; the loop keeps serving.
-                fut = asyncio.get_running_loop().run_in_executor(
-                    self._decoder, decode_json_request, entry.model, body, hl, entry.limits
+                offload(
+                    self._decoder,
+                    asyncio.get_running_loop(),
+                    decode_json_request,
+                    (entry.model, body, hl, entry.limits),
+                    lambda req, err: self._decoded(req, err, conn, seq, entry, t0),
                 )
-                fut.add_done_callback(lambda f: self._decoded(f, conn, seq, entry, t0))
                 return
         except InferenceError as exc:
             self._fail(conn, seq, entry, exc, t0)
@@ -358,22 +384,20 @@ class HttpApp:
 
     def _decoded(
         self,
-        fut: asyncio.Future[InferRequest],
+        req: InferRequest | None,
+        err: BaseException | None,
         conn: HttpProtocol,
         seq: int,
         entry: ModelEntry,
         t0: float,
     ) -> None:
-        try:
-            req = fut.result()
-        except InferenceError as exc:
-            self._fail(conn, seq, entry, exc, t0)
-            return
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("decoding request failed")
-            self._fail(conn, seq, entry, InferenceError(f"internal error: {exc}"), t0)
-            return
-        self._submit(conn, seq, entry, req, t0)
+        if isinstance(err, InferenceError):
+            self._fail(conn, seq, entry, err, t0)
+        elif err is not None or req is None:  # pragma: no cover - defensive
+            log.error("decoding request failed: %r", err)
+            self._fail(conn, seq, entry, InferenceError(f"internal error: {err}"), t0)
+        else:
+            self._submit(conn, seq, entry, req, t0)
 
     def _submit(
         self, conn: HttpProtocol, seq: int, entry: ModelEntry, req: InferRequest, t0: float

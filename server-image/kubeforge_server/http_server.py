@@ -298,6 +298,8 @@ class HttpProtocol(asyncio.Protocol):
         if buf is not None:
             # The parser never hands more than Content-Length.
             buf[start:size] = np.frombuffer(body, np.uint8)
+            if not self.app.bulk_read(self, len(body)):
+                self._pause_reading()
             hl = self.head_to_check
             if hl and size >= hl:
                 self.head_to_check = 0
@@ -443,6 +445,10 @@ class HttpProtocol(asyncio.Protocol):
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def bulk_resume(self) -> None:
+        """The app's next turn: read on (unless paused for another reason)."""
+        self._maybe_resume_reading()
 
     def _maybe_resume_reading(self) -> None:
         if (

@@ -307,3 +307,11 @@ def binary_infer(rows: int) -> tuple[bytes, bytes]:
         }
     ).encode()
     return head + raw, str(len(head)).encode()
+
+
+def padded_binary(total: int) -> tuple[bytes, bytes]:
+    """A binary request whose JSON head is valid (one row) followed by ``total`` bytes of
+    padding: nothing about it can be refused before the whole body is read, so it exercises the
+    buffered-bytes budget (and is then a 400: bytes not claimed by any input)."""
+    body, hl = binary_infer(rows=1)
+    return body + bytes(total - len(body)), hl
