@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
 import select
 import socket
 import struct
@@ -133,13 +134,20 @@ def test_one_huge_binary_body_does_not_stall_others(sleepy: RunningServer) -> No
 def test_forty_20mb_bodies_bounded_memory_given_back(sleepy: RunningServer) -> None:
     body, hl = padded_binary(20 * MIB)  # must be read whole: the budget has to hold
     pid = sleepy.proc.pid
+
+    def attack(_: int) -> bytes:
+        # The attacker's own copying runs at the lowest priority: a remote attacker does not
+        # spend the server's CPU, and this host has only two cores for all three processes.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return send_big(sleepy.http_port, body, hl)
+
     with beside(sleepy):
         peak = RssPeak(pid)
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
-            answers = list(pool.map(lambda _: send_big(sleepy.http_port, body, hl), range(40)))
+            answers = list(pool.map(attack, range(40)))
         growth = peak.stop()
     codes = sorted({status_of(a) for a in answers})
-    assert set(codes) <= {400, 503}, codes
+    assert set(codes) <= {400, 408, 503}, codes  # 408: a starved sender missed the body timeout
     for a in answers:
         if status_of(a) == 503:
             assert b"retry-after: 1" in a.lower()
