@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from .conftest import RunningServer
+
+MIB = 1024 * 1024
+INFER = b"/v2/models/sleepy/infer"
+# The attack suite's server: defaults, except timeouts short enough for a quick suite.
+TIMEOUT_ARGS = ["--header-timeout", "1", "--body-timeout", "2", "--keepalive-timeout", "2"]
 
 
 def _sleepy_model(trips: int) -> onnx.ModelProto:
@@ -315,3 +325,66 @@ def padded_binary(total: int) -> tuple[bytes, bytes]:
     buffered-bytes budget (and is then a 400: bytes not claimed by any input)."""
     body, hl = binary_infer(rows=1)
     return body + bytes(total - len(body)), hl
+
+
+@contextmanager
+def beside(srv: RunningServer, model: str = "sleepy") -> Iterator[None]:
+    """Run the well-behaved clients around the attack and check them and the sockets after."""
+    favour(srv.proc.pid)
+    good = GoodClients(srv.http_port, model)
+    try:
+        yield
+    finally:
+        report = good.finish()
+    report.check()
+    assert wait_no_close_wait(srv.http_port) == 0, "sockets left in CLOSE-WAIT"
+
+
+class RssPeak:
+    """Peak RSS growth over a stretch of time: the kernel's high-water mark (VmHWM), reset at the
+    start through /proc/PID/clear_refs. (Sampling VmRSS instead would contend with the server's
+    own page faults on its memory map and stall it.)"""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        self.base = rss_bytes(pid)
+
+    def stop(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 - self.base
+        raise AssertionError("no VmHWM")
+
+
+def status_of(data: bytes) -> int:
+    assert data.startswith(b"HTTP/1.1 "), data[:200]
+    return int(data[9:12])
+
+
+def send_big(port: int, body: bytes, header_length: bytes | None) -> bytes:
+    """POST a large body the way a careful client does: stop sending as soon as an answer comes."""
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (INFER, len(body))
+    if header_length is not None:
+        head += b"Inference-Header-Content-Length: %s\r\n" % header_length
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + b"\r\n")
+        view = memoryview(body)
+        sent = 0
+        while sent < len(body):
+            readable, _, _ = select.select([s], [s], [], 30)
+            if readable:
+                break  # answered early (an error): stop sending
+            try:
+                sent += s.send(view[sent : sent + MIB])
+            except OSError:
+                break
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except OSError:
+            pass
+    return b"".join(chunks)
