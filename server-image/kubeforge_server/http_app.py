@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
-import ctypes.util
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from .codec import InferRequest, decode_json_request, precheck_head
 from .dataplane import DataPlane, Job, ModelEntry, Results
 from .encode import encode_json_response
 from .errors import BadRequest, InferenceError, MethodNotAllowed, NotFound
+from .http_wire import JSON, OCTET, TEXT_METRICS, error_body
+from .memory import trim_malloc
 from .metrics import Metrics
 from .offload import offload
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubeforge_server.http")
 _now = time.perf_counter
 
-JSON = b"application/json"
-OCTET = b"application/octet-stream"
-TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 # Bodies up to this size are decoded on the loop and do not count against the buffered-bytes
 # budget (a connection holds at most one such body, and connections are capped).
 SMALL_BODY = 64 * 1024
@@ -42,19 +39,6 @@ SMALL_BODY = 64 * 1024
 # a flood of large uploads then costs each loop turn a few milliseconds, not tens.
 BULK_PER_TURN = 2 * 1024 * 1024
 
-_REASONS = {
-    100: b"Continue",
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
-_STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 _GET = "GET, HEAD"
 
 
@@ -69,58 +53,6 @@ class HttpLimits:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     keepalive_timeout: float = 65.0
-
-
-def build_response(
-    code: int,
-    body: bytes,
-    ctype: bytes = JSON,
-    close: bool = False,
-    header_length: int | None = None,
-    extra: bytes = b"",
-    head: bool = False,
-) -> bytes:
-    """One complete HTTP/1.1 answer. ``head``: the headers a GET would get, without the body."""
-    if header_length is not None:
-        extra += b"inference-header-content-length: %d\r\n" % header_length
-    line = _STATUS.get(code) or b"HTTP/1.1 %d Status\r\n" % code
-    return b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
-        line,
-        ctype,
-        len(body),
-        extra,
-        b"connection: close\r\n" if close else b"",
-        b"" if head else body,
-    )
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:  # pragma: no cover
-        return None
-
-
-_LIBC = _libc()
-
-
-def tune_malloc() -> None:
-    """Fix glibc's mmap threshold at 1 MiB: large bodies and tensors are then mapped and unmapped
-    on their own, so memory a burst of big requests used goes back to the system afterwards
-    (the default threshold rises to the largest block ever freed, keeping such blocks in the
-    heap for good)."""
-    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
-        _LIBC.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
-
-
-def trim_malloc() -> None:
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
 
 
 class HttpApp:
@@ -449,4 +381,4 @@ class HttpApp:
         entry.metrics.request_done("http", code, _now() - t0)
 
 
-__all__ = ["HttpApp", "HttpLimits", "build_response", "error_body", "tune_malloc"]
+__all__ = ["HttpApp", "HttpLimits"]

@@ -32,7 +32,8 @@ import numpy as np
 
 from .codec import json_too_large
 from .errors import InferenceError
-from .http_app import SMALL_BODY, HttpApp, build_response, error_body
+from .http_app import SMALL_BODY, HttpApp
+from .http_wire import build_response, error_body
 
 log = logging.getLogger("kubeforge_server.http")
 _now = time.perf_counter

@@ -15,7 +15,8 @@ from typing import Any
 from .codec import DecodeLimits
 from .config import ServerConfig
 from .dataplane import DataPlane
-from .http_app import HttpApp, HttpLimits, tune_malloc
+from .http_app import HttpApp, HttpLimits
+from .memory import tune_malloc
 from .metrics import Metrics
 from .model import OnnxModel, load_model
 from .storage import ModelLoadError
