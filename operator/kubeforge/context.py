@@ -1,5 +1,5 @@
-"""What every kind's handlers share: settings, the API clients, kopf's registry, the indexes and
-the controllers (started together in `main`)."""
+"""What every kind's handlers share: settings, the API clients, kopf's registry, kopf's indexes
+and the controllers (started together in `main`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import kopf
 
+from kubeforge import indexes as _indexes
 from kubeforge.apply import Kube, async_kube
 from kubeforge.controller import Controller
-from kubeforge.indexes import Index, Indexes
+from kubeforge.indexes import IndexMap, IndexView
 from kubeforge.progress import ProgressAccess
 from kubeforge.settings import Settings
 
@@ -24,8 +25,8 @@ class OperatorContext:
     """The client every reconcile uses, on the event loop (`AsyncKube`); made from `kube` when
     not given (tests give an in-memory one)."""
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
-    indexes: Indexes = field(default_factory=Indexes)
-    """The indexes the watch layer fills (`kubeforge.indexes`), by handler id."""
+    indexes: dict[str, IndexMap] = field(default_factory=dict)
+    """kopf's indexes by handler id (bound at start-up; tests put dicts of lists here)."""
     progress: ProgressAccess | None = None
     controllers: list[Controller[Any]] = field(default_factory=list)
     kueue: bool = False
@@ -37,14 +38,18 @@ class OperatorContext:
         if self.progress is None:
             self.progress = ProgressAccess(self.api, self.settings)
 
-    def index(self, name: str) -> Index:
+    def bind_indexes(self, kwargs: dict[str, Any]) -> None:
+        """Keep kopf's indexes from a handler's keyword arguments."""
+        _indexes.bind(self.indexes, kwargs)
+
+    def index(self, name: str) -> IndexView:
         """The index `name` (read it on the event loop only)."""
-        return self.indexes.ensure(name)
+        return IndexView(self.indexes, name)
 
     def one(self, name: str, key: Any) -> Any:
         """The single value an index holds for `key`, or None."""
-        return self.indexes.ensure(name).one(key)
+        return IndexView(self.indexes, name).one(key)
 
     def all(self, name: str, key: Any) -> list[Any]:
         """Every value an index holds for `key`."""
-        return self.indexes.ensure(name).all(key)
+        return IndexView(self.indexes, name).all(key)

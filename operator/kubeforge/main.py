@@ -1,11 +1,11 @@
 """`kubeforge-operator [--namespace NS]... [--metrics-port 8000]`: the operator's entry point.
 
 Kubeconfig from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; all
-namespaces when none is named. kopf runs the operator's lifecycle (login, startup/cleanup, signals,
-liveness; standalone: no peering objects), with its bookkeeping under the `kubeforge.io` prefix and
-its info Events off. The `@kopf.index`/`@kopf.on.event` handlers of every kind are fed by
-kubeforge's own watch layer (`kubeforge.watching`: kopf's per-event machinery was most of the
-operator's CPU), and kubeforge's controllers do the reconciling (see `kubeforge.controller`).
+namespaces when none is named. kopf is the engine: its watch streams feed every kind's
+`@kopf.index` handlers (the indexes a reconcile reads) and `@kopf.on.event` handlers (which queue
+the owning object's reconcile on its kind's `kubeforge.controller.Controller`); kopf also runs
+login (re-login on 401), start-up/cleanup, signals and the health endpoint. Its bookkeeping is under
+the `kubeforge.io` prefix and its own info Events are off.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from kubeforge import metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
 from kubeforge.settings import Settings
-from kubeforge.watching import Watcher, lifecycle_registry
 
 log = logging.getLogger("kubeforge")
 
@@ -37,46 +36,26 @@ KINDS = (
 """Modules with a `register(ctx)` function, one per kind (missing ones are skipped)."""
 
 
-class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf builds (deep-copies) and diffs every object's "essence" on every event, for
-    change-detecting handlers. With only watching and indexing handlers nothing reads it: skip
-    that work (it was most of kopf's CPU per event)."""
-
-    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: Any) -> Any:
-        return None
-
-
-def kopf_settings(
-    settings: Settings, registry: kopf.OperatorRegistry | None = None
-) -> kopf.OperatorSettings:
-    """kopf's settings: bookkeeping under our prefix, no info Events, our worker count; no
-    diff-base work when no handler of `registry` detects changes."""
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings: bookkeeping under our prefix, no info Events of kopf's own, our worker
+    count, API retries that honour `Retry-After` (API Priority and Fairness answers 429), and a
+    watch stream counted dead after a minute and a half without an event or bookmark."""
     ks = kopf.OperatorSettings()
     prefix = settings.prefix
     ks.persistence.finalizer = f"{prefix}/finalizer"
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    lean = (
-        registry is not None
-        and not any(True for _ in registry._changing.get_all_handlers())
-        and not any(True for _ in registry._spawning.get_all_handlers())
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
     )
-    storage_cls = NoDiffBaseStorage if lean else kopf.AnnotationsDiffBaseStorage
-    ks.persistence.diffbase_storage = storage_cls(prefix=prefix, key="last-handled-configuration")
     ks.posting.enabled = False
     ks.execution.max_workers = settings.concurrency
     ks.networking.request_timeout = 60
-    ks.watching.server_timeout = 600
-    ks.watching.client_timeout = 660
-    if (
-        registry is not None
-        and lean
-        and not any(True for _ in registry._indexing.get_all_handlers())
-        and not any(True for _ in registry._watching.get_all_handlers())
-    ):
-        ks.scanning.disabled = True  # no resource handlers: no CRD/namespace discovery either
+    ks.networking.error_backoffs = (0.5, 1, 2, 4, 8, 15, 30)
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    ks.watching.connect_timeout = 10
+    if hasattr(ks.watching, "inactivity_timeout"):  # kopf >= 1.45
+        ks.watching.inactivity_timeout = 90
     return ks
 
 
@@ -112,8 +91,10 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=reg)
-    async def start_controllers(**_: Any) -> None:
-        watcher = Watcher(reg, ctx.indexes, ctx.api, ctx.settings.namespaces)
+    async def start_controllers(**kwargs: Any) -> None:
+        # kopf hands its (still empty) indexes to start-up handlers too: keep them for the
+        # reconcilers' snapshots
+        ctx.bind_indexes(kwargs)
         period = ctx.settings.resync_seconds
         for ctl in ctx.controllers:
             ctl.start()
@@ -122,7 +103,6 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
                 tasks.append(asyncio.create_task(ctl.resync(keys, period)))
         if period > 0:
             tasks.append(asyncio.create_task(_recheck_progress(ctx, period)))
-        tasks.append(asyncio.create_task(watcher.run(), name="kubeforge-watch"))
 
     @kopf.on.cleanup(registry=reg)
     async def stop_controllers(**_: Any) -> None:
@@ -213,16 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": settings.concurrency,
         },
     )
-    lifecycle = lifecycle_registry(ctx.registry)
     tune_gc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     kopf.run(
         loop=loop,
-        registry=lifecycle,
-        settings=kopf_settings(settings, lifecycle),
+        registry=ctx.registry,
+        settings=kopf_settings(settings),
         standalone=True,
-        clusterwide=True,  # kopf watches nothing itself (see kubeforge.watching)
+        namespaces=list(settings.namespaces),
+        clusterwide=not settings.namespaces,
         liveness_endpoint=liveness,
     )
     return 0

@@ -464,18 +464,18 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     # --- the object and who refers to what --------------------------------------------------
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_MD, registry=reg)
-    def index_md(**kw: Any) -> Any:
+    async def index_md(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_md(kw["body"])}
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_BY_SOURCE, registry=reg)
-    def index_by_source(**kw: Any) -> Any:
+    async def index_by_source(**kw: Any) -> Any:
         ref = model_source_key(kw["body"].get("spec"))
         if ref is None:
             return None
         return {(kw["namespace"], *ref): kw["name"]}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-modeldeployment-event", registry=reg)
-    def on_md(**kw: Any) -> None:
+    async def on_md(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
@@ -488,17 +488,17 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         return [str(n) for n in ctx.all(IDX_BY_SOURCE, (namespace, kind, name))]
 
     @kopf.index(GROUP, VERSION, "trainingjobs", id=IDX_SRC_TJ, registry=reg)
-    def index_src_tj(**kw: Any) -> Any:
+    async def index_src_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
     @kopf.index(GROUP, VERSION, "tuningstudies", id=IDX_SRC_TS, registry=reg)
-    def index_src_ts(**kw: Any) -> Any:
+    async def index_src_ts(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
     @kopf.on.event(
         GROUP, VERSION, "trainingjobs", id="kubeforge-modeldeployment-tj-event", registry=reg
     )
-    def on_tj(**kw: Any) -> None:
+    async def on_tj(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
         for md_name in referrers(ns, "TrainingJob", name):
             ctl.enqueue((ns, md_name))
@@ -515,13 +515,13 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             study = ctx.one(IDX_SRC_TS, (ns, key[2]))
             best = ((study or {}).get("status") or {}).get("bestTrial") or {}
             if best.get("name") == tj_name:
-                out += [str(n) for n in idx[key]]
+                out += [str(n) for n in idx.all(key)]
         return out
 
     @kopf.on.event(
         GROUP, VERSION, "tuningstudies", id="kubeforge-modeldeployment-ts-event", registry=reg
     )
-    def on_ts(**kw: Any) -> None:
+    async def on_ts(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
         for md_name in referrers(ns, "TuningStudy", name):
             ctl.enqueue((ns, md_name))
@@ -529,33 +529,33 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     # --- children --------------------------------------------------------------------------
 
     @kopf.index("apps", "v1", "deployments", id=IDX_DEPLOY, labels=selector, registry=reg)
-    def index_deploy(**kw: Any) -> Any:
+    async def index_deploy(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_deployment(kw["body"], s.field_manager)}
 
     @kopf.index("apps", "v1", "replicasets", id=IDX_RS, labels=selector, registry=reg)
-    def index_rs(**kw: Any) -> Any:
+    async def index_rs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
-    def index_pods(**kw: Any) -> Any:
+    async def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
     @kopf.index("", "v1", "services", id=IDX_SVC, labels=selector, registry=reg)
-    def index_svc(**kw: Any) -> Any:
+    async def index_svc(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index(
         "autoscaling", "v2", "horizontalpodautoscalers", id=IDX_HPA, labels=selector, registry=reg
     )
-    def index_hpa(**kw: Any) -> Any:
+    async def index_hpa(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("policy", "v1", "poddisruptionbudgets", id=IDX_PDB, labels=selector, registry=reg)
-    def index_pdb(**kw: Any) -> Any:
+    async def index_pdb(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     def child_event(kind: str) -> Any:
-        def on_child(**kw: Any) -> None:
+        async def on_child(**kw: Any) -> None:
             key = parent(kw["namespace"], kw["labels"])
             if kw["type"] == "DELETED":
                 rec.child_gone(key, kind)

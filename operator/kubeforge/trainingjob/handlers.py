@@ -335,23 +335,23 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         return (namespace or "", labels[owner_label])
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_TJ, registry=reg)
-    def index_tj(**kw: Any) -> Any:
+    async def index_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_tj(kw["body"])}
 
     @kopf.index("batch", "v1", "jobs", id=IDX_JOBS, labels=selector, registry=reg)
-    def index_jobs(**kw: Any) -> Any:
+    async def index_jobs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
-    def index_pods(**kw: Any) -> Any:
+    async def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
     @kopf.index("", "v1", "services", id=IDX_SVCS, labels=selector, registry=reg)
-    def index_svcs(**kw: Any) -> Any:
+    async def index_svcs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-trainingjob-event", registry=reg)
-    def on_tj(**kw: Any) -> None:
+    async def on_tj(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
@@ -361,7 +361,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     @kopf.on.event(
         "batch", "v1", "jobs", id="kubeforge-trainingjob-job-event", labels=selector, registry=reg
     )
-    def on_job(**kw: Any) -> None:
+    async def on_job(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.job_gone(key)
@@ -370,13 +370,13 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     @kopf.on.event(
         "", "v1", "pods", id="kubeforge-trainingjob-pod-event", labels=selector, registry=reg
     )
-    def on_pod(**kw: Any) -> None:
+    async def on_pod(**kw: Any) -> None:
         ctl.enqueue(parent(kw["namespace"], kw["labels"]))
 
     @kopf.on.event(
         "", "v1", "services", id="kubeforge-trainingjob-svc-event", labels=selector, registry=reg
     )
-    def on_svc(**kw: Any) -> None:
+    async def on_svc(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.service_gone(key)
@@ -399,7 +399,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             labels=uid_label,
             registry=reg,
         )
-        def index_workloads(**kw: Any) -> Any:
+        async def index_workloads(**kw: Any) -> Any:
             job = owner_job(kw["body"])
             if job is None:
                 return None
@@ -413,7 +413,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             labels=uid_label,
             registry=reg,
         )
-        def on_workload(**kw: Any) -> None:
+        async def on_workload(**kw: Any) -> None:
             job = owner_job(kw["body"])
             key = (kw["namespace"], job or "")
             if job is not None and key in ctx.index(IDX_TJ):

@@ -285,18 +285,18 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     selector = {tb.STUDY_LABEL: kopf.PRESENT}
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_STUDIES, registry=reg)
-    def index_studies(**kw: Any) -> Any:
+    async def index_studies(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_study(kw["body"])}
 
     @kopf.index(GROUP, VERSION, TRIAL_PLURAL, id=IDX_TRIALS, labels=selector, registry=reg)
-    def index_trials(**kw: Any) -> Any:
+    async def index_trials(**kw: Any) -> Any:
         study = study_of(kw["body"])
         if study is None:
             return None
         return {(kw["namespace"], study): slim_trial(kw["body"])}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-tuningstudy-event", registry=reg)
-    def on_study(**kw: Any) -> None:
+    async def on_study(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw.get("type") == "DELETED":
             ctl.forget(key)
@@ -311,7 +311,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         labels=selector,
         registry=reg,
     )
-    def on_trial(**kw: Any) -> None:
+    async def on_trial(**kw: Any) -> None:
         study = study_of(kw["body"])
         if study is not None:
             ctl.enqueue((kw["namespace"], study))
