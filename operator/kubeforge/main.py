@@ -24,6 +24,7 @@ import kopf
 from kubeforge import metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
+from kubeforge.leader import LeaderElection
 from kubeforge.settings import Settings
 
 log = logging.getLogger("kubeforge")
@@ -81,35 +82,69 @@ def register_kinds(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
 
 
 def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
-    """Register every kind, kopf's login and the start/stop of the controllers on ctx.registry."""
+    """Register every kind, kopf's login, the start/stop of the controllers (behind the leader
+    election when it is on) and the liveness probes on ctx.registry."""
     reg = ctx.registry
     register_kinds(ctx, kinds)
     tasks: list[asyncio.Task[None]] = []
+    election: list[LeaderElection] = []
 
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> Any:
         return kopf.login_via_client(**kwargs)
+
+    def lead() -> None:
+        for ctl in ctx.controllers:
+            keys = getattr(ctl, "all_keys", None)
+            ctl.resume(keys() if keys is not None else ())
+
+    def follow() -> None:
+        for ctl in ctx.controllers:
+            ctl.pause()
 
     @kopf.on.startup(registry=reg)
     async def start_controllers(**kwargs: Any) -> None:
         # kopf hands its (still empty) indexes to start-up handlers too: keep them for the
         # reconcilers' snapshots
         ctx.bind_indexes(kwargs)
-        period = ctx.settings.resync_seconds
+        s = ctx.settings
         for ctl in ctx.controllers:
-            ctl.start()
+            ctl.start(paused=s.leader_election)
             keys = getattr(ctl, "all_keys", None)
-            if keys is not None and period > 0:
-                tasks.append(asyncio.create_task(ctl.resync(keys, period)))
-        if period > 0:
-            tasks.append(asyncio.create_task(_recheck_progress(ctx, period)))
+            if keys is not None and s.resync_seconds > 0:
+                tasks.append(asyncio.create_task(ctl.resync(keys, s.resync_seconds)))
+        if s.resync_seconds > 0:
+            tasks.append(asyncio.create_task(_recheck_progress(ctx, s.resync_seconds)))
+        if s.leader_election:
+            le = LeaderElection(
+                ctx.api,
+                s.lease_namespace,
+                s.lease_name,
+                lease_seconds=s.lease_seconds,
+                renew_seconds=s.renew_seconds,
+                on_start=lead,
+                on_stop=follow,
+            )
+            election.append(le)
+            tasks.append(asyncio.create_task(le.run(), name="kubeforge-leader-election"))
 
     @kopf.on.cleanup(registry=reg)
     async def stop_controllers(**_: Any) -> None:
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the Lease is given up here
         for ctl in ctx.controllers:
             await ctl.stop()
+
+    @kopf.on.probe(id="background", registry=reg)
+    def background_tasks_alive(**_: Any) -> dict[str, Any]:
+        """Liveness: kopf's /healthz fails (500) when this raises: a background task of ours
+        (resync, lease, a controller's workers) ended, which nothing would restart."""
+        dead = [t.get_name() for t in tasks if t.done()]
+        dead += [ctl.kind for ctl in ctx.controllers if not ctl.alive]
+        if dead:
+            raise RuntimeError(f"background tasks ended: {', '.join(dead)}")
+        return {"tasks": len(tasks), "leading": election[0].leading if election else True}
 
 
 async def _recheck_progress(ctx: OperatorContext, period: float) -> None:
@@ -117,6 +152,8 @@ async def _recheck_progress(ctx: OperatorContext, period: float) -> None:
     assert ctx.progress is not None
     while True:
         await asyncio.sleep(period)
+        if any(ctl.paused for ctl in ctx.controllers):
+            continue  # a standby replica writes nothing
         await ctx.progress.recheck()
 
 
