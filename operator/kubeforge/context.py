@@ -29,6 +29,9 @@ class OperatorContext:
     """kopf's indexes by handler id (bound at start-up; tests put dicts of lists here)."""
     progress: ProgressAccess | None = None
     controllers: list[Controller[Any]] = field(default_factory=list)
+    watched: set[tuple[str, str, str]] = field(default_factory=set)
+    """(group, version, plural) of every resource a kind's handlers watch (readiness checks
+    that each can be listed)."""
     kueue: bool = False
     """Whether Kueue's Workload API is served (then its reason shows in a queued job's status)."""
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import kopf
 
-from kubeforge import metrics
+from kubeforge import health, metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
+from kubeforge.health import Readiness
 from kubeforge.leader import LeaderElection
 from kubeforge.settings import Settings
 
@@ -88,6 +89,7 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
     register_kinds(ctx, kinds)
     tasks: list[asyncio.Task[None]] = []
     election: list[LeaderElection] = []
+    runners: list[Any] = []
 
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> Any:
@@ -115,6 +117,11 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
                 tasks.append(asyncio.create_task(ctl.resync(keys, s.resync_seconds)))
         if s.resync_seconds > 0:
             tasks.append(asyncio.create_task(_recheck_progress(ctx, s.resync_seconds)))
+        if s.readiness_port:
+            readiness = Readiness(ctx.api, sorted(ctx.watched), s.namespaces)
+            tasks.append(asyncio.create_task(readiness.run(), name="kubeforge-readiness"))
+            runners.append(await health.serve(readiness, s.metrics_address, s.readiness_port))
+            readiness.started = True
         if s.leader_election:
             le = LeaderElection(
                 ctx.api,
@@ -133,6 +140,8 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # the Lease is given up here
+        for runner in runners:
+            await runner.cleanup()
         for ctl in ctx.controllers:
             await ctl.stop()
 
@@ -181,6 +190,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--liveness-port", type=int, default=None, help="liveness /healthz port (0: off)"
     )
+    p.add_argument(
+        "--readiness-port", type=int, default=None, help="readiness /readyz port (0: off)"
+    )
     return p.parse_args(argv)
 
 
@@ -210,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=tuple(args.namespace) or None,
         metrics_port=args.metrics_port,
         liveness_port=args.liveness_port,
+        readiness_port=args.readiness_port,
     )
     configure_logging(settings)
     kube = make_kube(settings.field_manager, settings.concurrency)

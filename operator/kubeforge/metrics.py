@@ -124,6 +124,11 @@ API_WRITES = Counter(
     "Writes the operator sent to the API server, by verb and resource.",
     ["verb", "resource"],
 )
+WATCH_LIST_FAILURES = Counter(
+    "kubeforge_watch_list_failures",
+    "Failed attempts to list a watched resource (403: missing RBAC, 404: API gone), by resource.",
+    ["resource"],
+)
 API_RETRIES = Counter(
     "kubeforge_api_retries",
     "API requests sent again, by cause (throttled: 429, unauthorized: 401, server: 5xx, "

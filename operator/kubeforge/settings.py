@@ -74,6 +74,9 @@ class Settings:
     liveness_port: int = 8080
     """Port of the liveness endpoint `/healthz` (0: off)."""
 
+    readiness_port: int = 0
+    """Port of the readiness endpoint `/readyz` (`kubeforge.health`; 0: off; the chart sets
+    8081)."""
     log_format: str = "json"
     """`json` (structured logs, one object a line) or `plain`."""
 

@@ -30,6 +30,7 @@ class OperatorProcess:
     def __init__(self, kubeconfig: str, log_path: Path, **env: str) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
+        self.readiness_port = free_port()
         self.log_path = log_path
         self.env = {
             **os.environ,
@@ -57,6 +58,8 @@ class OperatorProcess:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
+                "--readiness-port",
+                str(self.readiness_port),
             ],
             env=self.env,
             stdout=self._log,
@@ -76,6 +79,27 @@ class OperatorProcess:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"operator not live after 60 s: {self.logs()}")
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        """(HTTP status, JSON body) of /readyz."""
+        import json
+        import urllib.error
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.readiness_port}/readyz", timeout=2
+            ) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all (the Lease is not given up)."""
+        if self in OperatorProcess.running:
+            OperatorProcess.running.remove(self)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def metrics(self) -> str:
         with urllib.request.urlopen(

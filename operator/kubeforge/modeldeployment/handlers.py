@@ -461,6 +461,18 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     def parent(namespace: str | None, labels: Any) -> Key:
         return (namespace or "", labels[owner_label])
 
+    ctx.watched |= {
+        (GROUP, VERSION, PLURAL),
+        (GROUP, VERSION, "trainingjobs"),
+        (GROUP, VERSION, "tuningstudies"),
+        ("apps", "v1", "deployments"),
+        ("apps", "v1", "replicasets"),
+        ("", "v1", "pods"),
+        ("", "v1", "services"),
+        ("autoscaling", "v2", "horizontalpodautoscalers"),
+        ("policy", "v1", "poddisruptionbudgets"),
+    }
+
     # --- the object and who refers to what --------------------------------------------------
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_MD, registry=reg)

@@ -334,6 +334,10 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     def parent(namespace: str | None, labels: Any) -> Key:
         return (namespace or "", labels[owner_label])
 
+    ctx.watched |= {(GROUP, VERSION, PLURAL), ("batch", "v1", "jobs"), ("", "v1", "pods"), ("", "v1", "services")}
+    if ctx.kueue:
+        ctx.watched.add(("kueue.x-k8s.io", "v1beta2", "workloads"))
+
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_TJ, registry=reg)
     async def index_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_tj(kw["body"])}

@@ -283,6 +283,7 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     )
     ctl.reconciler = rec  # type: ignore[attr-defined]
     selector = {tb.STUDY_LABEL: kopf.PRESENT}
+    ctx.watched |= {(GROUP, VERSION, PLURAL), (GROUP, VERSION, TRIAL_PLURAL)}
 
     @kopf.index(GROUP, VERSION, PLURAL, id=IDX_STUDIES, registry=reg)
     async def index_studies(**kw: Any) -> Any:
