@@ -3,8 +3,9 @@ and the controllers (started together in `main`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import kopf
 
@@ -14,6 +15,12 @@ from kubeforge.controller import Controller
 from kubeforge.indexes import IndexMap, IndexView
 from kubeforge.progress import ProgressAccess
 from kubeforge.settings import Settings
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _unregistered(fn: Handler) -> Handler:
+    return fn
 
 
 @dataclass
@@ -32,6 +39,13 @@ class OperatorContext:
     watched: set[tuple[str, str, str]] = field(default_factory=set)
     """(group, version, plural) of every resource a kind's handlers watch (readiness checks
     that each can be listed)."""
+    unlistable: frozenset[tuple[str, str, str]] = frozenset()
+    """Resources the operator may not list now (403/404 at start): their handlers are left out
+    of this run, so kopf's streams of every other resource work (`main` runs kopf again once
+    they can be listed)."""
+    restart: Any = None
+    """Ends this kopf run so that `main` starts another with the listable resources now (set by
+    `main`; None in tests)."""
     kueue: bool = False
     """Whether Kueue's Workload API is served (then its reason shows in a queued job's status)."""
 
@@ -40,6 +54,27 @@ class OperatorContext:
             self.api = async_kube(self.kube, max_idle=self.settings.concurrency)
         if self.progress is None:
             self.progress = ProgressAccess(self.api, self.settings)
+
+    def index_handler(
+        self, group: str, version: str, plural: str, **kwargs: Any
+    ) -> Callable[[Handler], Handler]:
+        """`@kopf.index(...)` on this context's registry — a no-op when the resource cannot be
+        listed in this run (the handler is not registered, kopf opens no stream for it)."""
+        self.watched.add((group, version, plural))
+        if (group, version, plural) in self.unlistable:
+            return _unregistered
+        decorator = kopf.index(group, version, plural, registry=self.registry, **kwargs)
+        return cast(Callable[[Handler], Handler], decorator)
+
+    def event_handler(
+        self, group: str, version: str, plural: str, **kwargs: Any
+    ) -> Callable[[Handler], Handler]:
+        """`@kopf.on.event(...)` on this context's registry (left out like `index_handler`)."""
+        self.watched.add((group, version, plural))
+        if (group, version, plural) in self.unlistable:
+            return _unregistered
+        decorator = kopf.on.event(group, version, plural, registry=self.registry, **kwargs)
+        return cast(Callable[[Handler], Handler], decorator)
 
     def bind_indexes(self, kwargs: dict[str, Any]) -> None:
         """Keep kopf's indexes from a handler's keyword arguments."""

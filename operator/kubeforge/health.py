@@ -10,6 +10,12 @@ a backoff (5 s doubling to 60 s) until the list works. Resources that list fine 
 every `period` seconds, from the watch cache (resourceVersion=0, limit=1): a few cheap reads a
 minute, no writes.
 
+A resource that cannot be listed when the operator starts has its handlers left out of kopf's
+run (`kubeforge.main`): kopf lists every indexed resource before it calls any handler, so one
+refused list would stop every kind. Once it can be listed again — or when a resource of the
+run stops being listable (twice in a row) — this check ends the run and `main` starts kopf
+again with the handlers of what can be listed then (a relist; the reconciles are level-based).
+
 Liveness is kopf's `/healthz` with the `@kopf.on.probe` handlers of `kubeforge.main`.
 """
 
@@ -18,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +61,21 @@ class Readiness:
     period: float = 30.0
     started: bool = False
     """Set once kopf's start-up handlers ran (kopf's streams and indexes are then running)."""
+    left_out: frozenset[Resource] = frozenset()
+    """Resources whose handlers this kopf run left out (they could not be listed at start)."""
+    restart: Callable[[], None] | None = None
+    """Ends this kopf run so that the next one registers what can be listed now."""
     failing: dict[str, str] = field(default_factory=dict)
     """Resource (as `describe` names it) → why it cannot be listed."""
     _backoff: dict[str, float] = field(default_factory=dict)
+    _failures: dict[Resource, int] = field(default_factory=dict)
+    _restarting: bool = False
+
+    def _restart(self, why: str) -> None:
+        if self.restart is not None and not self._restarting:
+            self._restarting = True
+            log.warning("restarting kopf's streams: %s", why)
+            self.restart()
 
     def state(self) -> tuple[bool, dict[str, Any]]:
         ready = self.started and not self.failing
@@ -76,6 +94,10 @@ class Readiness:
                 raise
             first = name not in self.failing
             self.failing[name] = f"{exc.status} {exc.reason}: {exc.message}"
+            n = self._failures[resource] = self._failures.get(resource, 0) + 1
+            if resource not in self.left_out and n >= 2:
+                # kopf would retry this stream, then stop every other one with it: leave it out
+                self._restart(f"{name} can no longer be listed")
             WATCH_LIST_FAILURES.labels(name).inc()
             delay = min(60.0, self._backoff.get(name, 2.5) * 2)
             self._backoff[name] = delay
@@ -86,6 +108,9 @@ class Readiness:
         if self.failing.pop(name, None) is not None:
             log.info("%s can be listed again", name)
         self._backoff.pop(name, None)
+        self._failures.pop(resource, None)
+        if resource in self.left_out:
+            self._restart(f"{name} can be listed again")
         return self.period
 
     async def _event(self, name: str, message: str) -> None:

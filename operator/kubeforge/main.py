@@ -16,7 +16,7 @@ import gc
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
@@ -24,7 +24,7 @@ import kopf
 from kubeforge import health, metrics
 from kubeforge.apply import ApiError, Kube, make_kube
 from kubeforge.context import OperatorContext
-from kubeforge.health import Readiness
+from kubeforge.health import Readiness, Resource, describe, list_path
 from kubeforge.leader import LeaderElection
 from kubeforge.settings import Settings
 
@@ -118,7 +118,13 @@ def build_operator(ctx: OperatorContext, kinds: Sequence[str] = KINDS) -> None:
         if s.resync_seconds > 0:
             tasks.append(asyncio.create_task(_recheck_progress(ctx, s.resync_seconds)))
         if s.readiness_port:
-            readiness = Readiness(ctx.api, sorted(ctx.watched), s.namespaces)
+            readiness = Readiness(
+                ctx.api,
+                sorted(ctx.watched),
+                s.namespaces,
+                left_out=ctx.unlistable,
+                restart=ctx.restart,
+            )
             tasks.append(asyncio.create_task(readiness.run(), name="kubeforge-readiness"))
             runners.append(await health.serve(readiness, s.metrics_address, s.readiness_port))
             readiness.started = True
@@ -216,6 +222,26 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+def unlistable_resources(
+    kube: Kube, resources: Iterable[Resource], namespaces: Sequence[str]
+) -> frozenset[Resource]:
+    """The resources the operator may not list now (403: RBAC; 404: the API is gone)."""
+    out: set[Resource] = set()
+    for resource in resources:
+        for ns in namespaces or (None,):
+            try:
+                kube.request(
+                    "GET", list_path(resource, ns), query={"limit": "1", "resourceVersion": "0"}
+                )
+            except ApiError as exc:
+                if exc.status in (403, 404):
+                    out.add(resource)
+                    break
+            except ConnectionError:
+                pass  # the API server is down: kopf's streams wait for it
+    return frozenset(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_env(
@@ -226,26 +252,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     configure_logging(settings)
     kube = make_kube(settings.field_manager, settings.concurrency)
-    ctx = OperatorContext(settings=settings, kube=kube)
-    ctx.kueue = settings.kueue_workloads and kueue_available(kube)
-    build_operator(ctx)
+    kueue = settings.kueue_workloads and kueue_available(kube)
     metrics.serve(settings.metrics_port, settings.metrics_address)
-    liveness = (
-        f"http://{settings.metrics_address}:{settings.liveness_port}/healthz"
-        if settings.liveness_port
-        else None
-    )
     log.info(
         "starting",
         extra={
             "namespaces": list(settings.namespaces) or "all",
-            "kueue": ctx.kueue,
+            "kueue": kueue,
             "concurrency": settings.concurrency,
         },
     )
     tune_gc()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    unlistable: frozenset[Resource] = frozenset()
+    while True:
+        ctx = OperatorContext(settings=settings, kube=kube, kueue=kueue, unlistable=unlistable)
+        build_operator(ctx)
+        unlistable = unlistable_resources(kube, ctx.watched, settings.namespaces)
+        if unlistable != ctx.unlistable:  # leave out what cannot be listed (see health.py)
+            ctx.api.close()
+            ctx = OperatorContext(settings=settings, kube=kube, kueue=kueue, unlistable=unlistable)
+            build_operator(ctx)
+        if unlistable:
+            log.warning("cannot list %s: their handlers are left out", ", ".join(map(describe, sorted(unlistable))))
+        restart = asyncio.Event()
+        ctx.restart = restart.set
+        try:
+            run_kopf(ctx, loop, restart)
+        except Exception:
+            # a stream whose list became forbidden escalates out of kopf: run again without it
+            now = unlistable_resources(kube, ctx.watched, settings.namespaces)
+            if now == unlistable:
+                raise
+            log.exception("kopf stopped; running again with the resources listable now")
+            unlistable = now
+            continue
+        finally:
+            ctx.api.close()
+        if not restart.is_set():
+            return 0  # a signal: the operator stops
+        unlistable = frozenset()  # looked at again on the next turn
+        log.info("restarting kopf: the resources that can be listed changed")
+
+
+def run_kopf(ctx: OperatorContext, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """One kopf run of the operator's registry, until a signal or `stop`."""
+    settings = ctx.settings
+    liveness = (
+        f"http://{settings.metrics_address}:{settings.liveness_port}/healthz"
+        if settings.liveness_port
+        else None
+    )
     kopf.run(
         loop=loop,
         registry=ctx.registry,
@@ -254,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=list(settings.namespaces),
         clusterwide=not settings.namespaces,
         liveness_endpoint=liveness,
+        stop_flag=stop,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -448,7 +448,6 @@ class ModelDeploymentReconciler:
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
     """Register ModelDeployment's indexes and event handlers on `ctx.registry`; returns its
     controller (started by main)."""
-    reg = ctx.registry
     s = ctx.settings
     owner_label = s.label("modeldeployment")
     selector = {owner_label: kopf.PRESENT}
@@ -461,32 +460,20 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     def parent(namespace: str | None, labels: Any) -> Key:
         return (namespace or "", labels[owner_label])
 
-    ctx.watched |= {
-        (GROUP, VERSION, PLURAL),
-        (GROUP, VERSION, "trainingjobs"),
-        (GROUP, VERSION, "tuningstudies"),
-        ("apps", "v1", "deployments"),
-        ("apps", "v1", "replicasets"),
-        ("", "v1", "pods"),
-        ("", "v1", "services"),
-        ("autoscaling", "v2", "horizontalpodautoscalers"),
-        ("policy", "v1", "poddisruptionbudgets"),
-    }
-
     # --- the object and who refers to what --------------------------------------------------
 
-    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_MD, registry=reg)
+    @ctx.index_handler(GROUP, VERSION, PLURAL, id=IDX_MD)
     async def index_md(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_md(kw["body"])}
 
-    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_BY_SOURCE, registry=reg)
+    @ctx.index_handler(GROUP, VERSION, PLURAL, id=IDX_BY_SOURCE)
     async def index_by_source(**kw: Any) -> Any:
         ref = model_source_key(kw["body"].get("spec"))
         if ref is None:
             return None
         return {(kw["namespace"], *ref): kw["name"]}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-modeldeployment-event", registry=reg)
+    @ctx.event_handler(GROUP, VERSION, PLURAL, id="kubeforge-modeldeployment-event")
     async def on_md(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
@@ -499,16 +486,16 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     def referrers(namespace: str, kind: str, name: str) -> list[str]:
         return [str(n) for n in ctx.all(IDX_BY_SOURCE, (namespace, kind, name))]
 
-    @kopf.index(GROUP, VERSION, "trainingjobs", id=IDX_SRC_TJ, registry=reg)
+    @ctx.index_handler(GROUP, VERSION, "trainingjobs", id=IDX_SRC_TJ)
     async def index_src_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
-    @kopf.index(GROUP, VERSION, "tuningstudies", id=IDX_SRC_TS, registry=reg)
+    @ctx.index_handler(GROUP, VERSION, "tuningstudies", id=IDX_SRC_TS)
     async def index_src_ts(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_source(kw["body"])}
 
-    @kopf.on.event(
-        GROUP, VERSION, "trainingjobs", id="kubeforge-modeldeployment-tj-event", registry=reg
+    @ctx.event_handler(
+        GROUP, VERSION, "trainingjobs", id="kubeforge-modeldeployment-tj-event"
     )
     async def on_tj(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
@@ -530,8 +517,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
                 out += [str(n) for n in idx.all(key)]
         return out
 
-    @kopf.on.event(
-        GROUP, VERSION, "tuningstudies", id="kubeforge-modeldeployment-ts-event", registry=reg
+    @ctx.event_handler(
+        GROUP, VERSION, "tuningstudies", id="kubeforge-modeldeployment-ts-event"
     )
     async def on_ts(**kw: Any) -> None:
         ns, name = kw["namespace"], kw["name"]
@@ -540,29 +527,29 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
 
     # --- children --------------------------------------------------------------------------
 
-    @kopf.index("apps", "v1", "deployments", id=IDX_DEPLOY, labels=selector, registry=reg)
+    @ctx.index_handler("apps", "v1", "deployments", id=IDX_DEPLOY, labels=selector)
     async def index_deploy(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_deployment(kw["body"], s.field_manager)}
 
-    @kopf.index("apps", "v1", "replicasets", id=IDX_RS, labels=selector, registry=reg)
+    @ctx.index_handler("apps", "v1", "replicasets", id=IDX_RS, labels=selector)
     async def index_rs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
-    @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
+    @ctx.index_handler("", "v1", "pods", id=IDX_PODS, labels=selector)
     async def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
-    @kopf.index("", "v1", "services", id=IDX_SVC, labels=selector, registry=reg)
+    @ctx.index_handler("", "v1", "services", id=IDX_SVC, labels=selector)
     async def index_svc(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
-    @kopf.index(
-        "autoscaling", "v2", "horizontalpodautoscalers", id=IDX_HPA, labels=selector, registry=reg
+    @ctx.index_handler(
+        "autoscaling", "v2", "horizontalpodautoscalers", id=IDX_HPA, labels=selector
     )
     async def index_hpa(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
-    @kopf.index("policy", "v1", "poddisruptionbudgets", id=IDX_PDB, labels=selector, registry=reg)
+    @ctx.index_handler("policy", "v1", "poddisruptionbudgets", id=IDX_PDB, labels=selector)
     async def index_pdb(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
@@ -583,13 +570,12 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
         ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     ):
-        kopf.on.event(
+        ctx.event_handler(
             group,
             version,
             resource,
             id=f"kubeforge-modeldeployment-{resource}-event",
             labels=selector,
-            registry=reg,
         )(child_event(kind))
 
     def all_keys() -> list[Key]:

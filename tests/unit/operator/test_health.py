@@ -53,3 +53,28 @@ def test_not_ready_before_start_and_namespaced_paths() -> None:
     assert r.state()[0] is False
     assert list_path(PODS, "a") == "/api/v1/namespaces/a/pods"
     assert list_path(JOBS, None) == "/apis/batch/v1/jobs"
+
+
+def test_restart_when_a_left_out_resource_lists_again_or_a_running_one_stops() -> None:
+    api = _Api()
+    restarts: list[int] = []
+    r = Readiness(api, [PODS, JOBS], left_out=frozenset({PODS}), restart=lambda: restarts.append(1))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await r.check(PODS)  # listable again: this run left it out, so run kopf again
+        assert restarts == [1]
+
+    asyncio.run(run())
+
+    restarts.clear()
+    r = Readiness(api, [PODS, JOBS], restart=lambda: restarts.append(1))  # type: ignore[arg-type]
+    api.forbidden.add(list_path(JOBS, None))
+
+    async def run2() -> None:
+        await r.check(JOBS)
+        assert restarts == []  # one refusal may be a blip (API server upgrades answer 403)
+        await r.check(JOBS)
+        await r.check(JOBS)
+        assert restarts == [1]  # once
+
+    asyncio.run(run2())
