@@ -179,6 +179,7 @@ def configure_logging(settings: Settings) -> None:
     # kopf's per-object chatter costs CPU at scale; keep its warnings and errors
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("kopf.activities").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every probe
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -92,6 +92,8 @@ class OperatorProcess:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}  # not serving (the operator is starting kopf again)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all (the Lease is not given up)."""

@@ -138,7 +138,7 @@ def start_operator(
 
     def start(name: str = "op", admin_identity: bool = False, **env: str) -> OperatorProcess:
         kubeconfig = str(own_cluster.kubeconfig if admin_identity else operator_kubeconfig)
-        op = OperatorProcess(kubeconfig, tmp_path / f"{name}.log", KUBEFORGE_RESYNC_SECONDS="30", **env)
+        op = OperatorProcess(kubeconfig, tmp_path / f"{name}.log", **{"KUBEFORGE_RESYNC_SECONDS": "30", **env})
         started.append(op)
         return op.start()
 

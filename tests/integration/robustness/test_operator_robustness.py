@@ -41,26 +41,35 @@ def test_operator_sigkilled_three_times_during_200_creates(
 def test_list_pods_forbidden_degrades_only_readiness(
     admin: KubeClient, namespace: str, start_operator: Any
 ) -> None:
+    """`list pods` removed while the operator runs: readiness names pods, TrainingJobs still get
+    their Jobs; restored: ready again (and pods watched again)."""
+    op = start_operator("no-list-pods", KUBEFORGE_RESYNC_SECONDS="10")
+    first = [f"ok-{i}" for i in range(5)]
+    for name in first:
+        post_trainingjob(admin, namespace, name)
+    wait_one_job_each(admin, namespace, first, timeout=60)
+    admin.wait_for("ready", lambda: op.readiness()[0] == 200, timeout=60)
     no_list = [
         {**r, "verbs": ["get", "watch", "patch"]} if r["resources"] == ["pods"] else r for r in RULES
     ]
     set_role(admin, no_list)
     try:
-        op = start_operator("no-list-pods")
-        names = [f"nolist-{i}" for i in range(10)]
-        for name in names:
-            post_trainingjob(admin, namespace, name)
-        wait_one_job_each(admin, namespace, names, timeout=60)
         _status, body = admin.wait_for(
             "readiness false naming pods",
             lambda: (r := op.readiness())[0] == 503 and "pods" in r[1].get("notListable", {}) and r,
-            timeout=30,
+            timeout=90,
         )
         assert list(body["notListable"]) == ["pods"], body
         assert metric(op, "kubeforge_watch_list_failures_total", resource="pods") >= 1
+        names = [f"nolist-{i}" for i in range(10)]
+        for name in names:
+            post_trainingjob(admin, namespace, name)
+        wait_one_job_each(admin, namespace, first + names, timeout=90)
+        assert op.proc is not None and op.proc.poll() is None, "the operator exited"
     finally:
         set_role(admin, RULES)
-    admin.wait_for("ready again", lambda: op.readiness()[0] == 200, timeout=90)
+    admin.wait_for("ready again", lambda: op.readiness()[0] == 200, timeout=120)
+    assert "pods can be listed again" in op.logs(2000)
 
 
 def test_throttled_by_priority_and_fairness(
