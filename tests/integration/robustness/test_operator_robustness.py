@@ -163,6 +163,9 @@ def test_two_replicas_one_reconciles_and_the_standby_takes_over(
     leader = a if "acquired leadership" in a.logs(400) else b
     assert "acquired leadership" in leader.logs(400), "neither replica says it leads"
     standby = b if leader is a else a
+    # exactly one active reconciler: the standby has written nothing at all (not even the Lease)
+    assert standby.writes() == 0, "the standby wrote"
+    assert leader.writes() >= 8
     t0 = time.monotonic()
     leader.kill()
     admin.wait_for(
