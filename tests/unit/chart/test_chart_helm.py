@@ -43,6 +43,8 @@ def test_template_defaults(helm: Helm) -> None:
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "Role",  # the Lease (leader election)
+            "RoleBinding",
             "Service",
             "Deployment",
             "ValidatingAdmissionPolicy",
@@ -51,19 +53,30 @@ def test_template_defaults(helm: Helm) -> None:
     ), kinds
     (dep,) = by_kind(objs, "Deployment")
     assert dep["metadata"]["namespace"] == "kubeforge-system"
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # two replicas behind a Lease: one reconciles, a rolling update never runs two leaders
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/kubeforge/operator:0.1.0"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert c["args"] == ["--metrics-port=8000"]
     env = rendered_env(objs)
     assert env["KUBEFORGE_TRAINER_IMAGE"] == "ghcr.io/kubeforge/trainer:0.1.0"
     assert env["KUBEFORGE_ARTIFACT_STORE"] == "file:///var/lib/kubeforge/artifacts"
     assert env["KUBEFORGE_NAMESPACES"] == ""
+    assert env["KUBEFORGE_LEADER_ELECTION"] == "true"
+    assert env["KUBEFORGE_LEASE_NAMESPACE"] == "kubeforge-system"
+    assert env["KUBEFORGE_READINESS_PORT"] == "8081"
+    (role,) = by_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == "kubeforge-system"
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["get", "create", "patch"]} in role["rules"]
     (sa,) = by_kind(objs, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"] == "kubeforge"
     for b in by_kind(objs, "ClusterRoleBinding"):
@@ -117,7 +130,7 @@ def test_template_sample_values(helm: Helm) -> None:
     assert env["AWS_REGION"] == "eu-west-1"
     assert env["KUBEFORGE_LOG_LEVEL"] == "DEBUG"
     # Namespaced rights per watched namespace; only discovery is cluster-wide.
-    rbs = by_kind(objs, "RoleBinding")
+    rbs = [rb for rb in by_kind(objs, "RoleBinding") if rb["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
     assert all(rb["roleRef"]["name"] == "kubeforge" for rb in rbs)
     (crb,) = by_kind(objs, "ClusterRoleBinding")
@@ -144,7 +157,16 @@ def test_toggles(helm: Helm) -> None:
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["--metrics-port=0"]
-    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert [p["name"] for p in c["ports"]] == ["health", "ready"]
+
+
+def test_one_replica_without_leader_election_recreates(helm: Helm) -> None:
+    objs = helm.template(values={"replicas": 1, "leaderElection": {"enabled": False}})
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert rendered_env(objs)["KUBEFORGE_LEADER_ELECTION"] == "false"
+    with pytest.raises(HelmError, match="leaderElection"):
+        helm.template(values={"replicas": 2, "leaderElection": {"enabled": False}})
 
 
 def test_release_name_drives_the_names(helm: Helm) -> None:
