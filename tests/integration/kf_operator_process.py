@@ -38,6 +38,8 @@ class OperatorProcess:
             "KUBEFORGE_RESYNC_SECONDS": "10",
             "KUBEFORGE_CONCURRENCY": "8",
             "KUBEFORGE_LOG_FORMAT": "plain",
+            # by env, not --readiness-port: older operators (benchmarks' "before") ignore it
+            "KUBEFORGE_READINESS_PORT": str(self.readiness_port),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,8 +60,6 @@ class OperatorProcess:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
-                "--readiness-port",
-                str(self.readiness_port),
             ],
             env=self.env,
             stdout=self._log,
