@@ -37,6 +37,12 @@ def _recorded(monkeypatch: pytest.MonkeyPatch, kueue: bool = False) -> dict[str,
 
     monkeypatch.setattr(kopf, "index", recorder(kopf.index))
     monkeypatch.setattr(kopf.on, "event", recorder(kopf.on.event))
+
+    def forbidden(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a change-detecting handler: kopf's diff-base is off (main.py)")
+
+    for name in ("create", "update", "resume", "field", "delete", "timer", "daemon"):
+        monkeypatch.setattr(kopf.on, name, forbidden)
     _ctx(kueue)
     return seen
 
@@ -59,6 +65,7 @@ def test_kopf_settings_prefix_and_posting() -> None:
     assert ks.posting.enabled is False
     assert ks.execution.max_workers == 7
     assert ks.persistence.progress_storage.prefix == "kubeforge.io"  # type: ignore[attr-defined]
+    assert ks.persistence.diffbase_storage.fetch(body=kopf.Body({})) is None
     # a silent watch stream is noticed (bookmarks count) well before the old 660 s
     assert ks.watching.client_timeout is not None and ks.watching.client_timeout < 600
     if hasattr(ks.watching, "inactivity_timeout"):  # kopf >= 1.45: bookmarks count
