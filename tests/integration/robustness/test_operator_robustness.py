@@ -4,6 +4,7 @@ may not list, API throttling. Each test counts Jobs per TrainingJob: exactly one
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from conftest import (
     wait_one_job_each,
 )
 from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.testing import PodDriver
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +161,17 @@ def test_two_replicas_one_reconciles_and_the_standby_takes_over(
     counts = [e.get("count", 1) for e in _events(admin, namespace)]
     assert all(c == 1 for c in counts), counts
 
+    driver = PodDriver(admin, namespace, timeout=60)
+    trial_names = sorted(t["metadata"]["name"] for t in trials())
+
+    def finish(trial: str, accuracy: float) -> None:
+        (pod,) = driver.wait_pods(f"kubeforge.io/trainingjob={trial}")
+        msg = {"metrics": {"accuracy": accuracy}, "artifacts": {"model": f"file:///out/{trial}/model.onnx"}}
+        driver.succeed(pod, message=json.dumps(msg))
+
+    for i, trial in enumerate(trial_names[:4]):  # half the study under the first leader
+        finish(trial, 0.5 + i / 100)
+
     # kill the leader: the standby takes over within 30 s
     leader = a if "acquired leadership" in a.logs(400) else b
     assert "acquired leadership" in leader.logs(400), "neither replica says it leads"
@@ -175,19 +188,23 @@ def test_two_replicas_one_reconciles_and_the_standby_takes_over(
     )
     assert time.monotonic() - t0 < 30
     assert standby.proc is not None and standby.proc.poll() is None
-    # the standby now reconciles: a new TrainingJob gets its Job
-    post_trainingjob(admin, namespace, "after-takeover")
-    admin.wait_for(
-        "the Job of after-takeover",
-        lambda: any(j["metadata"]["name"] == "after-takeover"
-                    for j in admin.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]),
-        timeout=30,
-    )
-    # the study's status is not flapping: resourceVersion still for a while
+    # the other half under the new leader: it finishes the study
+    for i, trial in enumerate(trial_names[4:]):
+        finish(trial, 0.6 + i / 100)
     path = f"{TJ_API}/namespaces/{namespace}/tuningstudies/ha"
-    admin.wait_for("study status settled", lambda: _still(admin, path, 5.0), timeout=60)
-    rv = admin.get(path)["metadata"]["resourceVersion"]
-    time.sleep(20)
+    study_done = admin.wait_for(
+        "the study Succeeded", lambda: (o := admin.get(path)).get("status", {}).get("phase") == "Succeeded" and o,
+        timeout=90,
+    )
+    assert len(trials()) == 8
+    assert study_done["status"]["bestTrial"]["name"] == trial_names[-1]
+    # every Event once (a new leader repeating the last step meets a 409), none counted twice
+    events = _events(admin, namespace)
+    keys = [(e["involvedObject"]["name"], e["reason"], e["message"]) for e in events]
+    assert len(keys) == len(set(keys)) and all(e.get("count", 1) == 1 for e in events), keys
+    # no flapping: the study's resourceVersion stays still for 60 s after it ended
+    rv = study_done["metadata"]["resourceVersion"]
+    time.sleep(60)
     assert admin.get(path)["metadata"]["resourceVersion"] == rv
 
 
