@@ -162,7 +162,21 @@ def structural(model: type[BaseModel]) -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     out = _Converter(defs).convert(raw)
     _container_defaults(model, out)
-    return out
+    return _whole_floats_as_ints(out)
+
+
+def _whole_floats_as_ints(node: Any) -> Any:
+    """65.0 → 65 everywhere (defaults included). The API server keeps a number as JSON: a CRD
+    applied first as 65 (kubectl decodes whole numbers to integers) and then as 65.0 (Helm keeps
+    the float) is a server-side-apply conflict on the CRD. Integers in the file read the same to
+    every client; the schema type (`number`) still takes both."""
+    if isinstance(node, dict):
+        return {k: _whole_floats_as_ints(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_whole_floats_as_ints(v) for v in node]
+    if isinstance(node, float) and node.is_integer():
+        return int(node)
+    return node
 
 
 _KINDS: list[dict[str, Any]] = [

@@ -72,6 +72,12 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks.watching.connect_timeout = 10
     if hasattr(ks.watching, "inactivity_timeout"):  # kopf >= 1.45
         ks.watching.inactivity_timeout = 90
+    if settings.namespaces and not any(set(ns) & set("*?[!,") for ns in settings.namespaces):
+        # Exact namespaces (the chart's watchNamespaces): nothing to discover. Scanning would
+        # list namespaces cluster-wide, which a namespaced operator may not, and kopf retries
+        # that 403 for a minute before it starts watching. Resources are still scanned once at
+        # start (and `main` runs kopf again when a watched resource becomes listable).
+        ks.scanning.disabled = True
     return ks
 
 

@@ -472,7 +472,12 @@ class Toleration(KubeModel):
         default=None, description="The taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, ge=-(2**62), le=2**62, description="How long a NoExecute taint is tolerated."
+        default=None,
+        # +-(2**53 - 1): read back exactly by every JSON client (2**62 came back rounded from
+        # the API server, a server-side-apply conflict on the CRD for its next applier)
+        ge=-(2**53 - 1),
+        le=2**53 - 1,
+        description="How long a NoExecute taint is tolerated.",
     )
 
     @model_validator(mode="after")

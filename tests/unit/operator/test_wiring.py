@@ -72,6 +72,14 @@ def test_kopf_settings_prefix_and_posting() -> None:
         assert ks.watching.inactivity_timeout <= 120
 
 
+def test_exact_namespaces_need_no_namespace_scan() -> None:
+    # a namespaced operator (watchNamespaces) may not list namespaces: kopf must not try
+    assert kopf_settings(Settings(namespaces=("team-a", "team-b"))).scanning.disabled is True
+    # all namespaces, or patterns: kopf discovers them (and CRDs installed later)
+    assert kopf_settings(Settings()).scanning.disabled is False
+    assert kopf_settings(Settings(namespaces=("team-*",))).scanning.disabled is False
+
+
 def test_cli() -> None:
     a = parse_args(["--namespace", "a", "-n", "b", "--metrics-port", "9000"])
     assert a.namespace == ["a", "b"] and a.metrics_port == 9000
