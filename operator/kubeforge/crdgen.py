@@ -162,7 +162,8 @@ def structural(model: type[BaseModel]) -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     out = _Converter(defs).convert(raw)
     _container_defaults(model, out)
-    return _whole_floats_as_ints(out)
+    normalised: dict[str, Any] = _whole_floats_as_ints(out)
+    return normalised
 
 
 def _whole_floats_as_ints(node: Any) -> Any:
