@@ -24,6 +24,7 @@ from . import data as data_mod
 from .config import TrainerConfig
 from .export import ParityError, export_onnx, parity
 from .report.channel import ProgressChannel
+from .report.cost import CostUnavailable, measure
 
 CHECKPOINT_VERSION = 1
 
@@ -357,12 +358,21 @@ class Trainer:
             )
         model_uri = storage.join(self.cfg.output_uri, "model.onnx")
         storage.write_bytes(model_uri, onnx_bytes)
+        metrics.update(self.serving_cost(onnx_bytes))
         return {
             "model": model_uri,
             "checkpoint": self.ckpt_uri,
             "sha256": storage.sha256(onnx_bytes),
             "bytes": len(onnx_bytes),
         }
+
+    def serving_cost(self, onnx_bytes: bytes, prefix: str = "onnx_") -> dict[str, float]:
+        """Latency (batch 1, on this pod's CPU quota), bytes and parameters of an exported model."""
+        try:
+            return measure(onnx_bytes, self.split.x_val[:1], prefix=prefix)
+        except CostUnavailable as exc:
+            log(f"no serving cost reported: {exc}")
+            return {}
 
 
 def _fmt(v: float) -> str:

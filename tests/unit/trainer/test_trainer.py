@@ -285,3 +285,13 @@ def test_gpu_bf16_recipe(tmp_path: Path, run_inprocess) -> None:
     r = run_inprocess(tmp_path, job(tmp_path, hp={"epochs": 3, "device": "cuda"}))
     assert r.rc == 0 and r.metrics["val_accuracy"] > 0.9
     assert r.metrics["onnx_max_abs_diff"] < 1e-3
+
+
+def test_serving_cost_in_final_metrics(tmp_path: Path, run_inprocess) -> None:
+    r = run_inprocess(tmp_path, job(tmp_path, hp={"epochs": 1, "hidden": [32]}))
+    assert r.rc == 0
+    m, arts = r.metrics, r.termination["artifacts"]
+    assert m["onnx_bytes"] == arts["bytes"]
+    # digits: 64 features, 10 classes; the input standardization (mean, std) is stored too
+    assert m["onnx_params"] == 64 * 32 + 32 + 32 * 10 + 10 + 2 * 64
+    assert 0 < m["onnx_latency_ms"] < 50
