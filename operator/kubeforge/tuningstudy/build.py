@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from kubeforge.api.tuningstudy import Objective, TuningStudySpec
@@ -124,7 +125,7 @@ def trial_manifest(
     annotations = {
         PARAMS: _dumps(params),
         SYSTEM_ATTRS: _dumps(system_attrs or {}),
-        OBJECTIVE_METRIC: spec.objective.metric,
+        OBJECTIVE_METRIC: ",".join(metric for metric, _ in spec.objective_list),
     }
     if study_system_attrs:
         annotations[STUDY_SYSTEM_ATTRS] = _dumps(study_system_attrs)
@@ -244,8 +245,11 @@ def trial_state(obj: JSON) -> str:
     return "running"
 
 
-def trial_record(obj: JSON, objective: Objective) -> TrialRecord | None:
-    """The search's view of a trial TrainingJob (None: not a trial)."""
+def trial_record(
+    obj: JSON, objective: Objective, metrics: Sequence[str] = ()
+) -> TrialRecord | None:
+    """The search's view of a trial TrainingJob (None: not a trial). `metrics`: the objectives
+    of a multi-objective study, whose final values are kept in `finals`."""
     number = trial_number(obj)
     if number is None:
         return None
@@ -253,15 +257,20 @@ def trial_record(obj: JSON, objective: Objective) -> TrialRecord | None:
     params = _loads(ann.get(PARAMS), None)
     if not isinstance(params, dict):
         params = {}
-    metrics = (obj.get("status") or {}).get("metrics") or {}
+    metrics_of = (obj.get("status") or {}).get("metrics") or {}
     state = trial_state(obj)
-    final = _num(metrics.get(objective.metric)) if state == "complete" else None
+    final = _num(metrics_of.get(objective.metric)) if state == "complete" else None
     return TrialRecord(
         number=number,
         params=params,
         state=state,  # type: ignore[arg-type]
         reports=observed_reports(obj, objective.metric),
         final=final,
+        finals={
+            m: v
+            for m in metrics
+            if state == "complete" and (v := _num(metrics_of.get(m))) is not None
+        },
         system_attrs=_loads(ann.get(SYSTEM_ATTRS), {}) or {},
         study_system_attrs=_loads(ann.get(STUDY_SYSTEM_ATTRS), {}) or {},
     )

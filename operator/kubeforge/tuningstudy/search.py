@@ -92,6 +92,8 @@ class TrialRecord:
     """Intermediate values of the objective metric, (step, value), by step."""
     final: float | None = None
     """The objective metric of the final metrics (None: not reported)."""
+    finals: dict[str, float] = field(default_factory=dict)
+    """Final values of a multi-objective study's metrics (those the trial reported)."""
     system_attrs: dict[str, Any] = field(default_factory=dict)
     """Optuna system attributes of the trial (grid_id, CMA-ES state, hyperband rungs, ...)."""
     study_system_attrs: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +102,11 @@ class TrialRecord:
     def value(self, objective: Objective) -> float | None:
         """The trial's objective value by `objective.strategy` (None: none reported)."""
         return objective_value(self.reports, self.final, objective)
+
+    def values(self, metrics: Sequence[str]) -> list[float] | None:
+        """Its final value of every metric, in order (None: one is missing)."""
+        out = [self.finals.get(m) for m in metrics]
+        return None if any(v is None for v in out) else [float(v) for v in out if v is not None]
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,10 @@ def build_sampler(spec: TuningStudySpec, number: int, study_key: str = "") -> Ba
     if algo.name == "cmaes":
         settings.setdefault("warn_independent_sampling", False)
         return optuna.samplers.CmaEsSampler(seed=seed, **settings)
+    if algo.name == "nsga2":
+        # NSGA-II keeps its generation and parents in trial system attributes, which the
+        # records carry, so the rebuilt study continues the same population.
+        return optuna.samplers.NSGAIISampler(seed=seed, **settings)
     if algo.name == "qmc":
         settings.setdefault("warn_asynchronous_seeding", False)
         return optuna.samplers.QMCSampler(seed=seed, **settings)
@@ -264,18 +275,22 @@ def build_pruner(spec: TuningStudySpec) -> BasePruner:
 
 
 def _frozen(
-    record: TrialRecord, dists: dict[str, BaseDistribution], value: float | None
+    record: TrialRecord,
+    dists: dict[str, BaseDistribution],
+    value: float | list[float] | None,
 ) -> FrozenTrial:
+    """`value`: the objective value, or the list of values of a multi-objective study."""
     state = _STATES[record.state]
     params = {k: v for k, v in record.params.items() if k in dists}
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL  # finished without the objective metric: a failure to the sampler
     start = _EPOCH + _dt.timedelta(seconds=record.number)
+    done = state == TrialState.COMPLETE
     return FrozenTrial(
         number=record.number,
         state=state,
-        value=value if state == TrialState.COMPLETE else None,
-        values=None,
+        value=value if done and not isinstance(value, list) else None,
+        values=value if done and isinstance(value, list) else None,
         datetime_start=start,
         datetime_complete=None if state == TrialState.RUNNING else start,
         params=params,
@@ -321,11 +336,11 @@ class SearchState:
         self.dists = distributions(spec)
         self.records = sorted(records, key=lambda r: r.number)
         self.storage = InMemoryStorage()
-        direction = spec.objective.direction
+        self.metrics = [m for m, _ in spec.objective_list]
         self.study = optuna.create_study(
             storage=self.storage,
             study_name=study_key,
-            direction=direction,
+            directions=[d for _, d in spec.objective_list],
             sampler=optuna.samplers.RandomSampler(seed=0),
             pruner=build_pruner(spec),
         )
@@ -342,7 +357,12 @@ class SearchState:
             while expected < rec.number:  # keep Optuna's numbers equal to ours
                 self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
                 expected += 1
-            frozen = _frozen(rec, self.dists, rec.value(spec.objective))
+            value = (
+                rec.values(self.metrics)
+                if spec.multi_objective
+                else rec.value(spec.primary_objective)
+            )
+            frozen = _frozen(rec, self.dists, value)
             self.trial_ids[rec.number] = self.storage.create_new_trial(
                 self.study_id, template_trial=frozen
             )
