@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from kubeforge.api.tuningstudy import Bound, TuningStudySpec
+from kubeforge.api.tuningstudy import Bound, TuningStudySpec, TuningStudyStatus
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy.search import SearchState, TrialRecord
 from kubeforge.tuningstudy.selection import Rule, dominates, pareto_front, select
@@ -122,6 +122,7 @@ def run_study(raw: dict[str, Any], order_seed: int = 0) -> tuple[dict[str, Any],
             trials[m["metadata"]["name"]] = json.loads(json.dumps(m))
         if d.promote:
             promotes.append(d.promote)
+        TuningStudyStatus.model_validate(d.status)  # the CRD's status shape
         if d.status["phase"] != "Running":
             return d.status, trials, promotes
         running = [t for t in trials.values() if tb.trial_state(t) == "running"]
