@@ -59,6 +59,7 @@ _KEYS: dict[str, dict[str, Any]] = {
     "max_resource": {"type": _INT, "minimum": 1, "maximum": 1000000000},
     "reduction_factor": {"type": _INT, "minimum": 2, "maximum": 1000},
     "bootstrap_count": {"type": _INT, "minimum": 0, "maximum": 100000},
+    "min_early_stopping_rate": {"type": _INT, "minimum": 0, "maximum": 100},
 }
 _SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
     "random": (),
@@ -81,6 +82,7 @@ _PRUNER_KEYS: dict[str, tuple[str, ...]] = {
     "median": ("n_startup_trials", "interval_steps", "n_min_trials"),
     "percentile": ("percentile", "n_startup_trials", "interval_steps", "n_min_trials"),
     "hyperband": ("max_resource", "reduction_factor", "bootstrap_count"),
+    "successive-halving": ("reduction_factor", "min_early_stopping_rate"),
 }
 SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = dict(_SAMPLER_KEYS)
 PRUNER_SETTINGS: dict[str, tuple[str, ...]] = dict(_PRUNER_KEYS)
@@ -429,8 +431,10 @@ class EarlyStopping(KubeModel):
         *_allow_list_rules(_PRUNER_KEYS, "earlyStopping"),
         *(rule(c, m, field_path=".settings") for c, _, m in _PRUNER_COMBINATIONS))}
 
-    name: Literal["none", "median", "percentile", "hyperband"] = Field(
-        default="none", description="none, median, percentile or hyperband (Optuna pruners)."
+    name: Literal["none", "median", "percentile", "hyperband", "successive-halving"] = Field(
+        default="none",
+        description="none, median, percentile, hyperband or successive-halving (Optuna "
+        "pruners; successive-halving is asynchronous successive halving, ASHA).",
     )
     start_step: int = Field(
         default=2, ge=0, le=1000000000,

@@ -268,6 +268,12 @@ def build_pruner(spec: TuningStudySpec) -> BasePruner:
     if es.name == "hyperband":
         settings.setdefault("min_resource", max(1, es.start_step))
         return optuna.pruners.HyperbandPruner(**settings)
+    if es.name == "successive-halving":
+        # ASHA: a trial is promoted past a rung only when it is in the top 1/reduction_factor
+        # of the trials that reached that rung; the rungs it passed are recorded in its system
+        # attributes (completed_rung_*), which the trial records carry across rebuilds.
+        settings.setdefault("min_resource", max(1, es.start_step))
+        return optuna.pruners.SuccessiveHalvingPruner(**settings)
     raise ValueError(f"unknown earlyStopping {es.name!r}")
 
 
