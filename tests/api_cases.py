@@ -292,6 +292,8 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
      _with("TuningStudy", "earlyStopping",
            {"name": "successive-halving", "settings": {"max_resource": 9}}),
      "spec.earlyStopping.settings"),
+    ("budget-bad-duration", "TuningStudy",
+     _with("TuningStudy", "budget", {"maxDuration": "30 minutes"}), "spec.budget.maxDuration"),
     ("nsga2-unknown-setting", "TuningStudy",
      _with("TuningStudy", "algorithm", {"name": "nsga2", "settings": {"popsize": 4}}),
      "spec.algorithm.settings"),

@@ -456,6 +456,29 @@ class EarlyStopping(KubeModel):
         return self
 
 
+DURATION = r"^([0-9]{1,9}(h|m|s))+$"
+"""A duration the Go way, in whole hours, minutes and seconds: 90s, 30m, 1h30m."""
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of a DURATION string."""
+    unit = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * unit[u] for n, u in re.findall(r"([0-9]+)(h|m|s)", text))
+
+
+class Budget(KubeModel):
+    max_duration: str | None = Field(
+        default=None,
+        description="Stop suggesting trials once this long has passed since the study started "
+        "(e.g. 30m, 2h, 1h30m); running trials finish. Raise it to continue a finished study.",
+        pattern=DURATION,
+        max_length=40,
+    )
+
+    def seconds(self) -> int | None:
+        return None if self.max_duration is None else duration_seconds(self.max_duration)
+
+
 class TrialTemplate(KubeModel):
     spec: TrainingJobSpec = Field(
         description="The TrainingJob spec of every trial; suggestions are merged into its "
@@ -570,6 +593,7 @@ class TuningStudySpec(KubeModel):
         description="Fail the study once this many trials failed (pruned is not failed).",
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
+    budget: Budget | None = Field(default=None, description="Limits besides maxTrials.")
     promote: Promote | None = Field(default=None, description="Serve the best model.")
 
     @field_validator("search_space")

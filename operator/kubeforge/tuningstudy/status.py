@@ -7,6 +7,7 @@ the ModelDeployment to promote, the new status). The handler only carries it out
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,16 @@ def best_trial(
     return out
 
 
+def budget_spent(spec: TuningStudySpec, start: str | None, now: str) -> bool:
+    """Whether budget.maxDuration has passed since the study started (`start`: its startTime,
+    None on the first reconcile)."""
+    seconds = spec.budget.seconds() if spec.budget else None
+    if seconds is None or not start:
+        return False
+    elapsed = _dt.datetime.fromisoformat(now) - _dt.datetime.fromisoformat(start)
+    return elapsed.total_seconds() >= seconds
+
+
 def front_of(spec: TuningStudySpec, name: str, records: list[TrialRecord]) -> list[JSON]:
     """status.paretoFront (all of it: the caller trims it)."""
     metrics = [m for m, _ in spec.objective_list]
@@ -208,6 +219,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     best_value = best.get("value") if best else None
     rule = selection_rule(spec)
     reached = target_value(records, objects, spec)
+    out_of_time = budget_spent(spec, prev.get("startTime"), now)
 
     decision = Decision(status={}, reports=reports)
     phase, reason, message = "Running", "TrialsRunning", ""
@@ -218,7 +230,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     elif target_reached(reached, objective):
         phase, reason = "Succeeded", "TargetReached"
         message = f"a trial reached {objective.metric}={reached:g} (target {objective.target:g})"
-    elif total >= limit and not running:
+    elif (total >= limit or out_of_time) and not running:
         size = grid_size(spec)
         exhausted = size is not None and size <= spec.max_trials
         if best is None and rule.bounds and c["succeeded"]:
@@ -234,6 +246,8 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         else:
             phase = "Succeeded"
             reason = "GridExhausted" if exhausted else "MaxTrialsReached"
+            if total < limit:
+                reason = "MaxDurationReached"
             message = f"{total} trials finished; best {rule.metric}={best_value:g}"
     elif not records and total == 0:
         phase, reason, message = "Running", "Starting", "suggesting the first trials"
@@ -253,7 +267,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
             if objects[r.number]["metadata"]["name"] in reports
             and not _stop_delivered(objects[r.number])
         }
-        slots = spec.parallelism - len(running)
+        slots = 0 if out_of_time else spec.parallelism - len(running)
         prunable = spec.early_stopping.name != "none" and bool(fresh)
         if not prunable and not (slots > 0 and total < limit):
             fresh = set()
@@ -286,6 +300,10 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         c["total"] = total
         if decision.create:
             message = f"{c['running']} trials running"
+        elif running and out_of_time and total < limit:
+            message = (
+                f"budget.maxDuration reached: no new trials; {len(running)} running trials finish"
+            )
         elif running:
             message = f"{len(running)} trials running"
 
