@@ -294,6 +294,10 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
      "spec.earlyStopping.settings"),
     ("budget-bad-duration", "TuningStudy",
      _with("TuningStudy", "budget", {"maxDuration": "30 minutes"}), "spec.budget.maxDuration"),
+    ("warm-start-unknown-param", "TuningStudy",
+     _with("TuningStudy", "warmStart",
+           {"trials": [{"params": {"lr": 0.01, "zz": 1}, "values": {"val_loss": 0.5}}]}),
+     "spec.warmStart.trials[0].params"),
     ("nsga2-unknown-setting", "TuningStudy",
      _with("TuningStudy", "algorithm", {"name": "nsga2", "settings": {"popsize": 4}}),
      "spec.algorithm.settings"),
@@ -320,5 +324,7 @@ INVALID_NAMES: list[tuple[str, str, str]] = [
 # The product of a grid's dimensions, too: CEL has no fold to multiply over a map (each dimension
 # is bounded at admission, the product by the operator at once, Failed with InvalidSpec). And
 # choices that are objects or lists: CEL cannot see values of any JSON type (null it refuses).
-OPERATOR_ONLY = {"hp-collision", "grid-product-too-big", "choices-object"}
+# Warm-start trials: their params are of any JSON type and checked against the search space.
+OPERATOR_ONLY = {"hp-collision", "grid-product-too-big", "choices-object",
+                 "warm-start-unknown-param"}
 ADMISSION = [c for c in INVALID if c[0] not in OPERATOR_ONLY]

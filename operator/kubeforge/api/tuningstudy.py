@@ -479,6 +479,32 @@ class Budget(KubeModel):
         return None if self.max_duration is None else duration_seconds(self.max_duration)
 
 
+MAX_WARM_TRIALS = 1000
+
+
+class WarmTrial(KubeModel):
+    """An earlier result: parameters and the objective values they gave."""
+
+    params: dict[str, Any] = Field(
+        description="Values of the search space's parameters (every one, within its range).",
+        json_schema_extra={**FREE_FORM, "maxProperties": 32},
+    )
+    values: dict[str, float] = Field(
+        description="The objective metric's value (every objective's, with spec.objectives), "
+        "by metric.",
+        json_schema_extra={"maxProperties": 4},
+    )
+
+
+class WarmStart(KubeModel):
+    trials: list[WarmTrial] = Field(
+        default_factory=list,
+        description="Earlier results the sampler starts from: they enter the rebuilt study as "
+        "completed trials (they are not trials of this study: not counted, never bestTrial).",
+        max_length=MAX_WARM_TRIALS,
+    )
+
+
 class TrialTemplate(KubeModel):
     spec: TrainingJobSpec = Field(
         description="The TrainingJob spec of every trial; suggestions are merged into its "
@@ -552,6 +578,9 @@ class TuningStudySpec(KubeModel):
              field_path=".earlyStopping.name"),
         rule("self.algorithm == oldSelf.algorithm",
              "spec.algorithm is immutable: create a new study", field_path=".algorithm"),
+        rule("has(self.warmStart) == has(oldSelf.warmStart) && (!has(self.warmStart) || "
+             "self.warmStart == oldSelf.warmStart)",
+             "spec.warmStart is immutable: create a new study", field_path=".warmStart"),
     )}
 
     objective: Objective | None = Field(
@@ -594,6 +623,9 @@ class TuningStudySpec(KubeModel):
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
     budget: Budget | None = Field(default=None, description="Limits besides maxTrials.")
+    warm_start: WarmStart | None = Field(
+        default=None, description="Earlier results that inform the sampler from the start."
+    )
     promote: Promote | None = Field(default=None, description="Serve the best model.")
 
     @field_validator("search_space")
@@ -626,6 +658,25 @@ class TuningStudySpec(KubeModel):
                 raise ValueError(
                     "earlyStopping.name: earlyStopping needs one objective (Optuna prunes "
                     "single-objective studies only)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _warm_trials(self) -> TuningStudySpec:
+        metrics = {m for m, _ in self.objective_list}
+        for i, warm in enumerate(self.warm_start.trials if self.warm_start else []):
+            unknown = sorted(set(warm.params) - set(self.search_space))
+            if unknown:
+                raise ValueError(
+                    f"warmStart.trials[{i}].params: {unknown} are not in searchSpace"
+                )
+            missing = sorted(set(self.search_space) - set(warm.params))
+            if missing:
+                raise ValueError(f"warmStart.trials[{i}].params: {missing} are missing")
+            if set(warm.values) != metrics:
+                raise ValueError(
+                    f"warmStart.trials[{i}].values: needs exactly the objective metrics "
+                    f"{sorted(metrics)}, not {sorted(warm.values)}"
                 )
         return self
 

@@ -308,6 +308,30 @@ def _frozen(
     )
 
 
+WARM = "kubeforge:warm"
+"""System attribute marking a trial of warmStart (not a trial of the study)."""
+
+
+def warm_trials(spec: TuningStudySpec, dists: dict[str, BaseDistribution]) -> list[FrozenTrial]:
+    """warmStart.trials as completed Optuna trials (raises ValueError for a parameter outside
+    its distribution, which check_runnable turns into InvalidSpec)."""
+    out = []
+    metrics = [m for m, _ in spec.objective_list]
+    for i, warm in enumerate(spec.warm_start.trials if spec.warm_start else []):
+        values = [float(warm.values[m]) for m in metrics]
+        try:  # create_trial checks every parameter against its distribution
+            trial = optuna.trial.create_trial(
+                params=dict(warm.params),
+                distributions={k: dists[k] for k in warm.params},
+                values=values,
+                system_attrs={WARM: True},
+            )
+        except ValueError as exc:
+            raise ValueError(f"warmStart.trials[{i}].params: {exc}") from exc
+        out.append(trial)
+    return out
+
+
 def _placeholder(number: int) -> FrozenTrial:
     """A trial whose record is gone (garbage-collected): a failure that samplers ignore."""
     start = _EPOCH + _dt.timedelta(seconds=number)
@@ -358,6 +382,12 @@ class SearchState:
             study_attrs.update(rec.study_system_attrs)
         for key, value in study_attrs.items():
             self.storage.set_study_system_attr(self.study_id, key, value)
+        # warmStart.trials go in first, as completed trials: Optuna numbers them 0..W-1, so the
+        # study's own trial n is Optuna's n + W (the offset is constant: warmStart is immutable).
+        self.offset = 0
+        for warm in warm_trials(spec, self.dists):
+            self.storage.create_new_trial(self.study_id, template_trial=warm)
+            self.offset += 1
         expected = 0
         for rec in self.records:
             while expected < rec.number:  # keep Optuna's numbers equal to ours
@@ -391,7 +421,7 @@ class SearchState:
         trial = self.study.ask(fixed_distributions=None)
         if index is not None:
             self.storage.set_trial_system_attr(trial._trial_id, GRID_INDEX, index)
-        assert trial.number == number, (trial.number, number)
+        assert trial.number == number + self.offset, (trial.number, number, self.offset)
         for name, dist in self.dists.items():
             trial._suggest(name, dist)
         frozen = self.storage.get_trial(trial._trial_id)
@@ -460,6 +490,10 @@ def check_runnable(spec: TuningStudySpec) -> None:
         build_pruner(spec)
     except (ValueError, TypeError) as exc:
         raise InvalidSpecError("spec.earlyStopping.settings", f"Optuna refuses them: {exc}") from exc
+    try:
+        warm_trials(spec, distributions(spec))
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.warmStart", str(exc)) from exc
 
 
 async def off_loop(fn: Callable[..., Any], *args: Any, timeout: float = SEARCH_TIMEOUT_SECONDS) -> Any:
