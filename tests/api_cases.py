@@ -298,6 +298,23 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
      _with("TuningStudy", "warmStart",
            {"trials": [{"params": {"lr": 0.01, "zz": 1}, "values": {"val_loss": 0.5}}]}),
      "spec.warmStart.trials[0].params"),
+    ("target-path-not-allowed", "TuningStudy",
+     _with("TuningStudy", "searchSpace.img",
+           {"type": "categorical", "choices": ["a"], "target": "image"}),
+     "spec.searchSpace.img.target"),  # schema enum: the server writes .img
+    ("target-not-categorical", "TuningStudy",
+     _with("TuningStudy", "searchSpace.lr",
+           {"type": "float", "low": 0.1, "high": 1, "target": "model.recipe"}),
+     "spec.searchSpace[lr].target"),
+    ("target-with-own-command", "TuningStudy",
+     {**_with("TuningStudy", "searchSpace.recipe",
+              {"type": "categorical", "choices": ["mlp-classifier"], "target": "model.recipe"}),
+      "trialTemplate": {"spec": {"command": ["python3", "t.py"]}}},
+     "spec.searchSpace"),
+    ("target-bad-choice", "TuningStudy",
+     _with("TuningStudy", "searchSpace.recipe",
+           {"type": "categorical", "choices": ["transformer"], "target": "model.recipe"}),
+     "spec.searchSpace[recipe]"),
     ("nsga2-unknown-setting", "TuningStudy",
      _with("TuningStudy", "algorithm", {"name": "nsga2", "settings": {"popsize": 4}}),
      "spec.algorithm.settings"),
@@ -326,5 +343,5 @@ INVALID_NAMES: list[tuple[str, str, str]] = [
 # choices that are objects or lists: CEL cannot see values of any JSON type (null it refuses).
 # Warm-start trials: their params are of any JSON type and checked against the search space.
 OPERATOR_ONLY = {"hp-collision", "grid-product-too-big", "choices-object",
-                 "warm-start-unknown-param"}
+                 "warm-start-unknown-param", "target-bad-choice"}
 ADMISSION = [c for c in INVALID if c[0] not in OPERATOR_ONLY]

@@ -17,7 +17,7 @@ from kubeforge.api.common import (
     hp_collision_rule,
     hp_env_name,
 )
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import QUANTIZE_MODES, RECIPES, TrainingJobSpec
 
 TUNINGSTUDY_NAME_MAX = 63
 """A study's name is the prefix of its trials' names (hashed to fit) and a label value."""
@@ -283,6 +283,14 @@ class Select(KubeModel):
         return "maximize" if self.maximize else "minimize"
 
 
+TEMPLATE_TARGETS: dict[str, tuple[str, ...]] = {
+    "model.recipe": RECIPES,
+    "output.onnx.quantize.mode": ("none", *QUANTIZE_MODES),
+}
+"""Trial-template fields a search dimension may set (model selection), and their allowed
+values; `none` for the quantize mode means no int8 model."""
+
+
 class SearchParameter(KubeModel):
     """One dimension of the search space."""
 
@@ -302,6 +310,8 @@ class SearchParameter(KubeModel):
         # fails that conversion (as it would fail the spec's immutability rules at every later
         # status write): this rule makes the null refused at admission, with its message.
         rule("self == self", "choices must be strings, numbers or booleans, never null"),
+        rule("!has(self.target) || self.type == 'categorical'",
+             "target needs type categorical", field_path=".target"),
     ), "x-kubeforge-any-of": [
         {"properties": {"type": {"enum": ["categorical"]}}, "required": ["choices"]},
         {"properties": {"type": {"enum": ["float", "int"]}}, "not": {"required": ["choices"]}},
@@ -326,6 +336,13 @@ class SearchParameter(KubeModel):
         json_schema_extra={"items": FREE_FORM},
     )
 
+    target: Literal["model.recipe", "output.onnx.quantize.mode"] | None = Field(
+        default=None,
+        description="Set this field of the trial template (model selection) instead of a "
+        "hyperparameter: model.recipe (choices: recipes) or output.onnx.quantize.mode "
+        "(choices: none, dynamic-int8, static-int8).",
+    )
+
     @field_validator("choices")
     @classmethod
     def _scalar_choices(cls, value: list[Any] | None) -> list[Any] | None:
@@ -339,6 +356,16 @@ class SearchParameter(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchParameter:
+        if self.target is not None:
+            if self.type != "categorical":
+                raise ValueError("target needs type categorical")
+            allowed = TEMPLATE_TARGETS[self.target]
+            bad = [c for c in self.choices or [] if c not in allowed]
+            if bad:
+                raise ValueError(
+                    f"choices of target {self.target} must be among {', '.join(allowed)}, "
+                    f"not {bad}"
+                )
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs choices")
@@ -562,6 +589,10 @@ class TuningStudySpec(KubeModel):
         ),
         rule("self.searchSpace == oldSelf.searchSpace",
              "spec.searchSpace is immutable: create a new study", field_path=".searchSpace"),
+        rule("self.searchSpace.all(k, !has(self.searchSpace[k].target) || "
+             "(has(self.trialTemplate.spec.model) && has(self.trialTemplate.spec.model.recipe)))",
+             "searchSpace entries with a target need a trial template with model.recipe (the "
+             "built-in trainer)", field_path=".searchSpace"),
         rule("has(self.objective) != has(self.objectives)",
              "set exactly one of spec.objective or spec.objectives"),
         rule("has(self.objective) == has(oldSelf.objective) && (!has(self.objective) || "
@@ -659,6 +690,19 @@ class TuningStudySpec(KubeModel):
                     "earlyStopping.name: earlyStopping needs one objective (Optuna prunes "
                     "single-objective studies only)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _targets(self) -> TuningStudySpec:
+        targets = [p.target for p in self.search_space.values() if p.target is not None]
+        if len(set(targets)) != len(targets):
+            raise ValueError("searchSpace: two entries target the same template field")
+        model = self.trial_template.spec.model
+        if targets and (model is None or model.recipe is None):
+            raise ValueError(
+                "searchSpace entries with a target need a trial template with model.recipe "
+                "(the built-in trainer)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -116,7 +116,14 @@ def trial_manifest(
         if isinstance(raw_template, dict)
         else spec.trial_template.spec.wire()
     )
-    tspec["hyperparameters"] = {**(tspec.get("hyperparameters") or {}), **params}
+    targeted = {k: p.target for k, p in spec.search_space.items() if p.target is not None}
+    tspec["hyperparameters"] = {
+        **(tspec.get("hyperparameters") or {}),
+        **{k: v for k, v in params.items() if k not in targeted},
+    }
+    for name, target in targeted.items():
+        if name in params:
+            set_template_field(tspec, target, params[name])
     if not spec.trial_template.retain:
         rp = dict(tspec.get("runPolicy") or {})
         if rp.get("ttlSecondsAfterFinished") is None:
@@ -145,6 +152,27 @@ def trial_manifest(
         },
         "spec": tspec,
     }
+
+
+def set_template_field(tspec: JSON, target: str, value: Any) -> None:
+    """Model selection: write a suggestion into the trial's TrainingJob spec at `target` (one of
+    TEMPLATE_TARGETS); the quantize mode `none` removes `output.onnx.quantize`."""
+    if target == "output.onnx.quantize.mode":
+        onnx = tspec.setdefault("output", {}).setdefault("onnx", {})
+        if value == "none":
+            onnx.pop("quantize", None)
+        else:
+            quantize = dict(onnx.get("quantize") or {})
+            quantize["mode"] = value
+            if value != "static-int8":
+                quantize.pop("calibration", None)  # calibration applies to static-int8 only
+            onnx["quantize"] = quantize
+        return
+    *parents, leaf = target.split(".")
+    node = tspec
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
 
 
 def promote_manifest(study: JSON, deployment: str, model_uri: str) -> JSON:
