@@ -118,8 +118,17 @@ def best_trial(
     if previous and previous.get("value") is not None:
         prev_number = previous.get("number")
         gone = prev_number is not None and prev_number not in objects
-        kept = rule.feasible(previous.get("metrics") or {})
-        if gone and kept and (out is None or rule.better(previous["value"], out["value"])):
+        prev_metrics = previous.get("metrics") or {}
+        # its value of the rule's metric (the rule may have changed since it was recorded)
+        prev_value = (
+            previous["value"] if rule.metric == objective.metric else prev_metrics.get(rule.metric)
+        )
+        if (
+            gone
+            and prev_value is not None
+            and rule.feasible(prev_metrics)
+            and (out is None or rule.better(float(prev_value), out["value"]))
+        ):
             return previous
     return out
 

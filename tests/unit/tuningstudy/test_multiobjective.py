@@ -275,3 +275,30 @@ def test_multi_objective_rebuilt_search_equals_a_long_lived_study(algo: str) -> 
         )
     assert rebuilt == long_lived
     assert len({json.dumps(p, sort_keys=True) for p in rebuilt}) == n_trials
+
+
+def test_a_deleted_best_stays_only_while_it_keeps_the_rule() -> None:
+    """bestTrial whose TrainingJob was garbage-collected stays until a better trial appears,
+    judged by promote.select (its metric and its bounds)."""
+    from kubeforge.tuningstudy.status import best_trial
+
+    raw = raw_spec(
+        objective={"metric": "val_accuracy", "direction": "maximize"},
+        algorithm={"name": "random", "seed": 0},
+        promote={
+            "select": {"maximize": "val_accuracy", "subjectTo": {"onnx_latency_ms": {"max": 0.5}}}
+        },
+    )
+    del raw["objectives"]
+    spec = TuningStudySpec.model_validate(raw)
+    record = TrialRecord(number=3, params={"width": 2, "x": 0.0}, state="complete", final=0.9)
+    job = {"status": {"metrics": {"val_accuracy": 0.9, "onnx_latency_ms": 0.1}}}
+    gone_ok = {
+        "name": "s-trial-1",
+        "number": 1,
+        "value": 0.95,
+        "metrics": {"val_accuracy": 0.95, "onnx_latency_ms": 0.2},
+    }
+    gone_slow = {**gone_ok, "metrics": {"val_accuracy": 0.95, "onnx_latency_ms": 0.9}}
+    assert best_trial("s", [record], {3: job}, spec, gone_ok)["number"] == 1
+    assert best_trial("s", [record], {3: job}, spec, gone_slow)["number"] == 3
