@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Every extra but gpu: the operator, trainer, server and the test tools.
 EXTRAS ?= operator,trainer,server,dev
 
-.PHONY: help venv check lint typecheck unit test integration e2e crds cluster-bins cluster \
+.PHONY: help venv check lint typecheck unit test integration e2e kopf-floor crds cluster-bins cluster \
         cluster-down kind demo bench images node-bins clean
 
 help:
@@ -40,6 +40,14 @@ check: lint typecheck unit ## ruff, mypy, fast unit tests (under a minute)
 
 integration: venv cluster-bins ## integration tests on the real local control plane
 	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests/integration -q
+
+# The oldest kopf of pyproject's range (`kopf>=1.38,<2`); the newest is constraints.txt's pin.
+KOPF_FLOOR ?= 1.38.0
+KOPF_FLOOR_DIR ?= /tmp/kubeforge-kopf-$(KOPF_FLOOR)
+
+kopf-floor: venv ## the operator's unit tests against the oldest supported kopf (KOPF_FLOOR)
+	$(BIN)/pip install -q --no-deps --target $(KOPF_FLOOR_DIR) "kopf==$(KOPF_FLOOR)"
+	PYTHONPATH=$(KOPF_FLOOR_DIR):$$PYTHONPATH $(BIN)/pytest -q tests/unit/operator tests/unit/tuningstudy tests/unit/modeldeployment
 
 e2e: venv cluster-bins node-bins ## e2e tests (real pods where the machine allows; skipped with a reason otherwise)
 	$(BIN)/pytest tests/e2e -q

@@ -106,7 +106,7 @@ def apiserver_writes(kube: Kube) -> dict[str, float]:
     """apiserver_request_total of writes, by resource[/subresource]."""
     headers = {"User-Agent": "bench"}
     kube.api_client.update_params_for_auth(headers, [], ["BearerToken"], "/metrics", "GET", None)
-    r = kube.pool.request("GET", kube.config.host + "/metrics", headers=headers)
+    r = kube.api_client.rest_client.pool_manager.request("GET", kube.config.host + "/metrics", headers=headers)
     out: dict[str, float] = {}
     for line in r.data.decode().splitlines():
         if not line.startswith("apiserver_request_total{"):

@@ -4,17 +4,27 @@ The model is the MLP 64→256→256→10 built here (seeded). wrk drives batch-1
 Protocol requests (JSON, and the binary tensor extension) at 1, 16 and 64 connections against:
 
   (a) kubeforge-server with dynamic batching on (max 32 rows, 2 ms) and off (max 1),
-  (b) KServe 0.21's ModelServer with a custom ONNX model (async predict, one worker, no access or
+  (b) with `--before REV`: the same two as they were at git revision REV (extracted to a temp
+      folder), so before/after figures come from one run on one machine,
+  (c) KServe 0.21's ModelServer with a custom ONNX model (async predict, one worker, no access or
       latency log), run from the bench venv (default ~/.cache/kubeforge/bench-venv; made on demand
       with `--make-venv`, skipped if missing),
-  (c) onnxruntime's session.run in this process (calls/s, p50, p99).
+  (d) onnxruntime's session.run in this process (calls/s, p50, p99),
+  (e) the floor of each HTTP stack: a do-nothing server answering every POST with a fixed body,
+      on kubeforge's own httptools protocol and on uvicorn (httptools + uvloop, raw ASGI app,
+      from the bench venv) -- what the HTTP layer alone costs, the figure behind the choice of
+      HTTP server,
+  (f) a heavier MLP (64→4096→2048→10, batch-1 run >= 1 ms) with batching on and off at 64
+      connections: dynamic batching where the model, not HTTP, dominates.
 
 Prints one table and the target ratios, all measured in the same run:
   - kubeforge req/s / KServe req/s at batch-1 JSON, 16 connections        (target >= 10x)
-  - kubeforge p50 at 1 connection - bare session.run p50                  (target ≤ 0.1 ms)
-  - kubeforge rows/s with batching / without, 64 connections (JSON)       (target >= 2x)
+  - kubeforge p50 at 1 connection - bare session.run p50                  (target <= 0.2 ms)
+  - kubeforge rows/s with batching / without, 64 connections              (target >= 2x on the
+    heavy model; reported for the small MLP too)
 
 Usage: python benchmarks/bench_server.py [--duration 5] [--no-kserve] [--connections 1,16,64]
+       [--before REV]
 Needs `wrk` (Debian package wrk). Everything binds to 127.0.0.1.
 """
 
@@ -91,6 +101,54 @@ KSERVE_SERVER = textwrap.dedent(
     '''
 )
 
+# A do-nothing server on kubeforge's HTTP stack: every request gets the same small JSON answer.
+OURS_FLOOR = textwrap.dedent(
+    """
+    import asyncio, sys
+    import uvloop
+    from kubeforge_server.dataplane import DataPlane
+    from kubeforge_server.http_app import HttpApp
+    from kubeforge_server.metrics import Metrics
+
+    BODY = b'{"model_name":"mlp","model_version":"1","outputs":[{"name":"output","datatype":"FP32","shape":[1,10],"data":[0,0,0,0,0,0,0,0,0,0]}]}'
+
+    class Floor(HttpApp):
+        def dispatch(self, conn, seq, method, url, body, header_length, t0):
+            conn.respond(seq, 200, BODY)
+
+    async def main(port):
+        app = Floor(DataPlane(Metrics()), Metrics())
+        loop = asyncio.get_running_loop()
+        await loop.create_server(app.protocol_factory, "127.0.0.1", port, backlog=4096)
+        app.start_timer(loop)
+        await asyncio.Event().wait()
+
+    uvloop.run(main(int(sys.argv[1])))
+    """
+)
+
+# The same on uvicorn (httptools protocol, uvloop) with a raw ASGI app: no framework at all.
+UVICORN_FLOOR = textwrap.dedent(
+    """
+    import sys
+    import uvicorn
+
+    BODY = b'{"model_name":"mlp","model_version":"1","outputs":[{"name":"output","datatype":"FP32","shape":[1,10],"data":[0,0,0,0,0,0,0,0,0,0]}]}'
+    HEADERS = [(b"content-type", b"application/json")]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                log_level="warning", access_log=False, lifespan="off")
+    """
+)
+
 WRK_LUA = textwrap.dedent(
     """
     -- POST the same v2 request body (JSON or binary) on every call.
@@ -107,11 +165,10 @@ WRK_LUA = textwrap.dedent(
 )
 
 
-def build_mlp(path: Path, seed: int = 0) -> Path:
+def build_mlp(path: Path, seed: int = 0, dims: tuple[int, ...] = (64, 256, 256, 10)) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    dims = (64, 256, 256, 10)
     rng = np.random.default_rng(seed)
     nodes, inits, cur = [], [], "input"
     for i, (a, b) in enumerate(itertools.pairwise(dims)):
@@ -279,7 +336,7 @@ def run_wrk(
     }
 
 
-def bare_session_run(model_path: Path, threads: int, seconds: float = 3.0) -> dict[str, float]:
+def bare_session_run(model_path: Path, threads: int, seconds: float = 2.0) -> dict[str, float]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -324,6 +381,17 @@ def ensure_bench_venv(make: bool) -> Path | None:
     return python
 
 
+def extract_revision(rev: str, dest: Path) -> Path:
+    """server-image/ as it was at git revision ``rev`` (for before/after in one run)."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "server-image"], capture_output=True, check=True
+    ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "server-image"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -331,6 +399,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "5")))
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--no-kserve", action="store_true")
+    ap.add_argument("--before", default="", help="git revision to measure as 'before' as well")
     ap.add_argument(
         "--make-venv",
         action="store_true",
@@ -346,31 +415,43 @@ def main() -> int:
     conns = [int(c) for c in args.connections.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
     model = build_mlp(tmp / f"{MODEL_NAME}.onnx")
+    heavy_dir = tmp / "heavy"
+    heavy_dir.mkdir()
+    heavy = build_mlp(heavy_dir / f"{MODEL_NAME}.onnx", dims=(64, 4096, 2048, 10))
     lua = tmp / "post.lua"
     lua.write_text(WRK_LUA)
     body = bodies(tmp)
     rows: list[tuple[str, str, int, dict[str, float]]] = []
 
     bare = bare_session_run(model, args.threads)
-    print(
-        f"bare session.run batch 1: {bare['rps']:.0f} calls/s, p50 {bare['p50'] * 1e6:.1f} us, "
-        f"p99 {bare['p99'] * 1e6:.1f} us; batch 32: {bare['rows32']:.0f} rows/s",
-        flush=True,
-    )
+    bare_heavy = bare_session_run(heavy, args.threads)
+    for label, b in (("MLP", bare), ("heavy MLP", bare_heavy)):
+        print(
+            f"bare session.run {label} batch 1: {b['rps']:.0f} calls/s, p50 {b['p50'] * 1e6:.1f} us,"
+            f" p99 {b['p99'] * 1e6:.1f} us; batch 32: {b['rows32']:.0f} rows/s",
+            flush=True,
+        )
 
-    def contender(label: str, cmd: list[str], port: int, env: dict[str, str]) -> None:
+    def contender(
+        label: str,
+        cmd: list[str],
+        port: int,
+        env: dict[str, str],
+        kinds: tuple[str, ...] = ("json", "binary"),
+        counts: list[int] = conns,
+    ) -> None:
         log = (tmp / f"{label}.log").open("wb")
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
         try:
             wait_ready(port, proc)
-            for kind in ("json", "binary"):
-                for c in conns:
+            for kind in kinds:
+                for c in counts:
                     r = run_wrk(port, body[kind], c, args.duration, lua, proc.pid)
                     rows.append((label, kind, c, r))
                     print(
-                        f"  {label:24s} {kind:6s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50'] * 1e3:7.3f} ms  "
+                        f"  {label:28s} {kind:6s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50'] * 1e3:7.3f} ms  "
                         f"p99 {r['p99'] * 1e3:7.3f} ms  cpu {r['cpu_us']:6.1f} us/req"
                         + (f"  NON-2XX {r['non2xx']:.0f}" if r["non2xx"] else ""),
                         flush=True,
@@ -378,35 +459,48 @@ def main() -> int:
         finally:
             stop(proc)
 
-    threads_env = {"KUBEFORGE_INTRA_OP_THREADS": str(args.threads)}
-    for label, batch in (("kubeforge batching", "32"), ("kubeforge no batching", "1")):
+    def kubeforge(
+        model_path: Path, batch: str, source: Path | None = None
+    ) -> tuple[list[str], int, dict[str, str]]:
         port = free_port()
-        contender(
-            label,
-            [
-                sys.executable,
-                "-m",
-                "kubeforge_server",
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                str(port),
-                "--grpc-port",
-                str(free_port()),
-                "--max-batch-size",
-                batch,
-                "--max-delay-ms",
-                "2",
-                "--log-level",
-                "WARNING",
-            ],
-            port,
-            threads_env,
+        env = {"KUBEFORGE_INTRA_OP_THREADS": str(args.threads)}
+        if source is not None:
+            env["PYTHONPATH"] = f"{source}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        cmd = [
+            sys.executable, "-m", "kubeforge_server", "--model", str(model_path),
+            "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(free_port()),
+            "--max-batch-size", batch, "--max-delay-ms", "2", "--log-level", "WARNING",
+        ]  # fmt: skip
+        return cmd, port, env
+
+    versions: list[tuple[str, Path | None]] = [("kubeforge", None)]
+    if args.before:
+        versions.insert(
+            0, (f"before {args.before[:10]}", extract_revision(args.before, tmp / "before"))
         )
+    for name, source in versions:
+        for label, batch in ((f"{name} batching", "32"), (f"{name} no batching", "1")):
+            contender(label, *kubeforge(model, batch, source))
+    for name, source in versions:
+        for label, batch in ((f"{name} heavy batching", "32"), (f"{name} heavy no batching", "1")):
+            contender(label, *kubeforge(heavy, batch, source), kinds=("json",), counts=[64])
+
+    port = free_port()
+    script = tmp / "ours_floor.py"
+    script.write_text(OURS_FLOOR)
+    contender(
+        "floor: kubeforge HTTP", [sys.executable, str(script), str(port)], port, {},
+        kinds=("json",), counts=[c for c in conns if c <= 16],
+    )  # fmt: skip
     kserve_python = None if args.no_kserve else ensure_bench_venv(args.make_venv)
     if kserve_python is not None:
+        port = free_port()
+        script = tmp / "uvicorn_floor.py"
+        script.write_text(UVICORN_FLOOR)
+        contender(
+            "floor: uvicorn httptools", [str(kserve_python), str(script), str(port)], port, {},
+            kinds=("json",), counts=[c for c in conns if c <= 16],
+        )  # fmt: skip
         script = tmp / "kserve_server.py"
         script.write_text(KSERVE_SERVER)
         port = free_port()
@@ -417,23 +511,24 @@ def main() -> int:
             {},
         )
     elif not args.no_kserve:
-        print(f"(KServe skipped: no bench venv at {BENCH_VENV}; run with --make-venv)")
+        print(f"(KServe and uvicorn skipped: no bench venv at {BENCH_VENV}; run with --make-venv)")
 
     # -- table --------------------------------------------------------------------------------------
     print()
     print(
-        f"{'server':26s} {'body':6s} {'conns':>5s} {'req/s (=rows/s)':>16s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'server':32s} {'body':6s} {'conns':>5s} {'req/s (=rows/s)':>16s} {'p50 ms':>8s} {'p99 ms':>8s} "
         f"{'server CPU us/req':>18s}"
     )
-    print("-" * 93)
-    print(
-        f"{'bare session.run (1 thr)':26s} {'-':6s} {'-':>5s} {bare['rps']:16.0f} {bare['p50'] * 1e3:8.3f} "
-        f"{bare['p99'] * 1e3:8.3f} {1e6 / bare['rps']:18.1f}"
-    )
+    print("-" * 99)
+    for label, b in (("bare session.run MLP", bare), ("bare session.run heavy MLP", bare_heavy)):
+        print(
+            f"{label:32s} {'-':6s} {'-':>5s} {b['rps']:16.0f} {b['p50'] * 1e3:8.3f} "
+            f"{b['p99'] * 1e3:8.3f} {1e6 / b['rps']:18.1f}"
+        )
     for label, kind, c, r in rows:
         flag = "  (non-2xx!)" if r["non2xx"] else ""
         print(
-            f"{label:26s} {kind:6s} {c:5d} {r['rps']:16.0f} {r['p50'] * 1e3:8.3f} {r['p99'] * 1e3:8.3f} "
+            f"{label:32s} {kind:6s} {c:5d} {r['rps']:16.0f} {r['p50'] * 1e3:8.3f} {r['p99'] * 1e3:8.3f} "
             f"{r['cpu_us']:18.1f}{flag}"
         )
 
@@ -445,34 +540,62 @@ def main() -> int:
 
     print()
     print("targets (ratios from this run):")
-    ours16 = get("kubeforge batching", "json", 16)
-    ks16 = get("kserve 0.21 ModelServer", "json", 16)
-    if ours16 and ks16:
-        ratio = ours16["rps"] / ks16["rps"]
-        print(
-            f"  req/s vs KServe, JSON batch 1, 16 conns: {ratio:6.1f}x  (target >= 10x) "
-            f"{'OK' if ratio >= 10 else 'MISSED'}"
+    for name, _ in versions:
+        print(f"  [{name}]")
+        ours16 = get(f"{name} batching", "json", 16)
+        ks16 = get("kserve 0.21 ModelServer", "json", 16)
+        if ours16 and ks16:
+            ratio = ours16["rps"] / ks16["rps"]
+            print(
+                f"    req/s vs KServe, JSON batch 1, 16 conns: {ratio:6.1f}x  (target >= 10x) "
+                f"{'OK' if ratio >= 10 else 'MISSED'}"
+            )
+            ksb = get("kserve 0.21 ModelServer", "binary", 16)
+            oursb = get(f"{name} batching", "binary", 16)
+            if ksb and oursb:
+                print(
+                    f"    req/s vs KServe, binary batch 1, 16 conns: {oursb['rps'] / ksb['rps']:6.1f}x"
+                )
+        one = get(f"{name} batching", "json", 1)
+        one_off = get(f"{name} no batching", "json", 1)
+        if one:
+            over = (one["p50"] - bare["p50"]) * 1e3
+            print(
+                f"    p50 at 1 conn above bare session.run: batching {over:6.3f} ms"
+                + (
+                    f", no batching {(one_off['p50'] - bare['p50']) * 1e3:6.3f} ms"
+                    if one_off
+                    else ""
+                )
+                + f"  (target <= 0.2 ms) {'OK' if over <= 0.2 else 'MISSED'}"
+            )
+        for kind in ("json", "binary"):
+            on, off = get(f"{name} batching", kind, 64), get(f"{name} no batching", kind, 64)
+            if on and off:
+                print(
+                    f"    MLP rows/s batching on / off, {kind}, 64 conns: {on['rps'] / off['rps']:5.2f}x;"
+                    f" server CPU per row {off['cpu_us'] / on['cpu_us']:5.2f}x less"
+                )
+        on, off = (
+            get(f"{name} heavy batching", "json", 64),
+            get(f"{name} heavy no batching", "json", 64),
         )
-        ksb = get("kserve 0.21 ModelServer", "binary", 16)
-        oursb = get("kubeforge batching", "binary", 16)
-        if ksb and oursb:
-            print(f"  req/s vs KServe, binary batch 1, 16 conns: {oursb['rps'] / ksb['rps']:6.1f}x")
-    one = get("kubeforge batching", "json", 1)
-    one_off = get("kubeforge no batching", "json", 1)
-    if one:
-        over = (one["p50"] - bare["p50"]) * 1e3
-        print(
-            f"  p50 at 1 conn above bare session.run: batching {over:6.3f} ms"
-            + (f", no batching {(one_off['p50'] - bare['p50']) * 1e3:6.3f} ms" if one_off else "")
-            + f"  (target <= 0.1 ms) {'OK' if over <= 0.1 else 'MISSED'}"
-        )
-    for kind in ("json", "binary"):
-        on, off = get("kubeforge batching", kind, 64), get("kubeforge no batching", kind, 64)
         if on and off:
             ratio = on["rps"] / off["rps"]
             print(
-                f"  rows/s batching on / off, {kind}, 64 conns: {ratio:5.2f}x  (target >= 2x) "
-                f"{'OK' if ratio >= 2 else 'MISSED'}; server CPU per row {off['cpu_us'] / on['cpu_us']:5.2f}x less"
+                f"    heavy MLP (batch-1 run {bare_heavy['p50'] * 1e3:.2f} ms) rows/s batching on / off,"
+                f" JSON, 64 conns: {ratio:5.2f}x  (target >= 2x) {'OK' if ratio >= 2 else 'MISSED'}"
+            )
+    for c in conns:
+        f_ours, f_uv = (
+            get("floor: kubeforge HTTP", "json", c),
+            get("floor: uvicorn httptools", "json", c),
+        )
+        if f_ours and f_uv:
+            print(
+                f"  HTTP floor, {c} conns: kubeforge {f_ours['rps']:.0f} req/s p50 {f_ours['p50'] * 1e3:.3f} ms"
+                f" {f_ours['cpu_us']:.1f} us/req; uvicorn {f_uv['rps']:.0f} req/s p50 {f_uv['p50'] * 1e3:.3f} ms"
+                f" {f_uv['cpu_us']:.1f} us/req; ratio {f_ours['rps'] / f_uv['rps']:.2f}x"
             )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

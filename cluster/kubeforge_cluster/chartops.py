@@ -159,6 +159,7 @@ class OperatorProcess:
             "KUBEFORGE_METRICS_ADDRESS": "127.0.0.1",
             "KUBEFORGE_METRICS_PORT": str(self.metrics_port),
             "KUBEFORGE_LIVENESS_PORT": str(self.liveness_port),
+            "KUBEFORGE_READINESS_PORT": str(free_port()),
         }
         self.env.pop("KUBERNETES_SERVICE_HOST", None)
         self.args = [operator_binary()]

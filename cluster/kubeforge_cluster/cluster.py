@@ -274,6 +274,45 @@ class LocalCluster:
         elif (self.run_dir / STATE_FILE).exists():
             (self.run_dir / STATE_FILE).unlink()
 
+    # --- outages (robustness tests) ------------------------------------------------------------
+
+    def kill_component(self, name: str) -> None:
+        """SIGKILL one component (`etcd`, `kube-apiserver`, ...): an outage, no clean shutdown."""
+        for p in [p for p in self.procs if p.name == name]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            if p.popen is not None:
+                p.popen.wait()
+            self.procs.remove(p)
+        self._write_state()
+
+    def start_component(self, name: str, timeout: float = 60) -> None:
+        """Start `etcd` or `kube-apiserver` again after `kill_component` (same ports, data and
+        certificates) and wait until it serves."""
+        if name == "etcd":
+            self._start_etcd()
+            self._wait(
+                "etcd /health",
+                lambda: (
+                    b'"health":"true"'
+                    in _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")
+                ),
+                "etcd",
+                timeout=timeout,
+            )
+        elif name == "kube-apiserver":
+            self._start_apiserver()
+            ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+            ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+            self._wait(
+                "kube-apiserver /readyz",
+                lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
+                "kube-apiserver",
+                timeout=timeout,
+            )
+        else:
+            raise ValueError(f"cannot restart {name!r} (only etcd and kube-apiserver)")
+
     def running(self) -> bool:
         procs = self.procs or self._procs_from_state()
         return bool(procs) and all(p.alive() for p in procs)

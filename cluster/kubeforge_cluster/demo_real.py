@@ -11,8 +11,9 @@
 5. examples/trainingjob.yaml trains digits in a trainer container, a small TuningStudy runs its
    trials as trainer pods, examples/modeldeployment.yaml (one replica) serves the model from the
    artifact store in a server pod;
-6. a live table until all three are final, then real inference requests (tritonclient) to the
-   ModelDeployment's ClusterIP Service from the host, once kube-proxy's rule for it exists;
+6. a live table until all three are final, then real inference requests (tritonclient) from the
+   host to the ModelDeployment's Service through `kubectl port-forward` on loopback (never its
+   ClusterIP: those are for pods);
 7. times, then the node is stopped (nothing left behind) unless --keep.
 
 Needs root and a machine where real pods can run (`python -m kubeforge_cluster.realnode build`).
@@ -220,20 +221,16 @@ def main(a: argparse.Namespace) -> int:
         out.say(f"    TuningStudy best trial {best.get('name')} val_loss={best.get('value')}")
 
         md = docs[2]["metadata"]["name"]
-        ip = node.kubectl(
-            "-n", ns, "get", "service", md, "-o", "jsonpath={.spec.clusterIP}"
-        ).stdout.strip()
+        from .portforward import port_forward
         from .realnode import net
 
-        # REALPODS trap 10: send nothing to a ClusterIP before kube-proxy's rule for it exists
-        end = time.monotonic() + 30
-        while not net.service_rule_present(ip):
-            if time.monotonic() > end:
-                out.say(f"no KUBE-SVC rule for {ip} after 30s: not sending")
-                return 1
-            time.sleep(0.3)
-        out.step(f"inference: tritonclient HTTP -> {ip}:8080 (ClusterIP of Service {ns}/{md})")
-        r = infer(out, f"{ip}:8080", md)
+        # From the host only through loopback: kubectl port-forward to the Service.
+        with port_forward(node.cluster, ns, f"service/{md}", 8080) as local:
+            out.step(
+                f"inference: tritonclient HTTP -> 127.0.0.1:{local} "
+                f"(kubectl port-forward to Service {ns}/{md}:8080)"
+            )
+            r = infer(out, f"127.0.0.1:{local}", md)
         times["first request (cold), ms"] = r["cold_ms"]
         times["warm request p50, ms"] = r["warm_p50_ms"]
         times["warm request p99, ms"] = r["warm_p99_ms"]

@@ -74,6 +74,8 @@ class Controller(Generic[S]):
         self._failures: dict[Key, int] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._active: asyncio.Event | None = None
+        self._paused = False
 
     # --- queue (event-loop thread only) ------------------------------------------------------
 
@@ -121,10 +123,14 @@ class Controller(Generic[S]):
 
     # --- workers ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the workers on the running loop."""
+    def start(self, paused: bool = False) -> None:
+        """Start the workers on the running loop (`paused`: they wait for `resume`)."""
         if self._queue is None:
             self._queue = asyncio.Queue()
+        self._active = asyncio.Event()
+        self._paused = paused
+        if not paused:
+            self._active.set()
         for i in range(self._workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"{self.kind}-worker-{i}"))
 
@@ -134,10 +140,43 @@ class Controller(Generic[S]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    def pause(self) -> None:
+        """Stop taking work (another replica leads): reconciles already running finish; what is
+        queued stays queued."""
+        self._paused = True
+        if self._active is not None:
+            self._active.clear()
+
+    def resume(self, keys: Iterable[Key] = ()) -> None:
+        """Take work again, first forgetting what the reconciler remembers (another replica may
+        have written since) and queueing `keys` (every known object)."""
+        for key in list(keys):
+            self.forget(key)
+            self.enqueue(key)
+        self._paused = False
+        if self._active is not None:
+            self._active.set()
+
+    @property
+    def alive(self) -> bool:
+        """Whether every worker is still running (False before `start`)."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     async def _work(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._active is not None
         while True:
+            if not self._active.is_set():
+                await self._active.wait()
             key = await self._queue.get()
+            if not self._active.is_set():
+                # paused while waiting: keep the key queued for whoever resumes us
+                self._queue.put_nowait(key)
+                await self._active.wait()
+                continue
             self._queued.discard(key)
             self._running.add(key)
             try:

@@ -2,12 +2,16 @@
 
 Never one per reconcile: an Event is an API write. Posting is best effort (a failed Event is
 logged, never retried) so it can never block or fail a reconcile.
+
+An Event's name is derived from what it says (the object's uid, type, reason and message): a
+reconcile that runs again after a failure, or a replica that takes over and repeats the last
+step, meets a 409 on the same name instead of posting the Event twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import secrets
 from typing import Any
 
 from kubeforge.apply import ApiError, AsyncKube
@@ -36,17 +40,21 @@ def build_event(
 ) -> dict[str, Any]:
     """A core/v1 Event about `obj` (pure)."""
     ref = object_reference(obj)
+    message = message[:1024]
+    digest = hashlib.sha256(
+        "\x00".join((str(ref["uid"]), type_, reason, message)).encode()
+    ).hexdigest()[:16]
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": f"{ref['name']}.{secrets.token_hex(8)}",
+            "name": f"{ref['name']}.{digest}",
             "namespace": ref["namespace"],
         },
         "involvedObject": ref,
         "type": type_,
         "reason": reason,
-        "message": message[:1024],
+        "message": message,
         "source": {"component": component},
         "reportingComponent": component,
         "reportingInstance": component,
@@ -65,5 +73,8 @@ async def post(
     )
     try:
         await kube.create(event)
-    except (ApiError, OSError, TimeoutError) as exc:
+    except ApiError as exc:
+        if not exc.conflict:  # 409: this very Event was posted already
+            log.warning("event not posted: %s", exc)
+    except (OSError, TimeoutError) as exc:
         log.warning("event not posted: %s", exc)

@@ -1,95 +1,64 @@
-"""In-memory indexes of watched objects, filled by the `@kopf.index` handlers of each kind.
+"""Read access to kopf's indexes for the reconcilers.
 
-The same model as kopf's indexes (a handler returns `{index_key: value}` for an object; an index
-maps each key to the values of every object that gave it), in plain dicts: a reconcile's snapshot
-is a few dict lookups. A value equal to the one already held is not replaced, so an event that
-changes nothing a reconcile reads keeps every value's identity (reconcilers compare identities
-to skip a view they already found settled).
+kopf fills the indexes (every `@kopf.index` handler of every kind, on kopf's own watch streams)
+and hands them to handlers as keyword arguments named by the index id; `main` keeps them at
+start-up (`OperatorContext.bind_indexes`). A reconcile reads them through `IndexView`: one value
+or every value that the watched objects gave for a key.
+
+Tests give plain dicts of lists in place of kopf's indexes (the same Mapping[key, values]
+shape), so a reconcile's snapshot can be built without a watch stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-ObjKey = tuple[str | None, str | None, str | None]
-"""(namespace, name, uid) of a watched object."""
+import kopf
 
-_MISSING: Any = object()
+IndexMap = Mapping[Any, Iterable[Any]]
+"""kopf's `Index` (key → `Store` of values), or a dict of lists in tests."""
 
 
-class Index(Mapping[Any, list[Any]]):
-    """index key → the values of the objects that gave that key (read-only to handlers)."""
+class IndexView:
+    """One index, looked up by name when read (bound after the view is made)."""
 
-    __slots__ = ("_items", "_reverse")
+    __slots__ = ("_indexes", "name")
 
-    def __init__(self) -> None:
-        self._items: dict[Hashable, dict[ObjKey, Any]] = {}
-        self._reverse: dict[ObjKey, tuple[Hashable, ...]] = {}
+    def __init__(self, indexes: Mapping[str, IndexMap], name: str) -> None:
+        self._indexes = indexes
+        self.name = name
 
-    def __getitem__(self, key: Hashable) -> list[Any]:
-        return list(self._items[key].values())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
+    def _map(self) -> IndexMap:
+        return self._indexes.get(self.name) or {}
 
     def one(self, key: Hashable) -> Any:
         """The single (first) value held for `key`, or None."""
-        store = self._items.get(key)
-        if not store:
+        store = self._map().get(key)
+        if store is None:
             return None
-        for value in store.values():
+        for value in store:
             return value
         return None
 
     def all(self, key: Hashable) -> list[Any]:
         """Every value held for `key`."""
-        store = self._items.get(key)
-        return list(store.values()) if store else []
+        store = self._map().get(key)
+        return list(store) if store is not None else []
 
-    # --- the watch layer's side ----------------------------------------------------------------
+    def __contains__(self, key: object) -> bool:
+        return key in self._map()
 
-    def replace(self, obj: ObjKey, result: Mapping[Hashable, Any]) -> None:
-        """What the handler returned for `obj` now (keys it no longer gives are dropped)."""
-        old = self._reverse.get(obj)
-        if old is not None:
-            for key in old:
-                if key not in result:
-                    self._drop(key, obj)
-        for key, value in result.items():
-            store = self._items.get(key)
-            if store is None:
-                self._items[key] = {obj: value}
-            else:
-                current = store.get(obj, _MISSING)
-                if current is _MISSING or current != value:
-                    store[obj] = value
-        self._reverse[obj] = tuple(result)
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._map()))
 
-    def discard(self, obj: ObjKey) -> None:
-        """`obj` is gone or no longer matches the handler."""
-        for key in self._reverse.pop(obj, ()):
-            self._drop(key, obj)
-
-    def _drop(self, key: Hashable, obj: ObjKey) -> None:
-        store = self._items.get(key)
-        if store is not None:
-            store.pop(obj, None)
-            if not store:
-                del self._items[key]
+    def __len__(self) -> int:
+        return len(self._map())
 
 
-class Indexes(dict[str, Index]):
-    """Every index, by the id of its handler."""
-
-    def ensure(self, name: str) -> Index:
-        index = self.get(name)
-        if index is None:
-            index = self[name] = Index()
-        return index
+def bind(target: MutableMapping[str, IndexMap], kwargs: Mapping[str, Any]) -> None:
+    """Keep every index among a kopf handler's keyword arguments (kopf passes each index,
+    named by its handler's id, to every handler, start-up handlers included)."""
+    for name, value in kwargs.items():
+        if isinstance(value, kopf.Index):
+            target[name] = value

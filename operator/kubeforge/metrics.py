@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import REGISTRY, Gauge, Metric, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Metric, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -118,20 +118,22 @@ OBJECTS = Gauge(
     "Objects the operator knows, by kind and phase.",
     ["kind", "phase"],
 )
-API_WRITES = LoopCounter(
+# counted in the API client's worker threads: prometheus_client's thread-safe counters
+API_WRITES = Counter(
     "kubeforge_api_writes",
     "Writes the operator sent to the API server, by verb and resource.",
     ["verb", "resource"],
 )
-WATCH_EVENTS = LoopCounter(
-    "kubeforge_watch_events",
-    "Watch events received, by resource.",
+WATCH_LIST_FAILURES = Counter(
+    "kubeforge_watch_list_failures",
+    "Failed attempts to list a watched resource (403: missing RBAC, 404: API gone), by resource.",
     ["resource"],
 )
-WATCH_BYTES = LoopCounter(
-    "kubeforge_watch_bytes",
-    "Bytes of watch streams received, by resource (the operator's main parsing cost).",
-    ["resource"],
+API_RETRIES = Counter(
+    "kubeforge_api_retries",
+    "API requests sent again, by cause (throttled: 429, unauthorized: 401, server: 5xx, "
+    "connection: broken connection on an idempotent request).",
+    ["cause"],
 )
 
 

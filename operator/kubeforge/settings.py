@@ -113,12 +113,26 @@ class Settings:
     liveness_port: int = 8080
     """Port of the liveness endpoint `/healthz` (0: off)."""
 
+    readiness_port: int = 0
+    """Port of the readiness endpoint `/readyz` (`kubeforge.health`; 0: off; the chart sets
+    8081)."""
     log_format: str = "json"
     """`json` (structured logs, one object a line) or `plain`."""
 
     log_level: str = "INFO"
     """Python log level of the operator."""
 
+    leader_election: bool = False
+    """Reconcile only while holding the `coordination.k8s.io` Lease `lease_name` (several
+    replicas: one reconciles, the others keep their watches and indexes warm and take over
+    within `lease_seconds` + `renew_seconds` of its end). Off: this replica reconciles."""
+    lease_name: str = "kubeforge-operator"
+    lease_namespace: str = "default"
+    """Namespace of the Lease (the chart sets the release's namespace)."""
+    lease_seconds: float = 15.0
+    """How long a Lease holder that stopped renewing still counts as the leader."""
+    renew_seconds: float = 4.0
+    """How often the leader renews its Lease (and a standby looks at it)."""
     kueue_workloads: bool = True
     """Watch Kueue Workloads (when the CRD exists) to show Kueue's reason while a job is queued."""
 

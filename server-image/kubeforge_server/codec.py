@@ -7,15 +7,34 @@ dimensions, element count) so that a malformed request is a 400 with a message, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from .errors import BadRequest
+from .errors import BadRequest, PayloadTooLarge
 from .model import NP_FROM_V2, OnnxModel, TensorSpec
 
-_OPT_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request may ask for, checked before any array is built."""
+
+    max_elements: int = 64 * 1024 * 1024  # per input tensor
+    max_rows: int = 1024  # leading (batch) dimension
+    max_json_bytes: int = 2 * 1024 * 1024  # the JSON part of an HTTP body
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def json_too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"JSON request of {size} bytes exceeds the JSON limit of {limit} bytes (--max-json-bytes); "
+        "send large tensors with the binary tensor extension (Inference-Header-Content-Length and "
+        "parameters.binary_data_size)"
+    )
 
 
 class InferRequest:
@@ -32,7 +51,9 @@ class InferRequest:
         self.binary_outputs: frozenset[str] = frozenset()
 
 
-def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
+def check_shape(
+    spec: TensorSpec, shape: Any, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
@@ -48,7 +69,52 @@ def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
             raise BadRequest(
                 f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}"
             )
-    return tuple(shape)
+    return check_size(spec, tuple(shape), limits)
+
+
+def check_size(spec: TensorSpec, shape: tuple[int, ...], limits: DecodeLimits) -> tuple[int, ...]:
+    """Element count and rows within the limits (Python ints: no overflow, unlike np.prod)."""
+    if shape and shape[0] > limits.max_rows:
+        raise BadRequest(
+            f"input {spec.name!r}: batch of {shape[0]} rows exceeds the maximum of "
+            f"{limits.max_rows} rows per request (--max-request-rows)"
+        )
+    n = math.prod(shape)
+    if n > limits.max_elements:
+        raise BadRequest(
+            f"input {spec.name!r}: shape {list(shape)} has {n} elements, more than the "
+            f"{limits.max_elements} one request may carry"
+        )
+    return shape
+
+
+def _check_nesting(spec: TensorSpec, shape: tuple[int, ...], data: list[Any]) -> None:
+    """Flat data must hold exactly prod(shape) values; nested data must nest exactly rank deep
+    with the shape's lengths along its first path (ragged rows are caught by numpy, cheaply,
+    since the total is bounded by then)."""
+    expected = math.prod(shape)
+    if not data or type(data[0]) is not list:
+        if len(data) != expected:
+            raise BadRequest(
+                f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, "
+                f"data has {len(data)}"
+            )
+        return
+    node: Any = data
+    depth = 0
+    while type(node) is list:
+        if depth >= len(shape) or len(node) != shape[depth]:
+            raise BadRequest(
+                f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: nested lists "
+                f"do not match shape {list(shape)}"
+            )
+        depth += 1
+        node = node[0] if node else None
+    if depth != len(shape):
+        raise BadRequest(
+            f"input {spec.name!r}: data is not a valid {spec.datatype} tensor: nested lists "
+            f"do not match shape {list(shape)}"
+        )
 
 
 def check_datatype(spec: TensorSpec, datatype: Any) -> None:
@@ -59,6 +125,8 @@ def check_datatype(spec: TensorSpec, datatype: Any) -> None:
 
 
 def array_from_json(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if type(data) is list:
+        _check_nesting(spec, shape, data)
     if type(data) is list and spec.datatype != "BYTES":
         try:
             arr = np.array(data, dtype=spec.dtype)
@@ -118,6 +186,8 @@ def array_from_bytes(
                 raise BadRequest(f"input {spec.name!r}: truncated BYTES element")
             items.append(bytes(mv[pos : pos + n]).decode("utf-8", "replace"))
             pos += n
+            if len(items) > expected:
+                break
         if len(items) != expected:
             raise BadRequest(
                 f"input {spec.name!r}: shape {list(shape)} needs {expected} elements, got {len(items)}"
@@ -130,35 +200,6 @@ def array_from_bytes(
             f"bytes, binary_data_size is {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def bytes_from_array(arr: np.ndarray) -> bytes:
-    """Binary tensor extension encoding (BYTES: 4-byte little-endian length before each element)."""
-    if arr.dtype == object:
-        parts: list[bytes] = []
-        for v in arr.ravel():
-            b = v if isinstance(v, bytes) else str(v).encode()
-            parts.append(len(b).to_bytes(4, "little"))
-            parts.append(b)
-        return b"".join(parts)
-    return np.ascontiguousarray(arr).tobytes()
-
-
-def _finish_rows(model: OnnxModel, req: InferRequest) -> None:
-    missing = [s.name for s in model.inputs if s.name not in req.feed]
-    if missing:
-        raise BadRequest(
-            f"missing inputs {missing}; the model takes {[s.name for s in model.inputs]}"
-        )
-    rows = -1
-    for arr in req.feed.values():
-        lead = arr.shape[0] if arr.ndim else -1
-        if rows == -1:
-            rows = lead
-        elif lead != rows:
-            rows = -1
-            break
-    req.rows = rows
 
 
 def _parse_outputs(model: OnnxModel, req: InferRequest, outputs: Any, params: Any) -> None:
@@ -189,27 +230,36 @@ def _parse_outputs(model: OnnxModel, req: InferRequest, outputs: Any, params: An
     req.binary_outputs = frozenset(binary)
 
 
-def _shape_of(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
+def _shape_of(spec: TensorSpec, shape: Any, limits: DecodeLimits) -> tuple[int, ...]:
     """Fast shape check for the common case; falls back to check_shape for the message."""
     if type(shape) is list and len(shape) == len(spec.shape):
         for d, want in zip(shape, spec.shape):  # noqa: B905 - lengths checked
             if type(d) is not int or d < 0 or (want != -1 and d != want):
                 break
         else:
-            return tuple(shape)
-    return check_shape(spec, shape)
+            return check_size(spec, tuple(shape), limits)
+    return check_shape(spec, shape, limits)
 
 
-def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None) -> InferRequest:
+def decode_json_request(
+    model: OnnxModel,
+    body: bytes | bytearray | memoryview,
+    header_length: int | None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> InferRequest:
     """Decode an HTTP infer body (JSON, optionally followed by binary tensor data)."""
     binary: memoryview | None = None
     if header_length is None:
         head: Any = body
+        if len(body) > limits.max_json_bytes:
+            raise json_too_large(len(body), limits.max_json_bytes)
     else:
         if not 0 <= header_length <= len(body):
             raise BadRequest(
                 f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes"
             )
+        if header_length > limits.max_json_bytes:
+            raise json_too_large(header_length, limits.max_json_bytes)
         mv = memoryview(body)
         head = mv[:header_length]
         binary = mv[header_length:]
@@ -243,7 +293,7 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
             raise BadRequest(f"input {name!r} given twice")
         if t.get("datatype") != spec.datatype:
             check_datatype(spec, t.get("datatype"))
-        shape = _shape_of(spec, t.get("shape"))
+        shape = _shape_of(spec, t.get("shape"), limits)
         tp = t.get("parameters")
         size = tp.get("binary_data_size") if type(tp) is dict else None
         if size is not None:
@@ -280,63 +330,32 @@ def decode_json_request(model: OnnxModel, body: bytes, header_length: int | None
     return req
 
 
-def _json_data(arr: np.ndarray) -> Any:
-    if arr.dtype == object:
-        return [
-            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()
-        ]
-    if arr.dtype == np.float16:
-        return arr.ravel().astype(np.float32)
-    return np.ascontiguousarray(arr).ravel()
-
-
-def encode_json_response(
-    model: OnnxModel, req: InferRequest, names: list[str], results: list[np.ndarray]
-) -> tuple[bytes, int | None]:
-    """Encode the response; returns (body, Inference-Header-Content-Length or None)."""
-    outputs = []
-    binary_parts: list[bytes] = []
-    binary_all = req.binary_all
-    binary_outputs = req.binary_outputs
-    out_specs = model.output_by_name
-    for name, arr in zip(names, results, strict=True):
-        datatype = out_specs[name].datatype
-        if binary_all or name in binary_outputs:
-            raw = bytes_from_array(arr)
-            binary_parts.append(raw)
-            outputs.append(
-                {
-                    "name": name,
-                    "datatype": datatype,
-                    "shape": arr.shape,
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            )
-        else:
-            outputs.append(
-                {"name": name, "datatype": datatype, "shape": arr.shape, "data": _json_data(arr)}
-            )
-    doc: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": model.version,
-        "outputs": outputs,
-    }
-    if req.id is not None:
-        doc["id"] = req.id
-    head = orjson.dumps(doc, option=_OPT_NUMPY)
-    if binary_parts:
-        return head + b"".join(binary_parts), len(head)
-    return head, None
+def precheck_head(model: OnnxModel, head: Any, limits: DecodeLimits) -> None:
+    """Check the JSON head of a binary-extension request as soon as it has arrived, so a request
+    with an impossible shape is refused before its (possibly large) tensor bytes are read.
+    Raises BadRequest; anything it cannot judge is left to the full decode."""
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return
+    inputs = doc.get("inputs") if type(doc) is dict else None
+    if type(inputs) is not list:
+        return
+    for t in inputs:
+        spec = model.input_by_name.get(t.get("name")) if type(t) is dict else None
+        if spec is not None:
+            check_datatype(spec, t.get("datatype"))
+            _shape_of(spec, t.get("shape"), limits)
 
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "NP_FROM_V2",
+    "DecodeLimits",
     "InferRequest",
     "array_from_bytes",
     "array_from_json",
-    "bytes_from_array",
     "check_datatype",
     "check_shape",
     "decode_json_request",
-    "encode_json_response",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ class ServerConfig:
     allow_spinning: bool = False
     trt_cache_dir: str = "/tmp/kubeforge-trt-cache"
     max_request_bytes: int = 64 * 1024 * 1024
+    max_json_bytes: int = 2 * 1024 * 1024
+    max_request_rows: int = 1024
+    max_queue: int = 256
+    max_connections: int = 1000
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 65.0
     drain_seconds: float = 25.0
     model_cache_dir: str = "/tmp/kubeforge-model"
     pvc_root: str = "/mnt/pvc"
@@ -141,6 +151,65 @@ def _float(name: str, value: str) -> float:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
 
 
+# Every resource limit: flag, type, help. The dataclass field is the flag's name with underscores,
+# the environment fallback KUBEFORGE_ + the field in capitals; defaults live on ServerConfig.
+LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    (
+        "--max-request-bytes",
+        int,
+        "largest request body; larger gets 413, gRPC RESOURCE_EXHAUSTED (default 64 MiB)",
+    ),
+    (
+        "--max-json-bytes",
+        int,
+        "largest JSON part of a request (parsing JSON holds the interpreter); larger gets 413 "
+        "pointing at the binary tensor extension (default 2 MiB)",
+    ),
+    (
+        "--max-request-rows",
+        int,
+        "largest leading (batch) dimension one request may carry; larger gets 400 (default 1024)",
+    ),
+    (
+        "--max-queue",
+        int,
+        "requests queued or running per model; more get 503 + Retry-After, gRPC "
+        "RESOURCE_EXHAUSTED (default 256)",
+    ),
+    (
+        "--max-connections",
+        int,
+        "open HTTP connections; more are answered 503 and closed (default 1000)",
+    ),
+    (
+        "--max-buffered-bytes",
+        int,
+        "request bytes held in memory across all connections; a body that does not fit gets "
+        "503 + Retry-After (default 256 MiB)",
+    ),
+    (
+        "--max-header-bytes",
+        int,
+        "request line and headers of one request; more gets 431 (default 64 KiB)",
+    ),
+    (
+        "--header-timeout",
+        float,
+        "seconds to receive a request's headers once it started; then 408 and close (default 10)",
+    ),
+    (
+        "--body-timeout",
+        float,
+        "seconds to receive a request's body after its headers; then 408 and close (default 60)",
+    ),
+    (
+        "--keepalive-timeout",
+        float,
+        "seconds an idle keep-alive connection stays open (default 65)",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubeforge-server",
@@ -171,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="grace period on SIGTERM (default 25; env KUBEFORGE_DRAIN_SECONDS)",
     )
+    for flag, kind, help_text in LIMIT_FLAGS:
+        p.add_argument(flag, type=kind, help=help_text)
     p.add_argument("--log-level", help="logging level (default INFO)")
     return p
 
@@ -199,6 +270,17 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
     def pick_float(flag: float | None, env: str, default: float) -> float:
         return flag if flag is not None else _float(env, _env(env, str(default)))
 
+    defaults = ServerConfig(model_uri="", name="")
+    limits: dict[str, int | float] = {}
+    for flag, kind, _ in LIMIT_FLAGS:
+        field = flag[2:].replace("-", "_")
+        value = getattr(args, field)
+        if value is None:
+            env = "KUBEFORGE_" + field.upper()
+            text = _env(env, str(getattr(defaults, field)))
+            value = _int(env, text) if kind is int else _float(env, text)
+        limits[field] = value
+
     cfg = ServerConfig(
         model_uri=uri,
         name=args.name or os.environ.get("KUBEFORGE_MODEL_NAME") or default_model_name(uri),
@@ -217,10 +299,7 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
         graph_opt_level=opt,
         allow_spinning=_env("KUBEFORGE_ALLOW_SPINNING", "0").lower() in ("1", "true", "yes"),
         trt_cache_dir=_env("KUBEFORGE_TRT_CACHE_DIR", "/tmp/kubeforge-trt-cache"),
-        max_request_bytes=_int(
-            "KUBEFORGE_MAX_REQUEST_BYTES",
-            _env("KUBEFORGE_MAX_REQUEST_BYTES", str(64 * 1024 * 1024)),
-        ),
+        **limits,
         drain_seconds=pick_float(args.drain_seconds, "KUBEFORGE_DRAIN_SECONDS", 25.0),
         model_cache_dir=_env("KUBEFORGE_MODEL_CACHE_DIR", "/tmp/kubeforge-model"),
         pvc_root=_env("KUBEFORGE_PVC_ROOT", "/mnt/pvc"),
@@ -235,7 +314,29 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
     if cfg.max_delay_ms < 0 or cfg.drain_seconds < 0:
         raise ConfigError("--max-delay-ms and --drain-seconds must be >= 0")
     if cfg.max_request_bytes < 1024:
-        raise ConfigError("KUBEFORGE_MAX_REQUEST_BYTES: must be at least 1024")
+        raise ConfigError("--max-request-bytes: must be at least 1024")
+    if cfg.max_json_bytes < 1024:
+        raise ConfigError("--max-json-bytes: must be at least 1024")
+    if cfg.max_buffered_bytes < cfg.max_request_bytes:
+        raise ConfigError("--max-buffered-bytes: must be at least --max-request-bytes")
+    if cfg.max_json_bytes > cfg.max_request_bytes:  # the body limit bounds its JSON part too
+        cfg = dataclasses.replace(cfg, max_json_bytes=cfg.max_request_bytes)
+    if cfg.max_header_bytes < 1024:
+        raise ConfigError("--max-header-bytes: must be at least 1024")
+    for name, number in (
+        ("--max-request-rows", cfg.max_request_rows),
+        ("--max-queue", cfg.max_queue),
+        ("--max-connections", cfg.max_connections),
+    ):
+        if number < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {number}")
+    for name, seconds in (
+        ("--header-timeout", cfg.header_timeout),
+        ("--body-timeout", cfg.body_timeout),
+        ("--keepalive-timeout", cfg.keepalive_timeout),
+    ):
+        if not seconds > 0:
+            raise ConfigError(f"{name}: must be > 0, got {seconds}")
     if cfg.intra_op_threads < 0 or cfg.inter_op_threads < 0:
         raise ConfigError("KUBEFORGE_INTRA_OP_THREADS / KUBEFORGE_INTER_OP_THREADS must be >= 0")
     return cfg

@@ -1,27 +1,39 @@
 """gRPC transport: ``inference.GRPCInferenceService`` (KServe v2 / Triton wire format).
 
-Submits to the same data plane as HTTP, so both protocols share the dynamic batcher. Outputs are
-returned as ``raw_output_contents``, as Triton does.
+``grpc.aio`` on the server's own event loop: handlers are coroutines that submit to the same data
+plane as HTTP (so both protocols share the dynamic batcher and the per-model queue limit), with no
+thread-pool bridge. Large requests are decoded on a worker thread. Outputs are returned as
+``raw_output_contents``, as Triton does. Messages are limited to ``--max-request-bytes`` and
+count against the same buffered-bytes budget as HTTP bodies (RESOURCE_EXHAUSTED beyond).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
-import threading
+import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
 
-from .codec import InferRequest, array_from_bytes, bytes_from_array, check_datatype, check_shape
-from .dataplane import DataPlane, Job, Results
-from .errors import BadRequest, InferenceError
+from .codec import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    InferRequest,
+    array_from_bytes,
+    check_datatype,
+    check_shape,
+)
+from .dataplane import DataPlane
+from .encode import bytes_from_array
+from .errors import BadRequest, InferenceError, Overloaded
 from .grpc_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from .metrics import Metrics
+from .offload import offload_await
 
 log = logging.getLogger("kubeforge_server.grpc")
 _now = time.perf_counter
@@ -50,7 +62,9 @@ def _param_true(params: Any, key: str) -> bool:
     return False
 
 
-def decode_grpc_request(model: Any, request: Any) -> InferRequest:
+def decode_grpc_request(
+    model: Any, request: Any, limits: DecodeLimits = DEFAULT_LIMITS
+) -> InferRequest:
     req = InferRequest()
     if request.id:
         req.id = request.id
@@ -69,7 +83,7 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
         if t.name in feed:
             raise BadRequest(f"input {t.name!r} given twice")
         check_datatype(spec, t.datatype)
-        shape = check_shape(spec, list(t.shape))
+        shape = check_shape(spec, list(t.shape), limits)
         if raw:
             feed[t.name] = array_from_bytes(spec, shape, raw[i])
             continue
@@ -79,7 +93,7 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
                 f"input {t.name!r}: {spec.datatype} must be sent as raw_input_contents"
             )
         values = getattr(t.contents, field)
-        n = int(np.prod(shape)) if shape else 1
+        n = math.prod(shape)
         if len(values) != n:
             raise BadRequest(
                 f"input {t.name!r}: shape {list(shape)} needs {n} elements, contents has {len(values)}"
@@ -91,7 +105,10 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
                 arr = np.array(values, dtype=spec.dtype)
             except (ValueError, OverflowError) as exc:
                 raise BadRequest(f"input {t.name!r}: {exc}") from None
-        feed[t.name] = arr.reshape(shape)
+        try:
+            feed[t.name] = arr.reshape(shape)
+        except ValueError as exc:
+            raise BadRequest(f"input {t.name!r}: cannot reshape to {list(shape)}: {exc}") from None
     missing = [s.name for s in model.inputs if s.name not in feed]
     if missing:
         raise BadRequest(f"missing inputs {missing}")
@@ -114,56 +131,63 @@ def decode_grpc_request(model: Any, request: Any) -> InferRequest:
     return req
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Synchronous gRPC handlers on grpc's own threads, bridged to the event loop's data plane.
+_SMALL_MESSAGE = 64 * 1024
 
-    grpc.aio would hook into the HTTP event loop and cost every HTTP request a little; grpc's thread
-    pool sits idle in C when nobody speaks gRPC. A request is decoded on a gRPC thread, handed to
-    the loop with ``call_soon_threadsafe`` (so it joins the same dynamic batches as HTTP), and the
-    thread waits for the result. Metrics are only touched on the loop thread.
-    """
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Coroutine handlers on the server's event loop (``grpc.aio``)."""
 
     def __init__(
-        self, dataplane: DataPlane, metrics: Metrics, loop: asyncio.AbstractEventLoop
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics,
+        reserve: Callable[[int], bool] | None = None,
+        release: Callable[[int], None] | None = None,
     ) -> None:
         self.dp = dataplane
         self.metrics = metrics
-        self.loop = loop
         self.served = 0
+        self._reserve = reserve or (lambda n: True)
+        self._release = release or (lambda n: None)
+        self._decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="grpc-decode")
 
-    def _fail(self, context: Any, exc: InferenceError) -> None:
-        context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+    @staticmethod
+    async def _fail(context: Any, exc: InferenceError) -> NoReturn:
+        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+        raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False)
 
     def _count(self, model: str, code: int, t0: float) -> None:
-        """Record a finished request (runs on the loop thread)."""
         self.served += 1
         self.metrics.for_model(model).request_done("grpc", code, _now() - t0)
 
-    def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.dp.ready)
 
-    def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
-            self._fail(context, exc)
+            await self._fail(context, exc)
         return pb.ModelReadyResponse(ready=self.dp.model_ready(entry))
 
-    def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
         from . import SERVER_NAME, __version__
 
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=__version__, extensions=["binary_tensor_data"]
         )
 
-    def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
             entry = self.dp.get(request.name, request.version or None)
         except InferenceError as exc:
-            self._fail(context, exc)
+            await self._fail(context, exc)
         m = entry.model
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -174,39 +198,51 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tm(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in m.outputs],
         )
 
-    def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, message: bytes, context: Any) -> Any:
+        """Takes the serialized request: a large one is parsed on a worker thread."""
         t0 = _now()
-        loop = self.loop
+        size = len(message)
+        held = size if size > _SMALL_MESSAGE else 0
+        if held and not self._reserve(held):
+            full = Overloaded(f"request of {size} bytes does not fit the buffered-bytes budget")
+            self._count("_unknown", full.status, t0)
+            await self._fail(context, full)
+        try:
+            try:
+                if held:
+                    request = await offload_await(
+                        self._decoder, pb.ModelInferRequest.FromString, message
+                    )
+                else:
+                    request = pb.ModelInferRequest.FromString(message)
+            except Exception as exc:  # protobuf's DecodeError
+                await self._fail(context, BadRequest(f"malformed ModelInferRequest: {exc}"))
+            del message
+            return await self._infer(request, context, t0)
+        finally:
+            if held:
+                self._release(held)
+
+    async def _infer(self, request: Any, context: Any, t0: float) -> Any:
         try:
             entry = self.dp.get(request.model_name, request.model_version or None)
         except InferenceError as exc:
-            loop.call_soon_threadsafe(self._count, "_unknown", exc.status, t0)
-            self._fail(context, exc)
+            self._count("_unknown", exc.status, t0)
+            await self._fail(context, exc)
+        large = request.ByteSize() > _SMALL_MESSAGE
         try:
-            req = decode_grpc_request(entry.model, request)
+            self.dp.check_queue(entry)
+            if large:
+                req = await offload_await(
+                    self._decoder, decode_grpc_request, entry.model, request, entry.limits
+                )
+            else:
+                req = decode_grpc_request(entry.model, request, entry.limits)
+            names, results = await self.dp.infer(entry, req)
         except InferenceError as exc:
-            loop.call_soon_threadsafe(self._count, entry.model.name, exc.status, t0)
-            self._fail(context, exc)
-        done = threading.Event()
-        box: list[Any] = []
-
-        def complete(
-            job: Job, names: list[str], results: Results | None, err: InferenceError | None
-        ) -> None:
-            entry.metrics.inflight -= 1
-            self._count(entry.model.name, err.status if err is not None else 200, t0)
-            box.extend((names, results, err))
-            done.set()
-
-        loop.call_soon_threadsafe(self.dp.submit, entry, Job(req, t0, complete, None))
-        remaining = context.time_remaining()
-        if not done.wait(timeout=min(remaining, 3600.0) if remaining is not None else 3600.0):
-            context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "inference did not finish before the deadline"
-            )
-        names, results, err = box
-        if err is not None:
-            self._fail(context, err)
+            self._count(entry.model.name, exc.status, t0)
+            await self._fail(context, exc)
+        self._count(entry.model.name, 200, t0)
         model = entry.model
         resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
         if req.id:
@@ -220,27 +256,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
-def start_grpc(
+def method_handlers(servicer: InferenceServicer) -> Any:
+    """The service's handlers, as the generated ``add_..._to_server`` builds them, except that
+    ModelInfer receives the serialized bytes (parsed off the loop when large)."""
+    names = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=getattr(pb, f"{name}Request").FromString,
+            response_serializer=getattr(pb, f"{name}Response").SerializeToString,
+        )
+        for name in names
+    }
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=None,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
+
+
+async def start_grpc(
     dataplane: DataPlane,
     metrics: Metrics,
-    loop: asyncio.AbstractEventLoop,
     host: str,
     port: int,
     max_message_bytes: int,
-    workers: int = 8,
+    max_concurrent_rpcs: int,
+    reserve: Callable[[int], bool] | None = None,
+    release: Callable[[int], None] | None = None,
 ) -> tuple[Any, InferenceServicer, int]:
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+    server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    servicer = InferenceServicer(dataplane, metrics, loop)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    servicer = InferenceServicer(dataplane, metrics, reserve, release)
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
     bound = server.add_insecure_port(f"{'[::]' if host in ('0.0.0.0', '::') else host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
-    server.start()
+    await server.start()
     return server, servicer, bound

@@ -1,294 +1,51 @@
-"""HTTP/1.1 transport for the Open Inference Protocol: an asyncio Protocol on httptools.
+"""HTTP/1.1 framing for the Open Inference Protocol: an asyncio Protocol on httptools.
 
-No framework: the parser's callbacks collect the few headers that matter, the body is handed to the
-codec, and the response is one ``transport.write``. Keep-alive and pipelining are supported;
-responses go out in request order even when a batched inference finishes later than a health
-check behind it. Reading pauses while too many responses are outstanding or the socket's write
-buffer is full.
+No framework: the parser's callbacks collect the few headers that matter, the body is handed to
+``HttpApp``, and each response is one ``transport.write``. Keep-alive and pipelining are
+supported; responses go out in request order even when a batched inference finishes later than a
+health check behind it. Every resource a client can hold is bounded (``HttpLimits``):
+
+- request line + headers: ``max_header_bytes`` (counted as bytes arrive, so an endless header
+  cannot grow memory) and ``max_headers`` → 431;
+- the whole request head must arrive within ``header_timeout`` and the body within
+  ``body_timeout`` of the head → 408 and close; an idle keep-alive connection closes after
+  ``keepalive_timeout`` (a fresh one that sends nothing, after ``header_timeout``);
+- body: ``max_request_bytes`` (declared or streamed) → 413; a JSON body (no binary part) above
+  ``max_json_bytes`` → 413 pointing at the binary extension; bodies above 64 KiB reserve their
+  size in the app's ``max_buffered_bytes`` budget first, or get 503 + Retry-After;
+- a client that half-closes or resets mid-request is closed at once (nothing is left in
+  CLOSE-WAIT); one that half-closes after complete requests still gets their answers;
+- ``Upgrade`` (h2c, websocket) and CONNECT are refused with 400 and close; HEAD answers carry the
+  GET headers and no body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
-import orjson
+import numpy as np
 
-from .codec import InferRequest, decode_json_request, encode_json_response
-from .dataplane import DataPlane, Job, ModelEntry, Results
-from .errors import BadRequest, InferenceError, NotFound
-from .metrics import Metrics
+from .codec import json_too_large
+from .errors import InferenceError
+from .http_app import SMALL_BODY, HttpApp
+from .http_wire import build_response, error_body
 
 log = logging.getLogger("kubeforge_server.http")
 _now = time.perf_counter
-
-_REASONS = {
-    100: b"Continue",
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
-_STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
-_JSON = b"application/json"
-_OCTET = b"application/octet-stream"
-_TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 _MAX_OUTSTANDING = 64  # pipelined requests per connection before reading pauses
-_MAX_URL = 8192
-_MAX_HEADERS = 100
+_RETRY = b"retry-after: 1\r\n"
 
-
-def _status_line(code: int) -> bytes:
-    line = _STATUS.get(code)
-    return line if line is not None else b"HTTP/1.1 %d Status\r\n" % code
-
-
-def build_response(
-    code: int,
-    body: bytes,
-    ctype: bytes = _JSON,
-    close: bool = False,
-    header_length: int | None = None,
-) -> bytes:
-    extra = (
-        b"inference-header-content-length: %d\r\n" % header_length
-        if header_length is not None
-        else b""
-    )
-    return b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
-        _status_line(code),
-        ctype,
-        len(body),
-        extra,
-        b"connection: close\r\n" if close else b"",
-        body,
-    )
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+# Where a connection is: before any request, reading a head, reading a body, or between requests.
+_NEW, _HEAD, _BODY, _IDLE = 0, 1, 2, 3
 
 
 class _Abort(Exception):
     """Raised from a parser callback after a final error response has been queued."""
-
-
-class HttpApp:
-    """Routing and shared state for all HTTP connections."""
-
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_request_bytes: int) -> None:
-        self.dataplane = dataplane
-        self.metrics = metrics
-        self.max_request_bytes = max_request_bytes
-        self.connections: set[HttpProtocol] = set()
-        self.draining = False
-        self.drain_started = 0.0
-        self.accepted = 0  # infer requests read completely
-        self.served = 0  # infer requests answered (any status)
-        self._infer_paths: dict[bytes, ModelEntry] = {}
-
-    def protocol_factory(self) -> HttpProtocol:
-        return HttpProtocol(self)
-
-    def model_added(self, entry: ModelEntry) -> None:
-        self._infer_paths[f"/v2/models/{entry.model.name}/infer".encode()] = entry
-        self._infer_paths[
-            f"/v2/models/{entry.model.name}/versions/{entry.model.version}/infer".encode()
-        ] = entry
-
-    # -- draining ---------------------------------------------------------------------------------
-    def start_draining(self) -> None:
-        self.draining = True
-        self.drain_started = _now()
-
-    def close_idle(self, idle_for: float) -> None:
-        """Close connections quiet for ``idle_for`` seconds since draining began (or since their last
-        request): a client between two requests gets the chance to send one more and read its
-        ``connection: close`` answer instead of racing a silent close."""
-        now = _now()
-        for conn in list(self.connections):
-            if conn.is_idle() and now - max(conn.last_activity, self.drain_started) >= idle_for:
-                conn.close()
-
-    # -- dispatch ---------------------------------------------------------------------------------
-    def dispatch(
-        self,
-        conn: HttpProtocol,
-        seq: int,
-        method: bytes,
-        url: bytes,
-        body: bytes,
-        header_length: bytes | None,
-        t0: float,
-    ) -> None:
-        q = url.find(b"?")
-        path = url if q < 0 else url[:q]
-        entry = self._infer_paths.get(path)
-        if entry is not None and method == b"POST":
-            self.infer(conn, seq, entry, body, header_length, t0)
-            return
-        try:
-            code, payload, ctype = self.route(conn, seq, method, path, body, header_length, t0)
-        except InferenceError as exc:
-            code, payload, ctype = exc.status, error_body(exc.message), _JSON
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("unexpected error handling %s %s", method, url)
-            code, payload, ctype = (
-                500,
-                error_body(f"internal error: {type(exc).__name__}: {exc}"),
-                _JSON,
-            )
-        if code:
-            conn.respond(seq, code, payload, ctype)
-
-    def route(
-        self,
-        conn: HttpProtocol,
-        seq: int,
-        method: bytes,
-        path: bytes,
-        body: bytes,
-        header_length: bytes | None,
-        t0: float,
-    ) -> tuple[int, bytes, bytes]:
-        dp = self.dataplane
-        p = unquote(path.decode("latin-1"))
-        if p.endswith("/") and len(p) > 1:
-            p = p[:-1]
-        is_get = method in (b"GET", b"HEAD")
-        if p == "/v2/health/live":
-            return (200, b'{"live":true}', _JSON) if is_get else self._method(method)
-        if p == "/v2/health/ready":
-            if not is_get:
-                return self._method(method)
-            return (200, b'{"ready":true}', _JSON) if dp.ready else (503, b'{"ready":false}', _JSON)
-        if p == "/metrics":
-            return (200, self.metrics.render(), _TEXT_METRICS) if is_get else self._method(method)
-        if p == "/v2":
-            return (200, dp.server_metadata_json, _JSON) if is_get else self._method(method)
-        if p.startswith("/v2/models/"):
-            parts = p[len("/v2/models/") :].split("/")
-            name, version = parts[0], None
-            rest = parts[1:]
-            if len(rest) >= 2 and rest[0] == "versions":
-                version, rest = rest[1], rest[2:]
-            if rest == [] or rest == ["ready"] or rest == ["infer"]:
-                entry = dp.get(name, version)
-                if rest == []:
-                    return (200, entry.metadata_json, _JSON) if is_get else self._method(method)
-                if rest == ["ready"]:
-                    if not is_get:
-                        return self._method(method)
-                    ok = dp.model_ready(entry)
-                    return (200 if ok else 503), orjson.dumps({"name": name, "ready": ok}), _JSON
-                if method != b"POST":
-                    return self._method(method)
-                self.infer(conn, seq, entry, body, header_length, t0)
-                return 0, b"", b""
-        if (
-            p in ("/v2/models", "/v2/repository/index") and method == b"POST"
-        ) or p == "/v2/repository/index":
-            return (
-                200,
-                orjson.dumps(
-                    [
-                        {
-                            "name": n,
-                            "version": e.model.version,
-                            "state": "READY" if dp.model_ready(e) else "UNAVAILABLE",
-                        }
-                        for n, e in dp.entries.items()
-                    ]
-                ),
-                _JSON,
-            )
-        if p == "/" and is_get:
-            return 200, dp.server_metadata_json, _JSON
-        raise NotFound(f"no route for {method.decode()} {p}")
-
-    @staticmethod
-    def _method(method: bytes) -> tuple[int, bytes, bytes]:
-        return 405, error_body(f"method {method.decode()} not allowed here"), _JSON
-
-    # -- inference ----------------------------------------------------------------------------------
-    def infer(
-        self,
-        conn: HttpProtocol,
-        seq: int,
-        entry: ModelEntry,
-        body: bytes,
-        header_length: bytes | None,
-        t0: float,
-    ) -> None:
-        self.accepted += 1
-        try:
-            hl = None
-            if header_length is not None:
-                try:
-                    hl = int(header_length)
-                except ValueError:
-                    raise BadRequest("Inference-Header-Content-Length must be an integer") from None
-            req = decode_json_request(entry.model, body, hl)
-        except InferenceError as exc:
-            self._finish(conn, seq, entry, exc.status, error_body(exc.message), _JSON, None, t0)
-            return
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("decoding request failed")
-            self._finish(
-                conn, seq, entry, 500, error_body(f"internal error: {exc}"), _JSON, None, t0
-            )
-            return
-        self.dataplane.submit(entry, Job(req, t0, self._complete, (conn, seq, entry)))
-
-    def _complete(
-        self, job: Job, names: list[str], results: Results | None, err: InferenceError | None
-    ) -> None:
-        conn, seq, entry = job.ctx
-        entry.metrics.inflight -= 1
-        if err is not None:
-            self._finish(conn, seq, entry, err.status, error_body(err.message), _JSON, None, job.t0)
-            return
-        assert results is not None
-        req: InferRequest = job.req
-        try:
-            body, hl = encode_json_response(entry.model, req, names, results)
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("encoding response failed")
-            self._finish(
-                conn,
-                seq,
-                entry,
-                500,
-                error_body(f"cannot encode outputs: {exc}"),
-                _JSON,
-                None,
-                job.t0,
-            )
-            return
-        self._finish(conn, seq, entry, 200, body, _JSON if hl is None else _OCTET, hl, job.t0)
-
-    def _finish(
-        self,
-        conn: HttpProtocol,
-        seq: int,
-        entry: ModelEntry,
-        code: int,
-        body: bytes,
-        ctype: bytes,
-        header_length: int | None,
-        t0: float,
-    ) -> None:
-        conn.respond(seq, code, body, ctype, header_length)
-        self.served += 1
-        entry.metrics.request_done("http", code, _now() - t0)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -297,20 +54,30 @@ class HttpProtocol(asyncio.Protocol):
         "app",
         "body",
         "body_size",
+        "buf",
         "close_after",
         "closed",
+        "content_length",
+        "deadline",
         "expect_continue",
+        "head_bytes",
+        "head_seqs",
+        "head_to_check",
         "header_count",
         "header_length",
-        "in_message",
-        "keep_alive",
+        "held",
         "last_activity",
+        "linger",
+        "method",
         "next_seq",
         "next_write",
         "out",
         "parser",
+        "phase",
         "reading_paused",
+        "reserved",
         "transport",
+        "upgrade",
         "url",
         "write_paused",
     )
@@ -320,18 +87,31 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.method = b""
         self.body: list[bytes] = []
+        # The body, when its length was declared up front: uninitialised memory filled chunk by
+        # chunk (a zeroed bytearray or a final join would touch every page at once, on the loop).
+        self.buf: np.ndarray | None = None
         self.body_size = 0
+        self.content_length: int | None = None
+        self.reserved = 0  # budget bytes held by the body being read
+        self.held: dict[int, int] = {}  # budget bytes held by requests awaiting their answer
         self.header_length: bytes | None = None
+        self.head_to_check = 0  # length of a binary request's JSON head still to be checked
         self.header_count = 0
+        self.head_bytes = 0
         self.expect_continue = False
-        self.in_message = False
+        self.upgrade = False
+        self.phase = _NEW
+        self.deadline = _now() + app.limits.header_timeout
         self.next_seq = 0  # sequence number of the next request
         self.next_write = 0  # sequence number of the next response to write
         self.out: dict[int, bytes] = {}  # responses finished out of order
+        self.head_seqs: set[int] = set()  # HEAD requests: answer without the body
         self.close_after: int | None = None
         self.closed = False
         self.aborted = False
+        self.linger = False  # after an error answer: half-close, let the client read it, close
         self.reading_paused = False
         self.write_paused = False
         self.last_activity = _now()
@@ -339,12 +119,29 @@ class HttpProtocol(asyncio.Protocol):
     # -- asyncio callbacks ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.app.connections.add(self)
+        app = self.app
+        if len(app.connections) >= app.limits.max_connections:
+            app.refused_connections += 1
+            self.closed = True
+            self.transport.write(  # type: ignore[union-attr]
+                build_response(
+                    503,
+                    error_body(
+                        f"too many connections (--max-connections {app.limits.max_connections})"
+                    ),
+                    close=True,
+                    extra=_RETRY,
+                )
+            )
+            transport.close()
+            return
+        app.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
         self.app.connections.discard(self)
+        self._release_all()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -355,102 +152,205 @@ class HttpProtocol(asyncio.Protocol):
         self._maybe_resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.aborted:
+        if self.aborted or self.closed:
             return
         self.last_activity = _now()
+        before = self.phase
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # the request was handled as plain HTTP/1.1; upgrades are not offered
+            if not self.aborted:  # CONNECT (an Upgrade header is refused in on_headers_complete)
+                self._fatal(400, "CONNECT and protocol upgrades are not supported")
+            return
         except httptools.HttpParserCallbackError as exc:
             if not self.aborted:
                 log.exception("HTTP handler error", exc_info=exc.__context__ or exc)
                 self._fatal(500, "internal error")
+            return
         except httptools.HttpParserError as exc:
             if not self.aborted:
                 self._fatal(400, f"malformed HTTP request: {exc}")
+            return
+        if self.phase in (_NEW, _HEAD) and before != _BODY and not self.aborted:
+            # httptools buffers a header until it ends: count what arrives, not what it hands us.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.app.limits.max_header_bytes:
+                self._fatal(431, self._header_limit_message())
 
     def eof_received(self) -> bool | None:
-        if self.aborted:
+        # The client half-closed. A request it was still sending can never complete: drop it.
+        # Answers it is owed still go out (then we close); with none owed, close now.
+        if self.aborted or self.next_write == self.next_seq:
+            self._release_reading()
             return None
-        # Half-closed by the client: answer what is outstanding, then close.
-        if self.next_write == self.next_seq and not self.in_message:
-            return None  # close now
-        self.close_after = (
-            self.next_seq - 1
-            if self.close_after is None
-            else min(self.close_after, self.next_seq - 1)
-        )
+        self.aborted = True  # ignore anything more; the answers owed are written, then close
+        self._release_reading()
+        last = self.next_seq - 1
+        self.close_after = last if self.close_after is None else min(self.close_after, last)
         return True
+
+    # -- timeouts (called by the app's timer) ---------------------------------------------------------
+    def check_timeouts(self, now: float) -> None:
+        if self.closed:
+            return
+        limits = self.app.limits
+        phase = self.phase
+        if phase == _IDLE:
+            if self.owes_nothing() and now - self.last_activity > limits.keepalive_timeout:
+                self.close()
+        elif now > self.deadline and not self.aborted:
+            if phase == _NEW:
+                self.close()
+            elif phase == _HEAD:
+                self._fatal(408, f"request head not received within {limits.header_timeout:g} s")
+            else:
+                self._fatal(408, f"request body not received within {limits.body_timeout:g} s")
 
     # -- httptools callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self.in_message = True
+        if self.phase != _NEW:
+            self.deadline = _now() + self.app.limits.header_timeout
+        self.phase = _HEAD
         self.url = b""
         self.body = []
+        self.buf = None
         self.body_size = 0
+        self.content_length = None
         self.header_length = None
+        self.head_to_check = 0
         self.header_count = 0
         self.expect_continue = False
+        self.upgrade = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > _MAX_URL:
-            self._fatal(431, "request URL too long")
+        if len(self.url) > self.app.limits.max_header_bytes:
+            self._fatal(431, "request URL too long: " + self._header_limit_message())
             raise _Abort
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
-        if self.header_count > _MAX_HEADERS:
-            self._fatal(431, "too many request headers")
+        if self.header_count > self.app.limits.max_headers:
+            self._fatal(431, f"more than {self.app.limits.max_headers} request headers")
             raise _Abort
         n = len(name)
         if n == 14:
             if name.lower() == b"content-length":
                 try:
-                    size = int(value)
+                    self.content_length = int(value)
                 except ValueError:
-                    size = 0
-                if size > self.app.max_request_bytes:
-                    self._fatal(
-                        413,
-                        f"request body of {size} bytes exceeds the limit of {self.app.max_request_bytes}",
-                    )
-                    raise _Abort
+                    self.content_length = None  # the parser rejects it
         elif n == 31:
             if name.lower() == b"inference-header-content-length":
                 self.header_length = value
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
+        elif n == 7 and name.lower() == b"upgrade":
+            self.upgrade = True
 
     def on_headers_complete(self) -> None:
+        app = self.app
+        limits = app.limits
+        self.method = self.parser.get_method()
+        if self.upgrade:
+            self._fatal(
+                400,
+                "protocol upgrades (h2c, websocket) are not supported: speak HTTP/1.1 here, "
+                "or gRPC on the gRPC port",
+            )
+            raise _Abort
+        size = self.content_length
+        if size is not None:
+            if size > limits.max_request_bytes:
+                self._fatal(
+                    413,
+                    f"request body of {size} bytes exceeds the limit of "
+                    f"{limits.max_request_bytes} bytes (--max-request-bytes)",
+                )
+                raise _Abort
+            if self.header_length is None and size > limits.max_json_bytes:
+                self._fatal(413, json_too_large(size, limits.max_json_bytes).message)
+                raise _Abort
+            if size > SMALL_BODY:
+                if not app.reserve(size):
+                    self._fatal(
+                        503,
+                        f"the server holds {app.buffered} bytes of request bodies, its budget "
+                        f"(--max-buffered-bytes {limits.max_buffered_bytes}); retry shortly",
+                        _RETRY,
+                    )
+                    raise _Abort
+                self.reserved = size
+                self.buf = np.empty(size, np.uint8)
+                if self.header_length is not None and self.method == b"POST":
+                    with contextlib.suppress(ValueError):
+                        self.head_to_check = int(self.header_length)
+        self.phase = _BODY
+        self.head_bytes = 0
+        self.deadline = _now() + limits.body_timeout
         if self.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.app.max_request_bytes:
-            self._fatal(
-                413, f"request body exceeds the limit of {self.app.max_request_bytes} bytes"
-            )
+        start = self.body_size
+        size = start + len(body)
+        self.body_size = size
+        buf = self.buf
+        if buf is not None:
+            # The parser never hands more than Content-Length.
+            buf[start:size] = np.frombuffer(body, np.uint8)
+            if not self.app.bulk_read(self, len(body)):
+                self._pause_reading()
+            hl = self.head_to_check
+            if hl and size >= hl:
+                self.head_to_check = 0
+                try:
+                    self.app.precheck(self.url, buf[:hl].data)
+                except InferenceError as exc:
+                    self._fatal(exc.status, exc.message)
+                    raise _Abort from None
+            return
+        limits = self.app.limits
+        # Chunked: no length up front, so check and reserve as it grows.
+        if size > limits.max_request_bytes:
+            self._fatal(413, f"request body exceeds the limit of {limits.max_request_bytes} bytes")
             raise _Abort
+        if self.header_length is None and size > limits.max_json_bytes:
+            self._fatal(413, json_too_large(size, limits.max_json_bytes).message)
+            raise _Abort
+        if size > SMALL_BODY:
+            grow = size - max(self.reserved, SMALL_BODY)
+            if grow > 0:
+                if not self.app.reserve(grow):
+                    self._fatal(503, "buffered request bytes over budget; retry shortly", _RETRY)
+                    raise _Abort
+                self.reserved += grow
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.in_message = False
         seq = self.next_seq
         self.next_seq = seq + 1
+        self.phase = _IDLE
         parser = self.parser
         if not parser.should_keep_alive() or self.app.draining:
             self.close_after = seq if self.close_after is None else min(self.close_after, seq)
-        body = self.body
-        data = body[0] if len(body) == 1 else b"".join(body)
-        self.body = []
+        data: bytes | memoryview
+        if self.buf is not None:
+            data = self.buf.data
+            self.buf = None
+        else:
+            body = self.body
+            data = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+        if self.reserved:
+            self.held[seq] = self.reserved
+            self.reserved = 0
+        method = self.method
+        if method == b"HEAD":
+            self.head_seqs.add(seq)
         if seq - self.next_write >= _MAX_OUTSTANDING:
             self._pause_reading()
-        self.app.dispatch(
-            self, seq, parser.get_method(), self.url, data, self.header_length, _now()
-        )
+        self.app.dispatch(self, seq, method, self.url, data, self.header_length, _now())
 
     # -- responses -------------------------------------------------------------------------------------
     def respond(
@@ -458,13 +358,21 @@ class HttpProtocol(asyncio.Protocol):
         seq: int,
         code: int,
         body: bytes,
-        ctype: bytes = _JSON,
+        ctype: bytes = b"application/json",
         header_length: int | None = None,
+        extra: bytes = b"",
     ) -> None:
+        held = self.held.pop(seq, 0)
+        if held:
+            self.app.release(held)
         if self.closed:
             return
         close = self.app.draining or (self.close_after is not None and seq >= self.close_after)
-        data = build_response(code, body, ctype, close, header_length)
+        head = False
+        if self.head_seqs:
+            head = seq in self.head_seqs
+            self.head_seqs.discard(seq)
+        data = build_response(code, body, ctype, close, header_length, extra, head)
         if seq != self.next_write:
             self.out[seq] = data
             return
@@ -482,38 +390,66 @@ class HttpProtocol(asyncio.Protocol):
         self.next_write = seq
         self.last_activity = _now()
         if self.close_after is not None and seq > self.close_after:
-            if self.aborted and transport.can_write_eof():
-                # Half-close so the client reads the error while we discard the rest of its body.
+            if self.linger and transport.can_write_eof():
+                # The client may still be sending the body we refused: closing now would reset
+                # the connection before it reads the answer.
                 transport.write_eof()
-                asyncio.get_running_loop().call_later(2.0, self.close)
+                asyncio.get_running_loop().call_later(1.0, self.close)
             else:
                 self.close()
-        elif self.app.draining and seq == self.next_seq and not self.in_message:
+        elif self.app.draining and seq == self.next_seq and self.phase == _IDLE:
             self.close()
         elif self.reading_paused:
             self._maybe_resume_reading()
 
-    def is_idle(self) -> bool:
-        return self.next_write == self.next_seq and not self.in_message
+    def owes_nothing(self) -> bool:
+        """No answer outstanding (a request being received is not yet accepted)."""
+        return self.next_write == self.next_seq
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
+        self._release_all()
 
-    def _fatal(self, code: int, message: str) -> None:
-        """Answer with an error after everything already queued, then close (body not read)."""
+    def _header_limit_message(self) -> str:
+        return f"request head exceeds {self.app.limits.max_header_bytes} bytes (--max-header-bytes)"
+
+    def _fatal(self, code: int, message: str, extra: bytes = b"") -> None:
+        """Answer with an error after everything already queued, then close (rest not read)."""
         self.aborted = True
+        self.linger = True
+        self._release_reading()
+        self._pause_reading()  # read nothing more of a request we refused
         seq = self.next_seq
         self.next_seq = seq + 1
-        self.in_message = False
+        self.phase = _IDLE
         self.close_after = seq
-        self.respond(seq, code, error_body(message))
+        self.respond(seq, code, error_body(message), extra=extra)
+
+    def _release_reading(self) -> None:
+        """Give back the budget of a body that will never be completed."""
+        self.buf = None
+        self.body = []
+        if self.reserved:
+            self.app.release(self.reserved)
+            self.reserved = 0
+
+    def _release_all(self) -> None:
+        self._release_reading()
+        if self.held:
+            for size in self.held.values():
+                self.app.release(size)
+            self.held.clear()
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def bulk_resume(self) -> None:
+        """The app's next turn: read on (unless paused for another reason)."""
+        self._maybe_resume_reading()
 
     def _maybe_resume_reading(self) -> None:
         if (

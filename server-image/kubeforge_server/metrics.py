@@ -88,6 +88,10 @@ class Metrics:
         self.models: dict[str, ModelMetrics] = {}
         self.model_info: dict[str, dict[str, str]] = {}
         self.model_ready: dict[str, bool] = {}
+        # How late the server's periodic timer fires: time the event loop was busy elsewhere.
+        self.loop_lag = Histogram(LATENCY_BUCKETS)
+        self.open_connections = 0
+        self.buffered_bytes = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -157,6 +161,20 @@ class _Collector:
             batch.add_metric([m.model], m.batch_size.buckets(), m.batch_size.sum)
             inflight.add_metric([m.model], m.inflight)
         yield from (requests, errors, latency, queue, inference, batch, inflight)
+        lag = HistogramMetricFamily(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late a periodic timer on the event loop fired (time the loop was blocked).",
+        )
+        lag.add_metric([], self.metrics.loop_lag.buckets(), self.metrics.loop_lag.sum)
+        yield lag
+        yield GaugeMetricFamily(
+            f"{PREFIX}_http_connections", "Open HTTP connections.", self.metrics.open_connections
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_buffered_request_bytes",
+            "Request body bytes held in memory (the --max-buffered-bytes budget in use).",
+            self.metrics.buffered_bytes,
+        )
         ready = GaugeMetricFamily(
             f"{PREFIX}_model_ready",
             "1 when the model is loaded, warmed and not draining.",

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import resource
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from .codec import DecodeLimits
 from .config import ServerConfig
 from .dataplane import DataPlane
-from .http_server import HttpApp
+from .http_app import HttpApp, HttpLimits
+from .memory import tune_malloc
 from .metrics import Metrics
 from .model import OnnxModel, load_model
 from .storage import ModelLoadError
@@ -33,12 +37,38 @@ def write_termination_message(path: str, message: str) -> None:
         p.write_text(message[:4000])
 
 
+def raise_fd_limit(connections: int) -> None:
+    """Room for ``--max-connections`` sockets plus gRPC, model and log files: the soft
+    RLIMIT_NOFILE (often 1024) is raised towards the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("file descriptor limit %d is below --max-connections + 256", new)
+
+
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
         self.dataplane = DataPlane(self.metrics)
-        self.http = HttpApp(self.dataplane, self.metrics, cfg.max_request_bytes)
+        self.http = HttpApp(
+            self.dataplane,
+            self.metrics,
+            HttpLimits(
+                max_request_bytes=cfg.max_request_bytes,
+                max_json_bytes=cfg.max_json_bytes,
+                max_connections=cfg.max_connections,
+                max_buffered_bytes=cfg.max_buffered_bytes,
+                max_header_bytes=cfg.max_header_bytes,
+                header_timeout=cfg.header_timeout,
+                body_timeout=cfg.body_timeout,
+                keepalive_timeout=cfg.keepalive_timeout,
+            ),
+        )
         self.http_port = 0
         self.grpc_port = 0
         self._stop: asyncio.Event | None = None
@@ -62,6 +92,8 @@ class Server:
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        tune_malloc()
+        raise_fd_limit(cfg.max_connections)
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -69,11 +101,19 @@ class Server:
             self.http.protocol_factory, cfg.host, cfg.http_port, backlog=4096, reuse_address=True
         )
         self.http_port = http_server.sockets[0].getsockname()[1]
+        self.http.start_timer(loop)
         if cfg.grpc_port:
             from .grpc_service import start_grpc
 
-            self._grpc, self._grpc_servicer, self.grpc_port = start_grpc(
-                self.dataplane, self.metrics, loop, cfg.host, cfg.grpc_port, cfg.max_request_bytes
+            self._grpc, self._grpc_servicer, self.grpc_port = await start_grpc(
+                self.dataplane,
+                self.metrics,
+                cfg.host,
+                cfg.grpc_port,
+                cfg.max_request_bytes,
+                max_concurrent_rpcs=cfg.max_queue + cfg.max_connections,
+                reserve=self.http.reserve,
+                release=self.http.release,
             )
         log.info(
             "listening: http %s:%d grpc %s",
@@ -108,8 +148,19 @@ class Server:
                         max_batch_size=cfg.max_batch_size,
                         max_delay_ms=cfg.max_delay_ms,
                         loop=loop,
+                        limits=DecodeLimits(
+                            max_elements=cfg.max_request_bytes,
+                            max_rows=cfg.max_request_rows,
+                            max_json_bytes=cfg.max_json_bytes,
+                        ),
+                        max_queue=cfg.max_queue,
                     )
                     self.http.model_added(entry)
+                    # Everything loaded so far lives as long as the process: keep it out of the
+                    # cyclic collector, whose full passes over it would stall the loop for tens
+                    # of milliseconds under connection churn.
+                    gc.collect()
+                    gc.freeze()
                     log.info(
                         "ready: model %s (sha256 %s), dynamic batching %s",
                         model.name,
@@ -132,10 +183,7 @@ class Server:
         grpc_stop = None
         if self._grpc is not None:
             # New RPCs are refused at once; running ones get the grace period.
-            stopped = self._grpc.stop(grace=max(0.1, cfg.drain_seconds))
-            grpc_stop = asyncio.get_running_loop().run_in_executor(
-                None, stopped.wait, cfg.drain_seconds + 1
-            )
+            grpc_stop = asyncio.ensure_future(self._grpc.stop(grace=max(0.1, cfg.drain_seconds)))
         deadline = time.monotonic() + cfg.drain_seconds
         # Idle keep-alive connections close after a short quiet period; busy ones close right
         # after their last response (which carries "connection: close").
@@ -151,6 +199,10 @@ class Server:
             conn.close()
         if grpc_stop is not None:
             await grpc_stop
+        self.http.stop()
+        self.dataplane.close()
+        if self._grpc_servicer is not None:
+            self._grpc_servicer.close()
         grpc_served = self._grpc_servicer.served if self._grpc_servicer is not None else 0
         log.info(
             "drained: http inference requests accepted=%d answered=%d; grpc answered=%d; "

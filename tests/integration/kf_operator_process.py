@@ -34,6 +34,7 @@ class OperatorProcess:
     ) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
+        self.readiness_port = free_port()
         self.log_path = log_path
         # the progress endpoint on loopback with a local certificate; the URL training pods
         # get is the chart's Service (the pod player and the tests reach it here instead)
@@ -47,6 +48,8 @@ class OperatorProcess:
             "KUBEFORGE_LOG_FORMAT": "plain",
             "KUBEFORGE_PROGRESS_URL": "https://kubeforge-progress.kubeforge-system.svc:8443",
             **self.progress_tls.env(),
+            # by env, not --readiness-port: older operators (benchmarks' "before") ignore it
+            "KUBEFORGE_READINESS_PORT": str(self.readiness_port),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -86,6 +89,29 @@ class OperatorProcess:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"operator not live after 60 s: {self.logs()}")
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        """(HTTP status, JSON body) of /readyz."""
+        import json
+        import urllib.error
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.readiness_port}/readyz", timeout=2
+            ) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}  # not serving (the operator is starting kopf again)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all (the Lease is not given up)."""
+        if self in OperatorProcess.running:
+            OperatorProcess.running.remove(self)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def metrics(self) -> str:
         with urllib.request.urlopen(

@@ -90,6 +90,50 @@ class Batching(KubeModel):
     )
 
 
+_MIB = 1024 * 1024
+
+
+class ServerLimits(KubeModel):
+    """What one server replica holds for its clients; each is a kubeforge-server flag."""
+
+    max_request_bytes: int = Field(
+        default=64 * _MIB, ge=1024, le=2**31 - 1,
+        description="Largest request body or gRPC message in bytes (413 / RESOURCE_EXHAUSTED).",
+    )
+    max_json_bytes: int = Field(
+        default=2 * _MIB, ge=1024, le=2**31 - 1,
+        description="Largest JSON request in bytes (413); larger tensors go binary.",
+    )
+    max_request_rows: int = Field(
+        default=1024, ge=1, le=2**31 - 1,
+        description="Largest batch (leading dimension) of one request (400).",
+    )
+    max_queue: int = Field(
+        default=256, ge=1, le=1_000_000,
+        description="Requests queued or running per model (503 + Retry-After beyond).",
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Open HTTP connections (503 beyond)."
+    )
+    max_buffered_bytes: int = Field(
+        default=256 * _MIB, ge=1024, le=2**40,
+        description="Request bytes held in memory across connections (503 + Retry-After).",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * _MIB,
+        description="Request line and headers in bytes (431 beyond).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, le=3600, description="Time to receive a request's headers (408)."
+    )
+    body_timeout_seconds: float = Field(
+        default=60, gt=0, le=3600, description="Time to receive a request's body (408)."
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=65, gt=0, le=3600, description="Idle keep-alive connections close after this."
+    )
+
+
 class Runtime(KubeModel):
     image: str = Field(default="", description="Server image; empty: the operator's server image.")
     execution_provider: Literal["cpu", "cuda", "tensorrt"] = Field(
@@ -99,6 +143,9 @@ class Runtime(KubeModel):
         default=0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: from the CPU limit)."
     )
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
+    limits: ServerLimits = Field(
+        default_factory=ServerLimits, description="Server resource limits and timeouts."
+    )
 
 
 class ServingResources(ComputeResources):

@@ -144,7 +144,19 @@ def server_args(spec: ModelDeploymentSpec, name: str, model_uri: str) -> list[st
         _number(b.max_delay_ms),
         "--drain-seconds",
         str(DRAIN_SECONDS),
+        *limit_args(spec),
     ]
+
+
+def limit_args(spec: ModelDeploymentSpec) -> list[str]:
+    """runtime.limits as kubeforge-server flags (field max_queue → --max-queue; *_seconds drop
+    the unit: the flags take seconds)."""
+    args: list[str] = []
+    limits = spec.runtime.limits
+    for name in type(limits).model_fields:
+        flag = name.removesuffix("_seconds").replace("_", "-").replace("keep-alive", "keepalive")
+        args += ["--" + flag, _number(getattr(limits, name))]
+    return args
 
 
 def server_image(spec: ModelDeploymentSpec, settings: Settings) -> str:

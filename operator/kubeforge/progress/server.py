@@ -45,6 +45,7 @@ TOO_LARGE = "too-large"
 RATE_LIMITED = "rate-limited"
 BAD_BODY = "bad-body"
 REVIEW_FAILED = "review-failed"
+NOT_LEADER = "not-leader"
 
 REPORTS = LoopCounter(
     "kubeforge_progress_reports", "Progress reports accepted by the endpoint.", []
@@ -84,9 +85,13 @@ class TokenBuckets:
         return allowed
 
 
-def _refuse(status: int, reason: str, message: str) -> web.Response:
+def _refuse(
+    status: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     REFUSALS.labels(reason).inc()
-    return web.json_response({"accepted": False, "reason": reason, "message": message}, status=status)
+    return web.json_response(
+        {"accepted": False, "reason": reason, "message": message}, status=status, headers=headers
+    )
 
 
 def stop_reason(tj: JSON | None, annotation: str) -> str | None:
@@ -106,8 +111,12 @@ class ProgressEndpoint:
         lookup: Lookup,
         *,
         clock: Callable[[], float] = time.monotonic,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
+        self.leading = leading
+        """Whether this replica reconciles now: a standby's reconcilers are paused, so a report
+        kept here would never reach the status (the trainer sends it again, see handle)."""
         self.settings = settings
         self.reports = reports
         self.lookup = lookup
@@ -171,6 +180,14 @@ class ProgressEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if not self.leading():
+            # the Service spreads reports over every replica; only the leader writes statuses.
+            # 503 + Retry-After: the trainer keeps the report and its next try (a new
+            # connection) reaches another replica
+            return _refuse(
+                503, NOT_LEADER, "this operator replica is a standby; retry",
+                headers={"Retry-After": "1"},
+            )
         limit = self.settings.progress_max_body
         if request.content_length is not None and request.content_length > limit:
             return _refuse(413, TOO_LARGE, f"a progress report is at most {limit} bytes")

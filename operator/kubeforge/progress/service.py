@@ -27,7 +27,14 @@ async def run(ctx: OperatorContext) -> None:
         await asyncio.Event().wait()
         return
     try:
-        await serve(ProgressEndpoint(ctx.api, s, ctx.progress, ctx.progress.lookup))
+        endpoint = ProgressEndpoint(
+            ctx.api,
+            s,
+            ctx.progress,
+            ctx.progress.lookup,
+            leading=lambda: not any(ctl.paused for ctl in ctx.controllers),
+        )
+        await serve(endpoint)
     except (OSError, ssl.SSLError) as exc:
         # a bad certificate or a taken port: say so loudly; reconciles go on without progress
         log.error("progress endpoint not served: %s", exc)

@@ -334,7 +334,6 @@ class TrainingJobReconciler:
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
     """Register TrainingJob's indexes and event handlers on `ctx.registry`; returns its
     controller (started by main)."""
-    reg = ctx.registry
     s = ctx.settings
     owner_label = s.label("trainingjob")
     selector = {owner_label: kopf.PRESENT}
@@ -347,49 +346,49 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     def parent(namespace: str | None, labels: Any) -> Key:
         return (namespace or "", labels[owner_label])
 
-    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_TJ, registry=reg)
-    def index_tj(**kw: Any) -> Any:
+    @ctx.index_handler(GROUP, VERSION, PLURAL, id=IDX_TJ)
+    async def index_tj(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_tj(kw["body"])}
 
-    @kopf.index("batch", "v1", "jobs", id=IDX_JOBS, labels=selector, registry=reg)
-    def index_jobs(**kw: Any) -> Any:
+    @ctx.index_handler("batch", "v1", "jobs", id=IDX_JOBS, labels=selector)
+    async def index_jobs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
-    @kopf.index("", "v1", "pods", id=IDX_PODS, labels=selector, registry=reg)
-    def index_pods(**kw: Any) -> Any:
+    @ctx.index_handler("", "v1", "pods", id=IDX_PODS, labels=selector)
+    async def index_pods(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_pod(kw["body"])}
 
-    @kopf.index("", "v1", "services", id=IDX_SVCS, labels=selector, registry=reg)
-    def index_svcs(**kw: Any) -> Any:
+    @ctx.index_handler("", "v1", "services", id=IDX_SVCS, labels=selector)
+    async def index_svcs(**kw: Any) -> Any:
         return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-trainingjob-event", registry=reg)
-    def on_tj(**kw: Any) -> None:
+    @ctx.event_handler(GROUP, VERSION, PLURAL, id="kubeforge-trainingjob-event")
+    async def on_tj(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw["type"] == "DELETED":
             ctl.forget(key)
         else:
             ctl.enqueue(key)
 
-    @kopf.on.event(
-        "batch", "v1", "jobs", id="kubeforge-trainingjob-job-event", labels=selector, registry=reg
+    @ctx.event_handler(
+        "batch", "v1", "jobs", id="kubeforge-trainingjob-job-event", labels=selector
     )
-    def on_job(**kw: Any) -> None:
+    async def on_job(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.job_gone(key)
         ctl.enqueue(key)
 
-    @kopf.on.event(
-        "", "v1", "pods", id="kubeforge-trainingjob-pod-event", labels=selector, registry=reg
+    @ctx.event_handler(
+        "", "v1", "pods", id="kubeforge-trainingjob-pod-event", labels=selector
     )
-    def on_pod(**kw: Any) -> None:
+    async def on_pod(**kw: Any) -> None:
         ctl.enqueue(parent(kw["namespace"], kw["labels"]))
 
-    @kopf.on.event(
-        "", "v1", "services", id="kubeforge-trainingjob-svc-event", labels=selector, registry=reg
+    @ctx.event_handler(
+        "", "v1", "services", id="kubeforge-trainingjob-svc-event", labels=selector
     )
-    def on_svc(**kw: Any) -> None:
+    async def on_svc(**kw: Any) -> None:
         key = parent(kw["namespace"], kw["labels"])
         if kw["type"] == "DELETED":
             rec.service_gone(key)
@@ -404,29 +403,27 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
                     return str(ref.get("name"))
             return None
 
-        @kopf.index(
+        @ctx.index_handler(
             "kueue.x-k8s.io",
             "v1beta2",
             "workloads",
             id=IDX_WORKLOADS,
             labels=uid_label,
-            registry=reg,
         )
-        def index_workloads(**kw: Any) -> Any:
+        async def index_workloads(**kw: Any) -> Any:
             job = owner_job(kw["body"])
             if job is None:
                 return None
             return {(kw["namespace"], job): {"status": kw["body"].get("status") or {}}}
 
-        @kopf.on.event(
+        @ctx.event_handler(
             "kueue.x-k8s.io",
             "v1beta2",
             "workloads",
             id="kubeforge-trainingjob-workload-event",
             labels=uid_label,
-            registry=reg,
         )
-        def on_workload(**kw: Any) -> None:
+        async def on_workload(**kw: Any) -> None:
             job = owner_job(kw["body"])
             key = (kw["namespace"], job or "")
             if job is not None and key in ctx.index(IDX_TJ):

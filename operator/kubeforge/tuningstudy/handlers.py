@@ -257,7 +257,6 @@ class TuningStudyReconciler:
 def register(ctx: OperatorContext) -> Controller[Snapshot]:
     """Register TuningStudy's indexes and event handlers on `ctx.registry`; returns its
     controller (started by main)."""
-    reg = ctx.registry
     s = ctx.settings
     rec = TuningStudyReconciler(ctx)
     ctl: Controller[Snapshot] = Controller(
@@ -266,34 +265,33 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
     ctl.reconciler = rec  # type: ignore[attr-defined]
     selector = {tb.STUDY_LABEL: kopf.PRESENT}
 
-    @kopf.index(GROUP, VERSION, PLURAL, id=IDX_STUDIES, registry=reg)
-    def index_studies(**kw: Any) -> Any:
+    @ctx.index_handler(GROUP, VERSION, PLURAL, id=IDX_STUDIES)
+    async def index_studies(**kw: Any) -> Any:
         return {(kw["namespace"], kw["name"]): slim_study(kw["body"])}
 
-    @kopf.index(GROUP, VERSION, TRIAL_PLURAL, id=IDX_TRIALS, labels=selector, registry=reg)
-    def index_trials(**kw: Any) -> Any:
+    @ctx.index_handler(GROUP, VERSION, TRIAL_PLURAL, id=IDX_TRIALS, labels=selector)
+    async def index_trials(**kw: Any) -> Any:
         study = study_of(kw["body"])
         if study is None:
             return None
         return {(kw["namespace"], study): slim_trial(kw["body"])}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="kubeforge-tuningstudy-event", registry=reg)
-    def on_study(**kw: Any) -> None:
+    @ctx.event_handler(GROUP, VERSION, PLURAL, id="kubeforge-tuningstudy-event")
+    async def on_study(**kw: Any) -> None:
         key = (kw["namespace"], kw["name"])
         if kw.get("type") == "DELETED":
             ctl.forget(key)
         else:
             ctl.enqueue(key)
 
-    @kopf.on.event(
+    @ctx.event_handler(
         GROUP,
         VERSION,
         TRIAL_PLURAL,
         id="kubeforge-tuningstudy-trial-event",
         labels=selector,
-        registry=reg,
     )
-    def on_trial(**kw: Any) -> None:
+    async def on_trial(**kw: Any) -> None:
         study = study_of(kw["body"])
         if study is not None:
             ctl.enqueue((kw["namespace"], study))

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubeforge_cluster.portforward import port_forward
 from kubeforge_cluster.realnode import NODE_NAME, RealNode, net
 from realpods_support import (
     TRAINER_IMAGE,
@@ -163,25 +164,25 @@ def test_modeldeployment_serves_the_trained_model(real_node: RealNode, operator:
     ]
     assert claims == [{"claimName": "kubeforge-artifacts", "readOnly": True}]
 
-    # tritonclient from the host to the ClusterIP (only once kube-proxy's rule exists)
-    ip = kb.get("service", "digits")["spec"]["clusterIP"]
-    assert ip.startswith("10.96.")
-    kb.wait(f"KUBE-SVC rule for {ip}", lambda: net.service_rule_present(ip), timeout=30)
+    # tritonclient from the host through loopback: kubectl port-forward to the Service
+    # (REALPODS.md: never a ClusterIP from the host)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = np.asarray(digits.data[:64], dtype=np.float32)
-    client = httpclient.InferenceServerClient(url=f"{ip}:8080")
-    assert client.is_model_ready("digits")
-    meta = client.get_model_metadata("digits")
-    inp, outp = meta["inputs"][0], meta["outputs"][0]
-    i = httpclient.InferInput(inp["name"], list(x.shape), inp["datatype"])
-    i.set_data_from_numpy(x, binary_data=True)
-    res = client.infer("digits", [i], outputs=[httpclient.InferRequestedOutput(outp["name"])])
+    with port_forward(kb.node.cluster, kb.ns, "service/digits", 8080) as local:
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{local}")
+        assert client.is_model_ready("digits")
+        meta = client.get_model_metadata("digits")
+        inp, outp = meta["inputs"][0], meta["outputs"][0]
+        i = httpclient.InferInput(inp["name"], list(x.shape), inp["datatype"])
+        i.set_data_from_numpy(x, binary_data=True)
+        res = client.infer("digits", [i], outputs=[httpclient.InferRequestedOutput(outp["name"])])
+        client.close()
     scores = res.as_numpy(outp["name"])
     assert scores.shape == (64, 10)
     acc = float((scores.argmax(axis=1) == digits.target[:64]).mean())
-    print(f"tritonclient -> {ip}:8080: accuracy {acc:.3f} on 64 digits")
+    print(f"tritonclient -> port-forward 127.0.0.1:{local} -> Service digits: accuracy {acc:.3f}")
     assert acc > 0.85
     assert net.check_guard_counters() == []
 

@@ -32,7 +32,7 @@ def test_helm3_install_upgrade_uninstall(
         st = json.loads(helm3("status", RELEASE3, "-n", NS3, "-o", "json").stdout)
         assert st["info"]["status"] == "deployed"
         dep = kubectl.json("get", "deployment", f"{RELEASE3}-kubeforge", "-n", NS3)
-        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election: 2 replicas
         (c,) = dep["spec"]["template"]["spec"]["containers"]
         assert c["args"] == [f"--namespace={namespace}", "--metrics-port=8000"]
         rb = kubectl.json("get", "rolebinding", f"{RELEASE3}-kubeforge", "-n", namespace)

@@ -42,8 +42,13 @@ def test_helm_install_creates_the_release(
     status = json.loads(helm("status", release, "-n", NAMESPACE, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
     dep = kubectl.json("get", "deployment", RELEASE, "-n", NAMESPACE)
-    assert dep["spec"]["strategy"]["type"] == "Recreate"
-    assert dep["spec"]["replicas"] == 1
+    # two replicas behind a Lease (leader election): rolling updates are safe
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert dep["spec"]["replicas"] == 2
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    kubectl("get", "role", f"{RELEASE}-leader", "-n", NAMESPACE)
     kubectl("get", "serviceaccount", RELEASE, "-n", NAMESPACE)
     kubectl("get", "service", f"{RELEASE}-metrics", "-n", NAMESPACE)
     kubectl("get", "clusterrole", RELEASE, f"{RELEASE}-discovery")

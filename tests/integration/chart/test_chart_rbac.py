@@ -68,6 +68,22 @@ def reduced_identity(kube: KubeClient, release: str) -> Iterator[Any]:
             },
         )
 
+    # the chart's namespaced Role for the Lease (leader election), as the release binds it
+    kube.post(
+        f"{RBAC}/namespaces/{NAMESPACE}/rolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{REDUCED}-leader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": f"{RELEASE}-leader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": REDUCED, "namespace": NAMESPACE}],
+        },
+    )
+
     def set_role(role: dict[str, Any]) -> None:
         with contextlib.suppress(ApiError):
             kube.delete(f"{RBAC}/clusterroles/{REDUCED}")
@@ -78,6 +94,7 @@ def reduced_identity(kube: KubeClient, release: str) -> Iterator[Any]:
         f"{RBAC}/clusterroles/{REDUCED}",
         f"{RBAC}/clusterrolebindings/{REDUCED}",
         f"{RBAC}/clusterrolebindings/{REDUCED}-discovery",
+        f"{RBAC}/namespaces/{NAMESPACE}/rolebindings/{REDUCED}-leader",
         f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{REDUCED}",
     ):
         with contextlib.suppress(ApiError):

@@ -43,6 +43,8 @@ def test_template_defaults(helm: Helm) -> None:
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "Role",  # the Lease (leader election)
+            "RoleBinding",
             "Service",
             "Service",
             "Secret",
@@ -53,19 +55,30 @@ def test_template_defaults(helm: Helm) -> None:
     ), kinds
     (dep,) = by_kind(objs, "Deployment")
     assert dep["metadata"]["namespace"] == "kubeforge-system"
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # two replicas behind a Lease: one reconciles, a rolling update never runs two leaders
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/kubeforge/operator:0.1.0"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert c["args"] == ["--metrics-port=8000"]
     env = rendered_env(objs)
     assert env["KUBEFORGE_TRAINER_IMAGE"] == "ghcr.io/kubeforge/trainer:0.1.0"
     assert env["KUBEFORGE_ARTIFACT_STORE"] == "file:///var/lib/kubeforge/artifacts"
     assert env["KUBEFORGE_NAMESPACES"] == ""
+    assert env["KUBEFORGE_LEADER_ELECTION"] == "true"
+    assert env["KUBEFORGE_LEASE_NAMESPACE"] == "kubeforge-system"
+    assert env["KUBEFORGE_READINESS_PORT"] == "8081"
+    (role,) = by_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == "kubeforge-system"
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["get", "create", "patch"]} in role["rules"]
     (sa,) = by_kind(objs, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"] == "kubeforge"
     for b in by_kind(objs, "ClusterRoleBinding"):
@@ -157,12 +170,13 @@ def test_template_sample_values(helm: Helm) -> None:
     assert env["KUBEFORGE_ARTIFACT_STORE"] == "s3://ml-artifacts/kubeforge/"
     assert env["AWS_REGION"] == "eu-west-1"
     assert env["KUBEFORGE_LOG_LEVEL"] == "DEBUG"
-    # Namespaced Roles per watched namespace; only discovery (and TokenReviews) cluster-wide.
-    rbs = by_kind(objs, "RoleBinding")
+    # Namespaced Roles per watched namespace (besides the Lease's Role in the release's own);
+    # only discovery (and TokenReviews) cluster-wide.
+    rbs = [rb for rb in by_kind(objs, "RoleBinding") if rb["roleRef"]["name"] == "kubeforge"]
     assert sorted(rb["metadata"]["namespace"] for rb in rbs) == ["team-a", "team-b"]
     assert all(rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                  "name": "kubeforge"} for rb in rbs)
-    roles = by_kind(objs, "Role")
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "kubeforge"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == ["kubeforge-discovery"]
     (crb,) = by_kind(objs, "ClusterRoleBinding")
@@ -189,7 +203,16 @@ def test_toggles(helm: Helm) -> None:
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["--metrics-port=0"]
-    assert [p["name"] for p in c["ports"]] == ["progress", "health"]
+    assert [p["name"] for p in c["ports"]] == ["progress", "health", "ready"]
+
+
+def test_one_replica_without_leader_election_recreates(helm: Helm) -> None:
+    objs = helm.template(values={"replicas": 1, "leaderElection": {"enabled": False}})
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert rendered_env(objs)["KUBEFORGE_LEADER_ELECTION"] == "false"
+    with pytest.raises(HelmError, match="leaderElection"):
+        helm.template(values={"replicas": 2, "leaderElection": {"enabled": False}})
 
 
 def test_release_name_drives_the_names(helm: Helm) -> None:

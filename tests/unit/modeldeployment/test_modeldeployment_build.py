@@ -75,9 +75,15 @@ def test_cpu_server_container() -> None:
     c = server(d)
     assert c["image"] == S.server_image
     assert c["command"] == ["kubeforge-server"]
-    assert c["args"] == [
+    assert c["args"][:14] == [
         "--model", URI, "--name", "digits", "--http-port", "8080", "--grpc-port", "8081",
         "--max-batch-size", "32", "--max-delay-ms", "2", "--drain-seconds", "25",
+    ]  # fmt: skip
+    assert c["args"][14:] == [
+        "--max-request-bytes", "67108864", "--max-json-bytes", "2097152",
+        "--max-request-rows", "1024", "--max-queue", "256", "--max-connections", "1000",
+        "--max-buffered-bytes", "268435456", "--max-header-bytes", "65536",
+        "--header-timeout", "10", "--body-timeout", "60", "--keepalive-timeout", "65",
     ]  # fmt: skip
     assert env(c)["KUBEFORGE_EXECUTION_PROVIDER"] == "cpu"
     assert env(c)["KUBEFORGE_INTRA_OP_THREADS"] == "0"
@@ -319,3 +325,13 @@ def test_build_is_deterministic() -> None:
 
 def test_url() -> None:
     assert b.url("digits", "ml") == "http://digits.ml.svc.cluster.local:8080/v2/models/digits"
+
+
+def test_runtime_limits_reach_the_server_flags() -> None:
+    """Every runtime.limits field becomes a flag kubeforge-server accepts, with its value."""
+    from kubeforge_server.config import load_config
+
+    spec = {**CPU, "runtime": {"limits": {"maxQueue": 8, "bodyTimeoutSeconds": 2.5}}}
+    args = server(build(spec))["args"]
+    cfg = load_config(args)
+    assert cfg.max_queue == 8 and cfg.body_timeout == 2.5 and cfg.keepalive_timeout == 65

@@ -57,6 +57,15 @@ def test_event_shape() -> None:
                      "Warning", "Failed", "boom", "kubeforge-operator", "t")
     assert ev["involvedObject"]["uid"] == "u" and ev["metadata"]["namespace"] == "n"
     assert ev["type"] == "Warning" and ev["reason"] == "Failed"
+    # the same Event gets the same name (a repeat meets a 409); another message, another name
+    again = build_event({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+                         "metadata": {"name": "j", "namespace": "n", "uid": "u"}},
+                        "Warning", "Failed", "boom", "kubeforge-operator", "t2")
+    other = build_event({"apiVersion": "kubeforge.io/v1alpha1", "kind": "TrainingJob",
+                         "metadata": {"name": "j", "namespace": "n", "uid": "u"}},
+                        "Warning", "Failed", "bang", "kubeforge-operator", "t")
+    assert ev["metadata"]["name"] == again["metadata"]["name"] != other["metadata"]["name"]
+    assert ev["metadata"]["name"].startswith("j.")
 
 
 def test_controller_retries_with_backoff() -> None:

@@ -147,7 +147,9 @@ class FakeApi:
 Run = Callable[[TestClient, FakeApi, ProgressReports], Awaitable[None]]
 
 
-def serve(test: Run, stop: str | None = None, **settings: Any) -> ProgressReports:
+def serve(
+    test: Run, stop: str | None = None, leading: bool = True, **settings: Any
+) -> ProgressReports:
     reports = ProgressReports()
     trainingjob = tj()
     if stop:
@@ -157,7 +159,7 @@ def serve(test: Run, stop: str | None = None, **settings: Any) -> ProgressReport
     s = SETTINGS.__class__(**{**SETTINGS.__dict__, **settings})
 
     async def main() -> None:
-        endpoint = ProgressEndpoint(api, s, reports, reports.lookup)
+        endpoint = ProgressEndpoint(api, s, reports, reports.lookup, leading=lambda: leading)
         async with TestClient(TestServer(endpoint.app())) as client:
             await test(client, api, reports)
 
@@ -199,6 +201,20 @@ def test_the_answer_carries_the_trainingjobs_stop_request() -> None:
         assert (await r.json())["stop"] == "pruned"
 
     serve(run, stop="pruned")
+
+
+def test_a_standby_replica_answers_503_and_keeps_nothing() -> None:
+    # with replicas: 2 only the Lease holder writes statuses: a report kept by the standby would
+    # never arrive, so the trainer is told to send it again (and keeps it pending)
+    async def run(client: TestClient, api: FakeApi, reports: ProgressReports) -> None:
+        before = refused("not-leader")
+        r = await client.post(URL, json=REPORT, headers=bearer("good"))
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert (await r.json())["reason"] == "not-leader"
+        assert api.calls == [] and reports.latest(("ml", "digits")) is None
+        assert refused("not-leader") == before + 1
+
+    serve(run, leading=False)
 
 
 def test_a_megabyte_body_is_refused_with_413_before_any_api_call() -> None:

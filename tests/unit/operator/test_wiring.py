@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import kopf
+import pytest
 from kubeforge.context import OperatorContext
 from kubeforge.main import build_operator, kopf_settings, parse_args
 from kubeforge.settings import Settings
@@ -23,24 +24,39 @@ def _ctx(kueue: bool = False) -> OperatorContext:
     return ctx
 
 
-def _ids(handlers_: Any) -> set[str]:
-    return {str(h.id) for h in handlers_}
+def _recorded(monkeypatch: pytest.MonkeyPatch, kueue: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Handler ids registered through kopf's public decorators, with their resource."""
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    def recorder(real: Any) -> Any:
+        def decorator(*args: Any, **kwargs: Any) -> Any:
+            seen[str(kwargs["id"])] = args
+            return real(*args, **kwargs)
+
+        return decorator
+
+    monkeypatch.setattr(kopf, "index", recorder(kopf.index))
+    monkeypatch.setattr(kopf.on, "event", recorder(kopf.on.event))
+
+    def forbidden(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a change-detecting handler: kopf's diff-base is off (main.py)")
+
+    for name in ("create", "update", "resume", "field", "delete", "timer", "daemon"):
+        monkeypatch.setattr(kopf.on, name, forbidden)
+    _ctx(kueue)
+    return seen
 
 
-def test_registered_handlers_are_watch_only() -> None:
-    reg = _ctx().registry
-    idx = _ids(reg._indexing.get_all_handlers())
-    assert {handlers.IDX_TJ, handlers.IDX_JOBS, handlers.IDX_PODS, handlers.IDX_SVCS} <= idx
-    assert handlers.IDX_WORKLOADS not in idx
-    watch = _ids(reg._watching.get_all_handlers())
-    assert "kubeforge-trainingjob-event" in watch and "kubeforge-trainingjob-pod-event" in watch
-    # nothing that makes kopf write: no change-detection handlers, no daemons/timers
-    assert list(reg._changing.get_all_handlers()) == []
-    assert list(reg._spawning.get_all_handlers()) == []
+def test_registered_index_and_event_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _recorded(monkeypatch)
+    assert {handlers.IDX_TJ, handlers.IDX_JOBS, handlers.IDX_PODS, handlers.IDX_SVCS} <= set(seen)
+    assert handlers.IDX_WORKLOADS not in seen
+    assert seen["kubeforge-trainingjob-event"] == ("kubeforge.io", "v1alpha1", "trainingjobs")
+    assert seen["kubeforge-trainingjob-pod-event"] == ("", "v1", "pods")
 
 
-def test_kueue_workloads_indexed_when_served() -> None:
-    assert handlers.IDX_WORKLOADS in _ids(_ctx(kueue=True).registry._indexing.get_all_handlers())
+def test_kueue_workloads_indexed_when_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert handlers.IDX_WORKLOADS in _recorded(monkeypatch, kueue=True)
 
 
 def test_kopf_settings_prefix_and_posting() -> None:
@@ -49,6 +65,11 @@ def test_kopf_settings_prefix_and_posting() -> None:
     assert ks.posting.enabled is False
     assert ks.execution.max_workers == 7
     assert ks.persistence.progress_storage.prefix == "kubeforge.io"  # type: ignore[attr-defined]
+    assert ks.persistence.diffbase_storage.fetch(body=kopf.Body({})) is None
+    # a silent watch stream is noticed (bookmarks count) well before the old 660 s
+    assert ks.watching.client_timeout is not None and ks.watching.client_timeout < 600
+    if hasattr(ks.watching, "inactivity_timeout"):  # kopf >= 1.45: bookmarks count
+        assert ks.watching.inactivity_timeout <= 120
 
 
 def test_cli() -> None:
@@ -70,7 +91,7 @@ def test_snapshot_reads_indexes() -> None:
     ctx = _ctx()
     rec = handlers.TrainingJobReconciler(ctx)
     body = kopf.Body({"apiVersion": "kubeforge.io/v1alpha1", "metadata": {"name": "x", "namespace": "ml", "uid": "u"}, "spec": {}})
-    ctx.indexes.ensure(handlers.IDX_TJ).replace(("ml", "x", "u"), {("ml", "x"): handlers.slim_tj(body)})
+    ctx.indexes[handlers.IDX_TJ] = {("ml", "x"): [handlers.slim_tj(body)]}
     snap = rec.snapshot(("ml", "x"))
     assert snap is not None and snap.job is None and snap.pods == []
     assert rec.snapshot(("ml", "other")) is None

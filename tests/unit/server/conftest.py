@@ -180,3 +180,23 @@ def server(mlp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture
 def x() -> np.ndarray:
     return np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+
+
+# -- the attack suite's model and server ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sleepy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .attack_support import build_sleepy_model
+
+    path, ms = build_sleepy_model(tmp_path_factory.mktemp("sleepy") / "sleepy.onnx")
+    assert 15 <= ms <= 90, f"calibration gave a {ms:.1f} ms run"
+    return path
+
+
+@pytest.fixture(scope="module")
+def sleepy(sleepy_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    from .attack_support import TIMEOUT_ARGS
+
+    srv = start_server(sleepy_model, tmp_path_factory.mktemp("srv"), args=TIMEOUT_ARGS)
+    srv.name = "sleepy"
+    yield srv
+    srv.stop()

@@ -69,6 +69,10 @@ BAD_BODIES = [
     (tensor(data=[[1.0, 2.0], [3.0]]), "not a valid FP32 tensor"),
     (tensor(data=[{"a": 1}] * 64), "not a valid FP32 tensor"),
     (tensor(data=None), "no 'data'"),
+    (tensor(shape=[2**62, 64]), "--max-request-rows"),
+    (tensor(shape=[2000, 64]), "batch of 2000 rows exceeds the maximum of 1024"),
+    (tensor(data=[[[0.5] * 64]]), "nested lists do not match shape [1, 64]"),
+    (tensor(data=[[0.5] * 63]), "nested lists do not match shape [1, 64]"),
     (tensor(parameters={"binary_data_size": 256}), "no Inference-Header-Content-Length"),
     (json.dumps({"inputs": [json.loads(tensor())["inputs"][0]] * 2}).encode(), "given twice"),
     (

@@ -375,8 +375,14 @@ def test_in_cluster_post_rate_limit_and_stop(tmp_path: Path) -> None:
         srv.refuse = None
         ch.flush()
         assert [p[2]["seq"] for p in srv.posts[-2:]] == [6, 6]
+        # 503 (a standby replica answered): likewise kept and sent again
+        srv.refuse = 503
+        ch.report(7, {"loss": 0.12}, force=True)
+        srv.refuse = None
+        ch.flush()
+        assert [p[2]["seq"] for p in srv.posts[-2:]] == [7, 7]
         srv.stop = "pruned"
-        ch.report(7, {"loss": 0.1}, force=True)
+        ch.report(8, {"loss": 0.1}, force=True)
         assert ch.stop_requested() == "pruned"
     finally:
         srv.shutdown()

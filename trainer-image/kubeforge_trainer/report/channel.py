@@ -6,7 +6,7 @@ projected token (file ``KUBEFORGE_PROGRESS_TOKEN_FILE``, read again for each rep
 renews it), verified against the CA in ``KUBEFORGE_PROGRESS_CA`` (PEM) or
 ``KUBEFORGE_PROGRESS_CA_FILE``. The answer ``{"accepted": true, "stop": null | REASON}`` asks the
 trainer to stop when ``stop`` is set. Reports are rate-limited (``min_interval`` seconds, default
-1; a 429 keeps the report pending); the latest pending report is always sent by
+1; a 429 or 503 keeps the report pending); the latest pending report is always sent by
 :meth:`ProgressChannel.flush` / :meth:`close`. The wire format: docs/progress-protocol.md.
 
 Outside a cluster a report is one JSON line appended to ``KUBEFORGE_PROGRESS_FILE`` (when set),
@@ -171,7 +171,9 @@ class ProgressChannel:
         try:
             answer = self._post(payload)
         except urllib.error.HTTPError as exc:
-            if exc.code == 429:  # too fast: the newest report goes with the next chance
+            # 429: too fast; 503: a standby replica or the token not checked now. Either way
+            # the newest report goes with the next chance
+            if exc.code in (429, 503):
                 self._pending = payload
                 return
             self._warn(f"progress report refused ({exc.code}): {_detail(exc)}")
