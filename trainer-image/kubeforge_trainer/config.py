@@ -14,6 +14,7 @@ from typing import Any
 
 RECIPES = ("mlp-classifier", "mlp-regressor", "cnn-classifier")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+QUANTIZE_MODES = ("dynamic-int8", "static-int8")
 DATASET_SCHEMES = ("builtin", "file", "pvc", "s3", "gs", "az", "abfs", "hf", "http", "https")
 OUTPUT_SCHEMES = ("file", "pvc", "s3", "gs", "az", "abfs", "memory")
 DEFAULT_SCRIPT_DIR = "/kubeforge/script"
@@ -38,6 +39,8 @@ class TrainerConfig:
     output_uri: str
     onnx_opset: int = 17
     onnx_dynamic_batch: bool = True
+    quantize_mode: str | None = None  # spec.output.onnx.quantize.mode
+    calibration_samples: int = 256
     checkpoint_every: int = 1
     resume: bool = True
     # Resolved built-in hyperparameters
@@ -234,6 +237,25 @@ def _local_validate(doc: Mapping[str, Any]) -> None:
         raise ConfigError(
             "spec.output.onnx.opset", f"must be an integer from 7 to 23, not {opset!r}"
         )
+    quant = onnx.get("quantize")
+    if quant is not None:
+        if not isinstance(quant, dict) or quant.get("mode") not in QUANTIZE_MODES:
+            raise ConfigError(
+                "spec.output.onnx.quantize.mode",
+                f"must be one of {', '.join(QUANTIZE_MODES)}, not {(quant or {}).get('mode')!r}"
+                if isinstance(quant, dict)
+                else "spec.output.onnx.quantize must be an object",
+            )
+        if "recipe" not in model:
+            raise ConfigError(
+                "spec.output.onnx.quantize", "needs a built-in recipe (spec.model.recipe)"
+            )
+        samples = (quant.get("calibration") or {}).get("samples", 256)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise ConfigError(
+                "spec.output.onnx.quantize.calibration.samples",
+                f"must be an integer >= 1, not {samples!r}",
+            )
     ck = spec.get("checkpoint", {}) or {}
     every = ck.get("everyEpochs", 1)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -290,6 +312,10 @@ def resolve(doc: dict[str, Any], env: Mapping[str, str] | None = None) -> Traine
         output_uri=str(output_uri),
         onnx_opset=int(onnx.get("opset", 17)),
         onnx_dynamic_batch=bool(onnx.get("dynamicBatch", True)),
+        quantize_mode=(onnx.get("quantize") or {}).get("mode"),
+        calibration_samples=int(
+            ((onnx.get("quantize") or {}).get("calibration") or {}).get("samples", 256)
+        ),
         checkpoint_every=int(ck.get("everyEpochs", 1)),
         resume=bool(ck.get("resume", True)),
         lr=_num(hp, "lr", 1e-3, lo=0, lo_open=True, hi=10),

@@ -24,6 +24,7 @@ from . import data as data_mod
 from .config import TrainerConfig
 from .export import ParityError, export_onnx, parity
 from .report.channel import ProgressChannel
+from .report.cost import CostUnavailable, measure
 
 CHECKPOINT_VERSION = 1
 
@@ -357,12 +358,50 @@ class Trainer:
             )
         model_uri = storage.join(self.cfg.output_uri, "model.onnx")
         storage.write_bytes(model_uri, onnx_bytes)
-        return {
+        metrics.update(self.serving_cost(onnx_bytes))
+        artifacts: dict[str, Any] = {
             "model": model_uri,
             "checkpoint": self.ckpt_uri,
             "sha256": storage.sha256(onnx_bytes),
             "bytes": len(onnx_bytes),
         }
+        if self.cfg.quantize_mode:
+            artifacts.update(self.export_int8(onnx_bytes, metrics))
+        return artifacts
+
+    def export_int8(self, float_bytes: bytes, metrics: dict[str, float]) -> dict[str, Any]:
+        """model.int8.onnx beside model.onnx; its validation metrics, their delta to the float
+        model's, and its serving cost (``int8_onnx_*``) go into ``metrics``."""
+        from . import quantize
+
+        mode = str(self.cfg.quantize_mode)
+        rows = None
+        if mode == "static-int8":
+            order = np.random.default_rng(self.cfg.seed).permutation(len(self.split.x_train))
+            rows = self.split.x_train[order[: self.cfg.calibration_samples]]
+        int8_bytes = quantize.quantize(float_bytes, mode, rows)
+        metrics.update(
+            quantize.compare(
+                float_bytes, int8_bytes, self.split.x_val, self.split.y_val, self.regression
+            )
+        )
+        metrics.update(self.serving_cost(int8_bytes, prefix="int8_onnx_"))
+        uri = storage.join(self.cfg.output_uri, quantize.QUANTIZED_FILE)
+        storage.write_bytes(uri, int8_bytes)
+        log(f"wrote {uri} ({mode}, {len(int8_bytes)} bytes, float {len(float_bytes)})")
+        return {
+            "modelInt8": uri,
+            "sha256Int8": storage.sha256(int8_bytes),
+            "bytesInt8": len(int8_bytes),
+        }
+
+    def serving_cost(self, onnx_bytes: bytes, prefix: str = "onnx_") -> dict[str, float]:
+        """Latency (batch 1, on this pod's CPU quota), bytes and parameters of an exported model."""
+        try:
+            return measure(onnx_bytes, self.split.x_val[:1], prefix=prefix)
+        except CostUnavailable as exc:
+            log(f"no serving cost reported: {exc}")
+            return {}
 
 
 def _fmt(v: float) -> str:

@@ -37,6 +37,9 @@ class ModelSource(KubeModel):
              + "|".join(MODEL_SCHEMES) + ")://')",
              "uri must start with one of: " + ", ".join(s + "://" for s in MODEL_SCHEMES),
              field_path=".uri"),
+        rule("!has(self.variant) || self.variant == 'float' || !has(self.uri) || self.uri == ''",
+             "model.variant int8 needs fromTrainingJob or fromTuningStudy (a uri names the "
+             "file to serve itself)", field_path=".variant"),
     )}
 
     uri: str | None = Field(
@@ -52,6 +55,13 @@ class ModelSource(KubeModel):
         default=None, description="Serve the best model of a TuningStudy in this namespace."
     )
 
+    variant: Literal["float", "int8"] = Field(
+        default="float",
+        description="Which model of a TrainingJob (or of a study's chosen trial) to serve: "
+        "float (model.onnx) or int8 (model.int8.onnx, written when the job sets "
+        "spec.output.onnx.quantize).",
+    )
+
     @field_validator("uri")
     @classmethod
     def _scheme(cls, uri: str | None) -> str | None:
@@ -63,6 +73,11 @@ class ModelSource(KubeModel):
                  self.from_tuning_study is not None]
         if sum(given) != 1:
             raise ValueError("model needs exactly one of uri, fromTrainingJob or fromTuningStudy")
+        if self.variant == "int8" and self.uri:
+            raise ValueError(
+                "model.variant int8 needs fromTrainingJob or fromTuningStudy (a uri names the "
+                "file to serve itself)"
+            )
         return self
 
 

@@ -183,9 +183,50 @@ class MetricsCollector(KubeModel):
         return self
 
 
+QUANTIZE_MODES = ("dynamic-int8", "static-int8")
+
+
+class Calibration(KubeModel):
+    samples: int = Field(
+        default=256,
+        ge=1,
+        le=100000,
+        description="Training rows fed through the float model to fix the int8 activation "
+        "ranges (static-int8).",
+    )
+
+
+class Quantize(KubeModel):
+    """An int8 copy of the model (ONNX Runtime quantization), written beside the float one."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("!has(self.calibration) || self.mode == 'static-int8'",
+             "quantize.calibration applies to mode static-int8 only",
+             field_path=".calibration"))}
+
+    mode: Literal["dynamic-int8", "static-int8"] = Field(
+        description="dynamic-int8: int8 weights, activations quantized at run time; "
+        "static-int8: int8 weights and activations, ranges calibrated on training rows."
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="Calibration of static-int8 (default: 256 samples)."
+    )
+
+    @model_validator(mode="after")
+    def _calibration(self) -> Quantize:
+        if self.calibration is not None and self.mode != "static-int8":
+            raise ValueError("quantize.calibration applies to mode static-int8 only")
+        return self
+
+
 class OnnxExport(KubeModel):
     opset: int = Field(default=17, ge=7, le=23, description="ONNX opset of the exported model.")
     dynamic_batch: bool = Field(default=True, description="Export with a dynamic batch dimension.")
+    quantize: Quantize | None = Field(
+        default=None,
+        description="Also write an int8 model (model.int8.onnx), evaluated on the validation "
+        "split and measured like the float one (built-in recipes only).",
+    )
 
 
 class Output(KubeModel):
@@ -245,6 +286,11 @@ class TrainingJobSpec(KubeModel):
              "spec.dataset is required for a built-in recipe", field_path=".dataset"),
         rule("size(self.args) == 0 || size(self.command) > 0",
              "spec.args needs spec.command", field_path=".args"),
+        rule("!has(self.output) || !has(self.output.onnx) || !has(self.output.onnx.quantize) "
+             "|| (has(self.model) && has(self.model.recipe))",
+             "spec.output.onnx.quantize needs a built-in recipe (spec.model.recipe): the "
+             "built-in trainer quantizes the model it exports",
+             field_path=".output.onnx.quantize"),
         *[
             rule(f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
                  f"spec.{f} {_IMMUTABLE_MSG}", field_path=f".{f}")
@@ -323,6 +369,13 @@ class TrainingJobSpec(KubeModel):
             raise ValueError("spec.dataset is required for a built-in recipe")
         if self.args and not self.command:
             raise ValueError("spec.args needs spec.command")
+        if self.output.onnx.quantize is not None and (
+            self.model is None or self.model.recipe is None
+        ):
+            raise ValueError(
+                "spec.output.onnx.quantize needs a built-in recipe (spec.model.recipe): the "
+                "built-in trainer quantizes the model it exports"
+            )
         return self
 
 
@@ -354,6 +407,11 @@ class Artifacts(KubeModel):
     checkpoint: str | None = Field(default=None, description="URI of the last checkpoint.")
     sha256: str | None = Field(default=None, description="SHA-256 of model.onnx.")
     bytes: int | None = Field(default=None, description="Size of model.onnx in bytes.")
+    model_int8: str | None = Field(
+        default=None, description="URI of model.int8.onnx (spec.output.onnx.quantize)."
+    )
+    sha256_int8: str | None = Field(default=None, description="SHA-256 of model.int8.onnx.")
+    bytes_int8: int | None = Field(default=None, description="Size of model.int8.onnx in bytes.")
 
 
 class TrainingJobStatus(KubeModel):

@@ -17,7 +17,7 @@ from kubeforge.api.common import (
     hp_collision_rule,
     hp_env_name,
 )
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import QUANTIZE_MODES, RECIPES, TrainingJobSpec
 
 TUNINGSTUDY_NAME_MAX = 63
 """A study's name is the prefix of its trials' names (hashed to fit) and a label value."""
@@ -48,6 +48,10 @@ _KEYS: dict[str, dict[str, Any]] = {
     "popsize": {"type": _INT, "minimum": 2, "maximum": 10000},
     "inc_popsize": {"type": _INT, "minimum": 1, "maximum": 100},
     "qmc_type": {"type": _STR, "enum": ["sobol", "halton"]},
+    "population_size": {"type": _INT, "minimum": 2, "maximum": 10000},
+    "mutation_prob": {"type": _NUM, "minimum": 0, "maximum": 1},
+    "crossover_prob": {"type": _NUM, "minimum": 0, "maximum": 1},
+    "swapping_prob": {"type": _NUM, "minimum": 0, "maximum": 1},
     # pruners
     "interval_steps": {"type": _INT, "minimum": 1, "maximum": 1000000},
     "n_min_trials": {"type": _INT, "minimum": 1, "maximum": 100000},
@@ -55,6 +59,7 @@ _KEYS: dict[str, dict[str, Any]] = {
     "max_resource": {"type": _INT, "minimum": 1, "maximum": 1000000000},
     "reduction_factor": {"type": _INT, "minimum": 2, "maximum": 1000},
     "bootstrap_count": {"type": _INT, "minimum": 0, "maximum": 100000},
+    "min_early_stopping_rate": {"type": _INT, "minimum": 0, "maximum": 100},
 }
 _SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
     "random": (),
@@ -66,12 +71,18 @@ _SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
               "restart_strategy", "popsize", "inc_popsize", "use_separable_cma", "with_margin",
               "lr_adapt"),
     "qmc": ("qmc_type", "scramble", "warn_independent_sampling", "warn_asynchronous_seeding"),
+    "nsga2": ("population_size", "mutation_prob", "crossover_prob", "swapping_prob"),
 }
+MULTI_OBJECTIVE_SAMPLERS = ("random", "grid", "tpe", "qmc", "nsga2")
+"""Samplers Optuna runs with several objectives (CMA-ES optimises one)."""
+MAX_PARETO_FRONT = 100
+"""Points of status.paretoFront at most (the status must stay small); the rest are counted."""
 _PRUNER_KEYS: dict[str, tuple[str, ...]] = {
     "none": (),
     "median": ("n_startup_trials", "interval_steps", "n_min_trials"),
     "percentile": ("percentile", "n_startup_trials", "interval_steps", "n_min_trials"),
     "hyperband": ("max_resource", "reduction_factor", "bootstrap_count"),
+    "successive-halving": ("reduction_factor", "min_early_stopping_rate"),
 }
 SAMPLER_SETTINGS: dict[str, tuple[str, ...]] = dict(_SAMPLER_KEYS)
 PRUNER_SETTINGS: dict[str, tuple[str, ...]] = dict(_PRUNER_KEYS)
@@ -197,6 +208,89 @@ class Objective(KubeModel):
     )
 
 
+class ObjectiveEntry(KubeModel):
+    """One of several objectives (`objectives`): a metric and its direction."""
+
+    metric: str = Field(
+        description="A metric trials report, e.g. val_accuracy or onnx_latency_ms.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$",
+    )
+    direction: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="minimize or maximize."
+    )
+
+
+class Bound(KubeModel):
+    """Bounds a trial's metric must keep to be selected."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("has(self.max) || has(self.min)", "a bound needs max, min or both"),
+        rule("!has(self.max) || !has(self.min) || self.min <= self.max",
+             "min must not exceed max"))}
+
+    max: float | None = Field(default=None, description="The metric must be <= max.")
+    min: float | None = Field(default=None, description="The metric must be >= min.")
+
+    @model_validator(mode="after")
+    def _some(self) -> Bound:
+        if self.max is None and self.min is None:
+            raise ValueError("a bound needs max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+    def holds(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+
+
+class Select(KubeModel):
+    """The rule that picks one trial (bestTrial, and what promote serves): the best value of
+    one metric among the finished trials that keep every bound of subjectTo."""
+
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("has(self.maximize) != has(self.minimize)",
+             "select needs exactly one of maximize or minimize"))}
+
+    maximize: str | None = Field(
+        default=None, description="Pick the trial with the highest value of this metric.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$",
+    )
+    minimize: str | None = Field(
+        default=None, description="Pick the trial with the lowest value of this metric.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$",
+    )
+    subject_to: dict[str, Bound] = Field(
+        default_factory=dict,
+        description="Bounds by metric, e.g. {onnx_latency_ms: {max: 0.5}}: a trial that breaks "
+        "one (or lacks the metric) is not selected.",
+        json_schema_extra={"maxProperties": 16},
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Select:
+        if (self.maximize is None) == (self.minimize is None):
+            raise ValueError("select needs exactly one of maximize or minimize")
+        return self
+
+    @property
+    def metric(self) -> str:
+        return str(self.maximize or self.minimize)
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        return "maximize" if self.maximize else "minimize"
+
+
+TEMPLATE_TARGETS: dict[str, tuple[str, ...]] = {
+    "model.recipe": RECIPES,
+    "output.onnx.quantize.mode": ("none", *QUANTIZE_MODES),
+}
+"""Trial-template fields a search dimension may set (model selection), and their allowed
+values; `none` for the quantize mode means no int8 model."""
+
+
 class SearchParameter(KubeModel):
     """One dimension of the search space."""
 
@@ -216,6 +310,8 @@ class SearchParameter(KubeModel):
         # fails that conversion (as it would fail the spec's immutability rules at every later
         # status write): this rule makes the null refused at admission, with its message.
         rule("self == self", "choices must be strings, numbers or booleans, never null"),
+        rule("!has(self.target) || self.type == 'categorical'",
+             "target needs type categorical", field_path=".target"),
     ), "x-kubeforge-any-of": [
         {"properties": {"type": {"enum": ["categorical"]}}, "required": ["choices"]},
         {"properties": {"type": {"enum": ["float", "int"]}}, "not": {"required": ["choices"]}},
@@ -240,6 +336,13 @@ class SearchParameter(KubeModel):
         json_schema_extra={"items": FREE_FORM},
     )
 
+    target: Literal["model.recipe", "output.onnx.quantize.mode"] | None = Field(
+        default=None,
+        description="Set this field of the trial template (model selection) instead of a "
+        "hyperparameter: model.recipe (choices: recipes) or output.onnx.quantize.mode "
+        "(choices: none, dynamic-int8, static-int8).",
+    )
+
     @field_validator("choices")
     @classmethod
     def _scalar_choices(cls, value: list[Any] | None) -> list[Any] | None:
@@ -253,6 +356,16 @@ class SearchParameter(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchParameter:
+        if self.target is not None:
+            if self.type != "categorical":
+                raise ValueError("target needs type categorical")
+            allowed = TEMPLATE_TARGETS[self.target]
+            bad = [c for c in self.choices or [] if c not in allowed]
+            if bad:
+                raise ValueError(
+                    f"choices of target {self.target} must be among {', '.join(allowed)}, "
+                    f"not {bad}"
+                )
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs choices")
@@ -318,10 +431,11 @@ class Algorithm(KubeModel):
         *_allow_list_rules(_SAMPLER_KEYS, "algorithm"),
         *(rule(c, m, field_path=".settings") for c, _, m in _SAMPLER_COMBINATIONS))}
 
-    name: Literal["random", "grid", "tpe", "cmaes", "qmc"] = Field(
+    name: Literal["random", "grid", "tpe", "cmaes", "qmc", "nsga2"] = Field(
         default="tpe",
-        description="random, grid, tpe, cmaes or qmc (Optuna samplers). Optuna's gp sampler is "
-        "not offered: it needs torch, which the operator image does not carry.",
+        description="random, grid, tpe, cmaes, qmc or nsga2 (Optuna samplers; with several "
+        "objectives all but cmaes). Optuna's gp sampler is not offered: it needs torch, which "
+        "the operator image does not carry.",
     )
     seed: int | None = Field(default=0, ge=0, le=4294967295, description="Sampler seed (same seed, same suggestions).")
     settings: dict[str, Any] = Field(
@@ -344,8 +458,10 @@ class EarlyStopping(KubeModel):
         *_allow_list_rules(_PRUNER_KEYS, "earlyStopping"),
         *(rule(c, m, field_path=".settings") for c, _, m in _PRUNER_COMBINATIONS))}
 
-    name: Literal["none", "median", "percentile", "hyperband"] = Field(
-        default="none", description="none, median, percentile or hyperband (Optuna pruners)."
+    name: Literal["none", "median", "percentile", "hyperband", "successive-halving"] = Field(
+        default="none",
+        description="none, median, percentile, hyperband or successive-halving (Optuna "
+        "pruners; successive-halving is asynchronous successive halving, ASHA).",
     )
     start_step: int = Field(
         default=2, ge=0, le=1000000000,
@@ -367,6 +483,55 @@ class EarlyStopping(KubeModel):
         return self
 
 
+DURATION = r"^([0-9]{1,9}(h|m|s))+$"
+"""A duration the Go way, in whole hours, minutes and seconds: 90s, 30m, 1h30m."""
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of a DURATION string."""
+    unit = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * unit[u] for n, u in re.findall(r"([0-9]+)(h|m|s)", text))
+
+
+class Budget(KubeModel):
+    max_duration: str | None = Field(
+        default=None,
+        description="Stop suggesting trials once this long has passed since the study started "
+        "(e.g. 30m, 2h, 1h30m); running trials finish. Raise it to continue a finished study.",
+        pattern=DURATION,
+        max_length=40,
+    )
+
+    def seconds(self) -> int | None:
+        return None if self.max_duration is None else duration_seconds(self.max_duration)
+
+
+MAX_WARM_TRIALS = 1000
+
+
+class WarmTrial(KubeModel):
+    """An earlier result: parameters and the objective values they gave."""
+
+    params: dict[str, Any] = Field(
+        description="Values of the search space's parameters (every one, within its range).",
+        json_schema_extra={**FREE_FORM, "maxProperties": 32},
+    )
+    values: dict[str, float] = Field(
+        description="The objective metric's value (every objective's, with spec.objectives), "
+        "by metric.",
+        json_schema_extra={"maxProperties": 4},
+    )
+
+
+class WarmStart(KubeModel):
+    trials: list[WarmTrial] = Field(
+        default_factory=list,
+        description="Earlier results the sampler starts from: they enter the rebuilt study as "
+        "completed trials (they are not trials of this study: not counted, never bestTrial).",
+        max_length=MAX_WARM_TRIALS,
+    )
+
+
 class TrialTemplate(KubeModel):
     spec: TrainingJobSpec = Field(
         description="The TrainingJob spec of every trial; suggestions are merged into its "
@@ -380,12 +545,29 @@ class TrialTemplate(KubeModel):
 
 
 class Promote(KubeModel):
-    model_deployment: str = Field(
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("has(self.modelDeployment) || has(self.select)",
+             "promote needs modelDeployment, select or both"))}
+
+    model_deployment: str | None = Field(
+        default=None,
         description="A ModelDeployment pointed at the best trial's model once the study succeeds "
         "(created if absent).",
         pattern=DNS_1035_LABEL,  # a ModelDeployment's own name rule
         max_length=63,
     )
+    select: Select | None = Field(
+        default=None,
+        description="How bestTrial is chosen: {maximize|minimize: METRIC, subjectTo: {METRIC: "
+        "{max, min}}}. Default: the objective's best (with several objectives: the first "
+        "objective's best on the Pareto front).",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> Promote:
+        if self.model_deployment is None and self.select is None:
+            raise ValueError("promote needs modelDeployment, select or both")
+        return self
 
 
 class TuningStudySpec(KubeModel):
@@ -407,13 +589,44 @@ class TuningStudySpec(KubeModel):
         ),
         rule("self.searchSpace == oldSelf.searchSpace",
              "spec.searchSpace is immutable: create a new study", field_path=".searchSpace"),
-        rule("self.objective == oldSelf.objective",
+        rule("self.searchSpace.all(k, !has(self.searchSpace[k].target) || "
+             "(has(self.trialTemplate.spec.model) && has(self.trialTemplate.spec.model.recipe)))",
+             "searchSpace entries with a target need a trial template with model.recipe (the "
+             "built-in trainer)", field_path=".searchSpace"),
+        rule("has(self.objective) != has(self.objectives)",
+             "set exactly one of spec.objective or spec.objectives"),
+        rule("has(self.objective) == has(oldSelf.objective) && (!has(self.objective) || "
+             "self.objective == oldSelf.objective)",
              "spec.objective is immutable: create a new study", field_path=".objective"),
+        rule("has(self.objectives) == has(oldSelf.objectives) && (!has(self.objectives) || "
+             "self.objectives == oldSelf.objectives)",
+             "spec.objectives is immutable: create a new study", field_path=".objectives"),
+        rule("!has(self.objectives) || self.algorithm.name != 'cmaes'",
+             "algorithm cmaes optimises one objective: with spec.objectives use nsga2, tpe, "
+             "random, qmc or grid", field_path=".algorithm.name"),
+        rule("!has(self.objectives) || self.earlyStopping.name == 'none'",
+             "earlyStopping needs one objective (Optuna prunes single-objective studies only)",
+             field_path=".earlyStopping.name"),
         rule("self.algorithm == oldSelf.algorithm",
              "spec.algorithm is immutable: create a new study", field_path=".algorithm"),
+        rule("has(self.warmStart) == has(oldSelf.warmStart) && (!has(self.warmStart) || "
+             "self.warmStart == oldSelf.warmStart)",
+             "spec.warmStart is immutable: create a new study", field_path=".warmStart"),
     )}
 
-    objective: Objective = Field(description="The metric to optimise and how.")
+    objective: Objective | None = Field(
+        default=None, description="The metric to optimise and how (or spec.objectives)."
+    )
+    objectives: list[ObjectiveEntry] | None = Field(
+        default=None,
+        description="Several metrics to optimise at once (a multi-objective study: Pareto "
+        "front in status.paretoFront); in place of spec.objective.",
+        min_length=2,
+        max_length=4,
+        json_schema_extra=cel(
+            rule("self.all(o, self.filter(p, p.metric == o.metric).size() == 1)",
+                 "objectives must name different metrics")),
+    )
     search_space: dict[str, SearchParameter] = Field(
         description="Hyperparameters to search, by name.",
         min_length=1,
@@ -440,6 +653,10 @@ class TuningStudySpec(KubeModel):
         description="Fail the study once this many trials failed (pruned is not failed).",
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
+    budget: Budget | None = Field(default=None, description="Limits besides maxTrials.")
+    warm_start: WarmStart | None = Field(
+        default=None, description="Earlier results that inform the sampler from the start."
+    )
     promote: Promote | None = Field(default=None, description="Serve the best model.")
 
     @field_validator("search_space")
@@ -454,6 +671,80 @@ class TuningStudySpec(KubeModel):
                 raise ValueError(f"parameters {seen[env]!r} and {name!r} both map to {env}")
             seen[env] = name
         return value
+
+    @model_validator(mode="after")
+    def _objectives(self) -> TuningStudySpec:
+        if (self.objective is None) == (self.objectives is None):
+            raise ValueError("set exactly one of spec.objective or spec.objectives")
+        if self.objectives is not None:
+            names = [o.metric for o in self.objectives]
+            if len(set(names)) != len(names):
+                raise ValueError("objectives must name different metrics")
+            if self.algorithm.name not in MULTI_OBJECTIVE_SAMPLERS:
+                raise ValueError(
+                    f"algorithm.name {self.algorithm.name} optimises one objective: with "
+                    "spec.objectives use nsga2, tpe, random, qmc or grid"
+                )
+            if self.early_stopping.name != "none":
+                raise ValueError(
+                    "earlyStopping.name: earlyStopping needs one objective (Optuna prunes "
+                    "single-objective studies only)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _targets(self) -> TuningStudySpec:
+        targets = [p.target for p in self.search_space.values() if p.target is not None]
+        if len(set(targets)) != len(targets):
+            raise ValueError("searchSpace: two entries target the same template field")
+        model = self.trial_template.spec.model
+        if targets and (model is None or model.recipe is None):
+            raise ValueError(
+                "searchSpace entries with a target need a trial template with model.recipe "
+                "(the built-in trainer)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warm_trials(self) -> TuningStudySpec:
+        metrics = {m for m, _ in self.objective_list}
+        for i, warm in enumerate(self.warm_start.trials if self.warm_start else []):
+            unknown = sorted(set(warm.params) - set(self.search_space))
+            if unknown:
+                raise ValueError(
+                    f"warmStart.trials[{i}].params: {unknown} are not in searchSpace"
+                )
+            missing = sorted(set(self.search_space) - set(warm.params))
+            if missing:
+                raise ValueError(f"warmStart.trials[{i}].params: {missing} are missing")
+            if set(warm.values) != metrics:
+                raise ValueError(
+                    f"warmStart.trials[{i}].values: needs exactly the objective metrics "
+                    f"{sorted(metrics)}, not {sorted(warm.values)}"
+                )
+        return self
+
+    @property
+    def primary_objective(self) -> Objective:
+        """The single objective, or the first of several (its metric is the one trials report
+        as progress; it orders the Pareto front)."""
+        if self.objective is not None:
+            return self.objective
+        assert self.objectives
+        first = self.objectives[0]
+        return Objective(metric=first.metric, direction=first.direction)
+
+    @property
+    def objective_list(self) -> list[tuple[str, Literal["minimize", "maximize"]]]:
+        """(metric, direction) of every objective, in order."""
+        if self.objectives is not None:
+            return [(o.metric, o.direction) for o in self.objectives]
+        assert self.objective is not None
+        return [(self.objective.metric, self.objective.direction)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None
 
     @model_validator(mode="after")
     def _grid_finite(self) -> TuningStudySpec:
@@ -506,6 +797,18 @@ class BestTrial(KubeModel):
     value: float | None = Field(default=None, description="Its objective value.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Its final metrics.")
     model: str | None = Field(default=None, description="URI of its model.onnx.")
+    values: dict[str, float] = Field(
+        default_factory=dict, description="Its objective values by metric (spec.objectives)."
+    )
+
+
+class ParetoPoint(KubeModel):
+    name: str = Field(description="The trial TrainingJob's name.")
+    number: int = Field(description="The trial number.")
+    values: dict[str, float] = Field(description="Its objective values by metric.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Its parameters.", json_schema_extra=FREE_FORM
+    )
 
 
 class TuningStudyStatus(KubeModel):
@@ -516,6 +819,14 @@ class TuningStudyStatus(KubeModel):
     trials: TrialCounts = Field(default_factory=TrialCounts, description="Trials by state.")
     progress: str = Field(default="", description="Finished trials / maxTrials, for display.")
     best_trial: BestTrial | None = Field(default=None, description="The best trial so far.")
+    pareto_front: list[ParetoPoint] | None = Field(
+        default=None,
+        description="The finished trials no other trial beats on every objective "
+        f"(spec.objectives), ordered by the first objective; at most {MAX_PARETO_FRONT}.",
+    )
+    pareto_front_size: int | None = Field(
+        default=None, description="Points on the Pareto front (paretoFront may list fewer)."
+    )
     start_time: str | None = Field(default=None, description="When the study started.")
     completion_time: str | None = Field(default=None, description="When the study finished.")
 

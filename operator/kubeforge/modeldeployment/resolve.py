@@ -5,6 +5,10 @@
 - `fromTuningStudy: NAME`: that study's `status.bestTrial.model` (+ the sha256 recorded on the
   best trial's TrainingJob, when the handler passes it).
 
+`variant: int8` serves the quantized model instead (`artifacts.modelInt8` of the TrainingJob, or
+of the best trial's TrainingJob); a job that wrote none keeps the ModelDeployment waiting with a
+message naming `spec.output.onnx.quantize`.
+
 Until the artefact exists the ModelDeployment waits with `ModelLoaded=False`, reason
 `WaitingForModel`, and a message saying what it waits for. Only ONNX is served: an artefact that
 is plainly another format gets `ModelLoaded=False`, reason `UnsupportedModelFormat`, and a message
@@ -120,6 +124,8 @@ def resolve(
         )
     status = obj.get("status") or {}
     phase = _phase(obj)
+    if source.variant == "int8":
+        return _int8(kind, name, obj if kind == "TrainingJob" else trial_job, phase)
     if kind == "TrainingJob":
         artifacts = status.get("artifacts") or {}
         model = artifacts.get("model")
@@ -151,6 +157,24 @@ def resolve(
         )
     else:
         msg = f"waiting for TuningStudy {name} to have a best trial with a model (phase {phase})"
+    return Resolved(reason=WAITING, message=msg)
+
+
+def _int8(kind: str, name: str, job: JSON | None, phase: str) -> Resolved:
+    """`variant: int8`: the quantized model of the TrainingJob (of the study's best trial)."""
+    artifacts = ((job or {}).get("status") or {}).get("artifacts") or {}
+    if artifacts.get("modelInt8"):
+        return _check(str(artifacts["modelInt8"]), artifacts.get("sha256Int8"))
+    job_name = str(((job or {}).get("metadata") or {}).get("name") or "")
+    if artifacts.get("model"):
+        msg = (
+            f"TrainingJob {job_name} has no int8 model (model.variant int8): set "
+            "spec.output.onnx.quantize on it to write one, or serve model.variant float"
+        )
+    elif kind == "TrainingJob":
+        msg = f"waiting for TrainingJob {name} to produce an int8 model (phase {phase})"
+    else:
+        msg = f"waiting for TuningStudy {name} to have a best trial with an int8 model (phase {phase})"
     return Resolved(reason=WAITING, message=msg)
 
 

@@ -33,7 +33,8 @@ SCRIPT_DIR = "/kubeforge/script"
 OBJECTIVE_METRIC_ANNOTATION = "kubeforge.io/objective-metric"
 """On a TrainingJob (a TuningStudy sets it on its trials): the metric whose lines are the
 intermediate reports; handed to kubeforge-report as `--metric` when metrics are collected from
-stdout or a file, so other `name=value` text (e.g. `Namespace(lr=0.1)`) is not taken as a report."""
+stdout or a file, so other `name=value` text (e.g. `Namespace(lr=0.1)`) is not taken as a report.
+Several metrics (a multi-objective study's) are comma-separated, the reported one first."""
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -171,8 +172,11 @@ def launch_command(
             wrapper += ["--path", mc.path]
         if mc.pattern:
             wrapper += ["--pattern", mc.pattern]
-        if objective:
-            wrapper.append(f"--metric={objective}")
+        # Several objectives (a multi-objective study) arrive comma-separated; the first one's
+        # lines are the reports, and every one of them is collected.
+        for metric in (m.strip() for m in objective.split(",")):
+            if metric:
+                wrapper.append(f"--metric={metric}")
         cmd = [*wrapper, "--", *cmd]
     return cmd
 

@@ -94,11 +94,12 @@ def artifacts_of(result: JSON) -> JSON | None:
     if not isinstance(raw, dict):
         return None
     out: JSON = {}
-    for key in ("model", "checkpoint", "sha256"):
+    for key in ("model", "checkpoint", "sha256", "modelInt8", "sha256Int8"):
         if isinstance(raw.get(key), str) and raw[key]:
             out[key] = raw[key]
-    if isinstance(raw.get("bytes"), int) and not isinstance(raw.get("bytes"), bool):
-        out["bytes"] = raw["bytes"]
+    for key in ("bytes", "bytesInt8"):
+        if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
+            out[key] = raw[key]
     return out or None
 
 

@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from kubeforge.api.tuningstudy import Objective, TuningStudySpec
@@ -115,7 +116,14 @@ def trial_manifest(
         if isinstance(raw_template, dict)
         else spec.trial_template.spec.wire()
     )
-    tspec["hyperparameters"] = {**(tspec.get("hyperparameters") or {}), **params}
+    targeted = {k: p.target for k, p in spec.search_space.items() if p.target is not None}
+    tspec["hyperparameters"] = {
+        **(tspec.get("hyperparameters") or {}),
+        **{k: v for k, v in params.items() if k not in targeted},
+    }
+    for name, target in targeted.items():
+        if name in params:
+            set_template_field(tspec, target, params[name])
     if not spec.trial_template.retain:
         rp = dict(tspec.get("runPolicy") or {})
         if rp.get("ttlSecondsAfterFinished") is None:
@@ -124,7 +132,7 @@ def trial_manifest(
     annotations = {
         PARAMS: _dumps(params),
         SYSTEM_ATTRS: _dumps(system_attrs or {}),
-        OBJECTIVE_METRIC: spec.objective.metric,
+        OBJECTIVE_METRIC: ",".join(metric for metric, _ in spec.objective_list),
     }
     if study_system_attrs:
         annotations[STUDY_SYSTEM_ATTRS] = _dumps(study_system_attrs)
@@ -144,6 +152,27 @@ def trial_manifest(
         },
         "spec": tspec,
     }
+
+
+def set_template_field(tspec: JSON, target: str, value: Any) -> None:
+    """Model selection: write a suggestion into the trial's TrainingJob spec at `target` (one of
+    TEMPLATE_TARGETS); the quantize mode `none` removes `output.onnx.quantize`."""
+    if target == "output.onnx.quantize.mode":
+        onnx = tspec.setdefault("output", {}).setdefault("onnx", {})
+        if value == "none":
+            onnx.pop("quantize", None)
+        else:
+            quantize = dict(onnx.get("quantize") or {})
+            quantize["mode"] = value
+            if value != "static-int8":
+                quantize.pop("calibration", None)  # calibration applies to static-int8 only
+            onnx["quantize"] = quantize
+        return
+    *parents, leaf = target.split(".")
+    node = tspec
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
 
 
 def promote_manifest(study: JSON, deployment: str, model_uri: str) -> JSON:
@@ -244,8 +273,11 @@ def trial_state(obj: JSON) -> str:
     return "running"
 
 
-def trial_record(obj: JSON, objective: Objective) -> TrialRecord | None:
-    """The search's view of a trial TrainingJob (None: not a trial)."""
+def trial_record(
+    obj: JSON, objective: Objective, metrics: Sequence[str] = ()
+) -> TrialRecord | None:
+    """The search's view of a trial TrainingJob (None: not a trial). `metrics`: the objectives
+    of a multi-objective study, whose final values are kept in `finals`."""
     number = trial_number(obj)
     if number is None:
         return None
@@ -253,15 +285,20 @@ def trial_record(obj: JSON, objective: Objective) -> TrialRecord | None:
     params = _loads(ann.get(PARAMS), None)
     if not isinstance(params, dict):
         params = {}
-    metrics = (obj.get("status") or {}).get("metrics") or {}
+    metrics_of = (obj.get("status") or {}).get("metrics") or {}
     state = trial_state(obj)
-    final = _num(metrics.get(objective.metric)) if state == "complete" else None
+    final = _num(metrics_of.get(objective.metric)) if state == "complete" else None
     return TrialRecord(
         number=number,
         params=params,
         state=state,  # type: ignore[arg-type]
         reports=observed_reports(obj, objective.metric),
         final=final,
+        finals={
+            m: v
+            for m in metrics
+            if state == "complete" and (v := _num(metrics_of.get(m))) is not None
+        },
         system_attrs=_loads(ann.get(SYSTEM_ATTRS), {}) or {},
         study_system_attrs=_loads(ann.get(STUDY_SYSTEM_ATTRS), {}) or {},
     )

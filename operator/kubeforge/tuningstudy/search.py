@@ -92,6 +92,8 @@ class TrialRecord:
     """Intermediate values of the objective metric, (step, value), by step."""
     final: float | None = None
     """The objective metric of the final metrics (None: not reported)."""
+    finals: dict[str, float] = field(default_factory=dict)
+    """Final values of a multi-objective study's metrics (those the trial reported)."""
     system_attrs: dict[str, Any] = field(default_factory=dict)
     """Optuna system attributes of the trial (grid_id, CMA-ES state, hyperband rungs, ...)."""
     study_system_attrs: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +102,11 @@ class TrialRecord:
     def value(self, objective: Objective) -> float | None:
         """The trial's objective value by `objective.strategy` (None: none reported)."""
         return objective_value(self.reports, self.final, objective)
+
+    def values(self, metrics: Sequence[str]) -> list[float] | None:
+        """Its final value of every metric, in order (None: one is missing)."""
+        out = [self.finals.get(m) for m in metrics]
+        return None if any(v is None for v in out) else [float(v) for v in out if v is not None]
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,10 @@ def build_sampler(spec: TuningStudySpec, number: int, study_key: str = "") -> Ba
     if algo.name == "cmaes":
         settings.setdefault("warn_independent_sampling", False)
         return optuna.samplers.CmaEsSampler(seed=seed, **settings)
+    if algo.name == "nsga2":
+        # NSGA-II keeps its generation and parents in trial system attributes, which the
+        # records carry, so the rebuilt study continues the same population.
+        return optuna.samplers.NSGAIISampler(seed=seed, **settings)
     if algo.name == "qmc":
         settings.setdefault("warn_asynchronous_seeding", False)
         return optuna.samplers.QMCSampler(seed=seed, **settings)
@@ -257,6 +268,12 @@ def build_pruner(spec: TuningStudySpec) -> BasePruner:
     if es.name == "hyperband":
         settings.setdefault("min_resource", max(1, es.start_step))
         return optuna.pruners.HyperbandPruner(**settings)
+    if es.name == "successive-halving":
+        # ASHA: a trial is promoted past a rung only when it is in the top 1/reduction_factor
+        # of the trials that reached that rung; the rungs it passed are recorded in its system
+        # attributes (completed_rung_*), which the trial records carry across rebuilds.
+        settings.setdefault("min_resource", max(1, es.start_step))
+        return optuna.pruners.SuccessiveHalvingPruner(**settings)
     raise ValueError(f"unknown earlyStopping {es.name!r}")
 
 
@@ -264,18 +281,22 @@ def build_pruner(spec: TuningStudySpec) -> BasePruner:
 
 
 def _frozen(
-    record: TrialRecord, dists: dict[str, BaseDistribution], value: float | None
+    record: TrialRecord,
+    dists: dict[str, BaseDistribution],
+    value: float | list[float] | None,
 ) -> FrozenTrial:
+    """`value`: the objective value, or the list of values of a multi-objective study."""
     state = _STATES[record.state]
     params = {k: v for k, v in record.params.items() if k in dists}
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL  # finished without the objective metric: a failure to the sampler
     start = _EPOCH + _dt.timedelta(seconds=record.number)
+    done = state == TrialState.COMPLETE
     return FrozenTrial(
         number=record.number,
         state=state,
-        value=value if state == TrialState.COMPLETE else None,
-        values=None,
+        value=value if done and not isinstance(value, list) else None,
+        values=value if done and isinstance(value, list) else None,
         datetime_start=start,
         datetime_complete=None if state == TrialState.RUNNING else start,
         params=params,
@@ -285,6 +306,30 @@ def _frozen(
         intermediate_values={int(s): float(v) for s, v in record.reports if v is not None},
         trial_id=record.number,
     )
+
+
+WARM = "kubeforge:warm"
+"""System attribute marking a trial of warmStart (not a trial of the study)."""
+
+
+def warm_trials(spec: TuningStudySpec, dists: dict[str, BaseDistribution]) -> list[FrozenTrial]:
+    """warmStart.trials as completed Optuna trials (raises ValueError for a parameter outside
+    its distribution, which check_runnable turns into InvalidSpec)."""
+    out = []
+    metrics = [m for m, _ in spec.objective_list]
+    for i, warm in enumerate(spec.warm_start.trials if spec.warm_start else []):
+        values = [float(warm.values[m]) for m in metrics]
+        try:  # create_trial checks every parameter against its distribution
+            trial = optuna.trial.create_trial(
+                params=dict(warm.params),
+                distributions={k: dists[k] for k in warm.params},
+                values=values,
+                system_attrs={WARM: True},
+            )
+        except ValueError as exc:
+            raise ValueError(f"warmStart.trials[{i}].params: {exc}") from exc
+        out.append(trial)
+    return out
 
 
 def _placeholder(number: int) -> FrozenTrial:
@@ -321,11 +366,11 @@ class SearchState:
         self.dists = distributions(spec)
         self.records = sorted(records, key=lambda r: r.number)
         self.storage = InMemoryStorage()
-        direction = spec.objective.direction
+        self.metrics = [m for m, _ in spec.objective_list]
         self.study = optuna.create_study(
             storage=self.storage,
             study_name=study_key,
-            direction=direction,
+            directions=[d for _, d in spec.objective_list],
             sampler=optuna.samplers.RandomSampler(seed=0),
             pruner=build_pruner(spec),
         )
@@ -337,12 +382,23 @@ class SearchState:
             study_attrs.update(rec.study_system_attrs)
         for key, value in study_attrs.items():
             self.storage.set_study_system_attr(self.study_id, key, value)
+        # warmStart.trials go in first, as completed trials: Optuna numbers them 0..W-1, so the
+        # study's own trial n is Optuna's n + W (the offset is constant: warmStart is immutable).
+        self.offset = 0
+        for warm in warm_trials(spec, self.dists):
+            self.storage.create_new_trial(self.study_id, template_trial=warm)
+            self.offset += 1
         expected = 0
         for rec in self.records:
             while expected < rec.number:  # keep Optuna's numbers equal to ours
                 self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
                 expected += 1
-            frozen = _frozen(rec, self.dists, rec.value(spec.objective))
+            value = (
+                rec.values(self.metrics)
+                if spec.multi_objective
+                else rec.value(spec.primary_objective)
+            )
+            frozen = _frozen(rec, self.dists, value)
             self.trial_ids[rec.number] = self.storage.create_new_trial(
                 self.study_id, template_trial=frozen
             )
@@ -365,7 +421,7 @@ class SearchState:
         trial = self.study.ask(fixed_distributions=None)
         if index is not None:
             self.storage.set_trial_system_attr(trial._trial_id, GRID_INDEX, index)
-        assert trial.number == number, (trial.number, number)
+        assert trial.number == number + self.offset, (trial.number, number, self.offset)
         for name, dist in self.dists.items():
             trial._suggest(name, dist)
         frozen = self.storage.get_trial(trial._trial_id)
@@ -434,6 +490,10 @@ def check_runnable(spec: TuningStudySpec) -> None:
         build_pruner(spec)
     except (ValueError, TypeError) as exc:
         raise InvalidSpecError("spec.earlyStopping.settings", f"Optuna refuses them: {exc}") from exc
+    try:
+        warm_trials(spec, distributions(spec))
+    except (ValueError, TypeError) as exc:
+        raise InvalidSpecError("spec.warmStart", str(exc)) from exc
 
 
 async def off_loop(fn: Callable[..., Any], *args: Any, timeout: float = SEARCH_TIMEOUT_SECONDS) -> Any:

@@ -7,20 +7,21 @@ the ModelDeployment to promote, the new status). The handler only carries it out
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeforge.api.tuningstudy import Objective, TuningStudySpec
+from kubeforge.api.tuningstudy import MAX_PARETO_FRONT, TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy.search import (
     SearchState,
     TrialRecord,
-    better,
     effective_max_trials,
     grid_size,
     target_reached,
 )
+from kubeforge.tuningstudy.selection import Rule, pareto_front, select
 
 JSON = dict[str, Any]
 
@@ -57,43 +58,127 @@ def counts(records: list[TrialRecord], total: int) -> JSON:
     return c
 
 
+def selection_rule(spec: TuningStudySpec) -> Rule:
+    """promote.select, else the (first) objective's direction, without bounds."""
+    sel = spec.promote.select if spec.promote else None
+    if sel is not None:
+        return Rule(sel.metric, sel.direction, dict(sel.subject_to))
+    first = spec.primary_objective
+    return Rule(first.metric, first.direction, {})
+
+
+def _final_metrics(obj: JSON | None) -> dict[str, float]:
+    raw = ((obj or {}).get("status") or {}).get("metrics") or {}
+    return {k: float(v) for k, v in raw.items() if tb._num(v) is not None}
+
+
 def best_trial(
     study_name: str,
     records: list[TrialRecord],
     objects: dict[int, JSON],
-    objective: Objective,
+    spec: TuningStudySpec,
     previous: JSON | None,
+    front: list[int] | None = None,
 ) -> JSON | None:
-    """The best finished trial; a previous best whose TrainingJob is gone (garbage-collected)
-    stays until a better one appears."""
-    best: TrialRecord | None = None
-    best_value: float | None = None
-    for r in records:
-        if r.state != "complete":
-            continue
-        v = r.value(objective)
-        if v is not None and better(v, best_value, objective.direction):
-            best, best_value = r, v
+    """The trial the selection rule picks among the finished ones (with several objectives and
+    no promote.select: the first objective's best on the Pareto `front`). A previous best whose
+    TrainingJob is gone (garbage-collected) stays until a better one appears."""
+    rule = selection_rule(spec)
+    objective = spec.primary_objective
+    complete = {r.number: r for r in records if r.state == "complete"}
+    pool = (
+        complete
+        if front is None or (spec.promote and spec.promote.select)
+        else {n: complete[n] for n in front}
+    )
+    candidates: dict[int, tuple[float | None, dict[str, float]]] = {}
+    for number, r in pool.items():
+        metrics = _final_metrics(objects.get(number))
+        # The objective's own value follows objective.strategy (last or best report).
+        value = r.value(objective) if rule.metric == objective.metric else metrics.get(rule.metric)
+        candidates[number] = (value, metrics)
+    chosen = select(candidates, rule)
     out: JSON | None = None
-    if best is not None and best_value is not None:
-        obj = objects.get(best.number) or {}
+    if chosen is not None:
+        best = complete[chosen]
+        obj = objects.get(chosen) or {}
         status = obj.get("status") or {}
         out = {
-            "name": tb.trial_name(study_name, best.number),
-            "number": best.number,
+            "name": tb.trial_name(study_name, chosen),
+            "number": chosen,
             "params": best.params,
-            "value": best_value,
+            "value": candidates[chosen][0],
             "metrics": dict(status.get("metrics") or {}),
         }
+        if spec.multi_objective:
+            out["values"] = dict(best.finals)
         model = (status.get("artifacts") or {}).get("model")
         if model:
             out["model"] = model
     if previous and previous.get("value") is not None:
         prev_number = previous.get("number")
         gone = prev_number is not None and prev_number not in objects
-        if gone and (out is None or better(previous["value"], out["value"], objective.direction)):
+        prev_metrics = previous.get("metrics") or {}
+        # its value of the rule's metric (the rule may have changed since it was recorded)
+        prev_value = (
+            previous["value"] if rule.metric == objective.metric else prev_metrics.get(rule.metric)
+        )
+        if (
+            gone
+            and prev_value is not None
+            and rule.feasible(prev_metrics)
+            and (out is None or rule.better(float(prev_value), out["value"]))
+        ):
             return previous
     return out
+
+
+def budget_spent(spec: TuningStudySpec, start: str | None, now: str) -> bool:
+    """Whether budget.maxDuration has passed since the study started (`start`: its startTime,
+    None on the first reconcile)."""
+    seconds = spec.budget.seconds() if spec.budget else None
+    if seconds is None or not start:
+        return False
+    elapsed = _dt.datetime.fromisoformat(now) - _dt.datetime.fromisoformat(start)
+    return elapsed.total_seconds() >= seconds
+
+
+def front_of(spec: TuningStudySpec, name: str, records: list[TrialRecord]) -> list[JSON]:
+    """status.paretoFront (all of it: the caller trims it)."""
+    metrics = [m for m, _ in spec.objective_list]
+    points = {}
+    for r in records:
+        values = r.values(metrics) if r.state == "complete" else None
+        if values is not None:
+            points[r.number] = values
+    by_number = {r.number: r for r in records}
+    return [
+        {
+            "name": tb.trial_name(name, n),
+            "number": n,
+            "values": dict(zip(metrics, points[n], strict=True)),
+            "params": by_number[n].params,
+        }
+        for n in pareto_front(points, [d for _, d in spec.objective_list])
+    ]
+
+
+def target_value(
+    records: list[TrialRecord], objects: dict[int, JSON], spec: TuningStudySpec
+) -> float | None:
+    """The best objective value among finished trials that keep promote.select's bounds
+    (single objective; what objective.target is compared with)."""
+    if spec.multi_objective:
+        return None
+    objective = spec.primary_objective
+    rule = Rule(objective.metric, objective.direction, selection_rule(spec).bounds)
+    candidates = {
+        r.number: (r.value(objective), _final_metrics(objects.get(r.number)))
+        for r in records
+        if r.state == "complete"
+    }
+    chosen = select(candidates, rule)
+    return None if chosen is None else candidates[chosen][0]
 
 
 def _stop_delivered(obj: JSON) -> bool:
@@ -107,7 +192,8 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     key = f"{meta.get('namespace', '')}/{name}"
     uid = meta.get("uid")
     prev: JSON = dict(study.get("status") or {})
-    objective = spec.objective
+    objective = spec.primary_objective
+    metrics = [m for m, _ in spec.objective_list] if spec.multi_objective else []
 
     objects: dict[int, JSON] = {}
     records: list[TrialRecord] = []
@@ -116,7 +202,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         owners = (obj.get("metadata") or {}).get("ownerReferences") or []
         if uid and owners and not any(o.get("uid") == uid for o in owners):
             continue  # a leftover of an older study of the same name
-        rec = tb.trial_record(obj, objective)
+        rec = tb.trial_record(obj, objective, metrics)
         if rec is None or rec.number in objects:
             continue
         objects[rec.number] = obj
@@ -130,8 +216,19 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     limit = effective_max_trials(spec)
     running = [r for r in records if is_running(r)]
     c = counts(records, total)
-    best = best_trial(name, records, objects, objective, prev.get("bestTrial"))
+    front = front_of(spec, name, records) if spec.multi_objective else None
+    best = best_trial(
+        name,
+        records,
+        objects,
+        spec,
+        prev.get("bestTrial"),
+        [p["number"] for p in front] if front is not None else None,
+    )
     best_value = best.get("value") if best else None
+    rule = selection_rule(spec)
+    reached = target_value(records, objects, spec)
+    out_of_time = budget_spent(spec, prev.get("startTime"), now)
 
     decision = Decision(status={}, reports=reports)
     phase, reason, message = "Running", "TrialsRunning", ""
@@ -139,22 +236,28 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     if c["failed"] >= max_failed:
         phase, reason = "Failed", "MaxFailedTrialsReached"
         message = f"{c['failed']} trials failed (maxFailedTrials {spec.max_failed_trials})"
-    elif target_reached(best_value, objective):
+    elif target_reached(reached, objective):
         phase, reason = "Succeeded", "TargetReached"
-        message = (
-            f"trial {best['name'] if best else ''} reached {objective.metric}={best_value:g} "
-            f"(target {objective.target:g})"
-        )
-    elif total >= limit and not running:
+        message = f"a trial reached {objective.metric}={reached:g} (target {objective.target:g})"
+    elif (total >= limit or out_of_time) and not running:
         size = grid_size(spec)
         exhausted = size is not None and size <= spec.max_trials
-        if best is None:
+        if best is None and rule.bounds and c["succeeded"]:
+            phase, reason = "Failed", "NoTrialSelected"
+            message = (
+                f"all {total} trials finished and none keeps promote.select.subjectTo "
+                f"({', '.join(sorted(rule.bounds))})"
+            )
+        elif best is None:
             phase, reason = "Failed", "NoTrialSucceeded"
-            message = f"all {total} trials finished and none reported {objective.metric}"
+            what = ", ".join(metrics) if metrics else objective.metric
+            message = f"all {total} trials finished and none reported {what}"
         else:
             phase = "Succeeded"
             reason = "GridExhausted" if exhausted else "MaxTrialsReached"
-            message = f"{total} trials finished; best {objective.metric}={best_value:g}"
+            if total < limit:
+                reason = "MaxDurationReached"
+            message = f"{total} trials finished; best {rule.metric}={best_value:g}"
     elif not records and total == 0:
         phase, reason, message = "Running", "Starting", "suggesting the first trials"
 
@@ -173,7 +276,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
             if objects[r.number]["metadata"]["name"] in reports
             and not _stop_delivered(objects[r.number])
         }
-        slots = spec.parallelism - len(running)
+        slots = 0 if out_of_time else spec.parallelism - len(running)
         prunable = spec.early_stopping.name != "none" and bool(fresh)
         if not prunable and not (slots > 0 and total < limit):
             fresh = set()
@@ -206,17 +309,25 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         c["total"] = total
         if decision.create:
             message = f"{c['running']} trials running"
+        elif running and out_of_time and total < limit:
+            message = (
+                f"budget.maxDuration reached: no new trials; {len(running)} running trials finish"
+            )
         elif running:
             message = f"{len(running)} trials running"
 
-    if phase in ("Succeeded", "Failed") and spec.promote and phase == "Succeeded":
+    deployment = spec.promote.model_deployment if spec.promote else None
+    if phase == "Succeeded" and deployment:
         model = best.get("model") if best else None
         if model:
-            decision.promote = tb.promote_manifest(study, spec.promote.model_deployment, model)
+            decision.promote = tb.promote_manifest(study, deployment, model)
 
     decision.status = status_doc(
         prev, phase, reason, message, c, best, limit, spec, meta.get("generation"), now
     )
+    if front is not None:
+        decision.status["paretoFront"] = front[:MAX_PARETO_FRONT]
+        decision.status["paretoFrontSize"] = len(front)
     return decision
 
 

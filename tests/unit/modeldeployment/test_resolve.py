@@ -103,3 +103,47 @@ def test_deployed_model_uri() -> None:
     assert deployed_model_uri(dep) == "s3://x/"
     assert deployed_model_uri(None) is None
     assert deployed_model_uri({"spec": {}}) is None
+
+
+def test_int8_variant_of_a_training_job() -> None:
+    arts = {
+        "model": "pvc://art/ml/train/model.onnx",
+        "sha256": "f1",
+        "modelInt8": "pvc://art/ml/train/model.int8.onnx",
+        "sha256Int8": "i8",
+    }
+    r = resolve(src(fromTrainingJob="train", variant="int8"), tj("Succeeded", arts))
+    assert r.ok and r.uri == arts["modelInt8"] and r.sha256 == "i8"
+    # float stays the default
+    r = resolve(src(fromTrainingJob="train"), tj("Succeeded", arts))
+    assert r.uri == arts["model"] and r.sha256 == "f1"
+
+
+def test_int8_variant_waits_for_a_quantized_model() -> None:
+    only_float = {"model": "pvc://art/ml/train/model.onnx"}
+    r = resolve(src(fromTrainingJob="train", variant="int8"), tj("Succeeded", only_float))
+    assert not r.ok and r.reason == WAITING
+    assert "no int8 model" in r.message and "spec.output.onnx.quantize" in r.message
+    r = resolve(src(fromTrainingJob="train", variant="int8"), tj("Running"))
+    assert r.reason == WAITING and "int8 model (phase Running)" in r.message
+
+
+def test_int8_variant_of_a_study_uses_the_best_trials_job() -> None:
+    study = {"status": {"phase": "Succeeded", "bestTrial": {"name": "s-3", "model": "s3://m/f"}}}
+    trial = {
+        "metadata": {"name": "s-3"},
+        "status": {"artifacts": {"model": "s3://m/f", "modelInt8": "s3://m/i8", "sha256Int8": "x"}},
+    }
+    r = resolve(src(fromTuningStudy="s", variant="int8"), study, trial)
+    assert r.ok and r.uri == "s3://m/i8" and r.sha256 == "x"
+    r = resolve(src(fromTuningStudy="s", variant="int8"), study, None)
+    assert r.reason == WAITING and "best trial with an int8 model" in r.message
+
+
+def test_int8_variant_refused_with_a_uri() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="variant int8 needs fromTrainingJob"):
+        src(uri="s3://b/m/model.onnx", variant="int8")
+    with pytest.raises(ValidationError, match="variant"):
+        src(fromTrainingJob="t", variant="fp16")

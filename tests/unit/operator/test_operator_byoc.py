@@ -84,6 +84,21 @@ def test_trial_tells_kubeforge_report_the_objective() -> None:
     assert cmd[i + 1 :] == ["python3", "/app/train.py", *KATIB_TEMPLATE["args"]]
 
 
+def test_multi_objective_trial_collects_every_objective() -> None:
+    s = study(KATIB_TEMPLATE)
+    s["spec"].pop("objective")
+    s["spec"]["objectives"] = [
+        {"metric": "accuracy", "direction": "maximize"},
+        {"metric": "onnx_latency_ms"},
+    ]
+    m = tb.trial_manifest(s, TuningStudySpec.model_validate(s["spec"]), 0, {"lr": 0.05})
+    m["metadata"].update(uid="uid-t0", generation=1)
+    assert m["metadata"]["annotations"][tb.OBJECTIVE_METRIC] == "accuracy,onnx_latency_ms"
+    cmd = container(tjbuild.build(m, parsed(m), SETTINGS).job)["command"]
+    flags = [a for a in cmd[: cmd.index("--")] if a.startswith("--metric")]
+    assert flags == ["--metric=accuracy", "--metric=onnx_latency_ms"]  # the first is reported
+
+
 def test_the_operator_keeps_the_objective_annotation_in_its_index() -> None:
     m, d = trial_job(KATIB_TEMPLATE, {"lr": 0.05, "num-layers": 3})
     body = {

@@ -218,3 +218,21 @@ def test_unschedulable_pending_message() -> None:
     p["status"]["containerStatuses"] = []
     st = step(obj, job(active=1), [p], T1)
     assert st["phase"] == "Pending" and "insufficient nvidia.com/gpu" in st["message"]
+
+
+def test_int8_artifacts_land_in_the_status() -> None:
+    from kubeforge.api.trainingjob import Artifacts
+    from kubeforge.trainingjob.status import artifacts_of
+
+    raw = {
+        "model": "s3://b/m/model.onnx",
+        "sha256": "f" * 64,
+        "bytes": 2000,
+        "modelInt8": "s3://b/m/model.int8.onnx",
+        "sha256Int8": "e" * 64,
+        "bytesInt8": 600,
+        "bytesInt8x": True,
+    }
+    out = artifacts_of({"artifacts": raw})
+    assert out == {k: v for k, v in raw.items() if k != "bytesInt8x"}
+    assert Artifacts.model_validate(out).model_int8 == "s3://b/m/model.int8.onnx"

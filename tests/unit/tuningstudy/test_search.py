@@ -303,7 +303,7 @@ def test_no_pruning_without_reports_or_pruner() -> None:
     )
 
 
-@pytest.mark.parametrize("pruner", ["median", "percentile", "hyperband"])
+@pytest.mark.parametrize("pruner", ["median", "percentile", "hyperband", "successive-halving"])
 def test_pruning_matches_a_live_optuna_study(pruner: str) -> None:
     """Trials report curves step by step; each decision of the rebuilt study equals the live
     study's `should_prune()`, and the pruner's system attributes (hyperband rungs) recorded on
@@ -312,6 +312,7 @@ def test_pruning_matches_a_live_optuna_study(pruner: str) -> None:
         "median": {"n_startup_trials": 3},
         "percentile": {"percentile": 40.0, "n_startup_trials": 3},
         "hyperband": {"max_resource": 9, "reduction_factor": 3},
+        "successive-halving": {"reduction_factor": 3},
     }[pruner]
     spec = history(pruner, 1, **settings)
     live = optuna.create_study(

@@ -13,7 +13,7 @@ import zipapp
 from pathlib import Path
 
 PACKAGE = "kubeforge_report"  # the name inside the zipapp: no torch-importing parent package
-MODULES = ("__init__.py", "channel.py", "parse.py", "cli.py")
+MODULES = ("__init__.py", "channel.py", "parse.py", "cost.py", "cli.py")
 MAIN = "from kubeforge_report.cli import main\n\nmain()\n"
 
 

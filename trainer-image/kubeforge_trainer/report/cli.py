@@ -3,12 +3,16 @@
 Usage::
 
     kubeforge-report [--collector stdout|file] [--path P] [--format text|json] [--pattern RE]
-                     [--metric NAME]... -- CMD ARGS...
+                     [--metric NAME]... [--onnx MODEL] -- CMD ARGS...
+    kubeforge-report --onnx MODEL          # measure a model only: prints the figures as JSON
 
 Its metric lines become progress reports on the same channel as the built-in trainer, and the
 last value of every metric goes into the termination message. A stop request (pruned) sends
 SIGTERM to the command (SIGKILL after ``--grace`` seconds) and exits 3; otherwise the exit code is
-the command's own (128+N when it died of signal N). Standard library only.
+the command's own (128+N when it died of signal N). Standard library only; ``--onnx`` (the
+serving cost: ``onnx_latency_ms``, ``onnx_bytes``, ``onnx_params``, added to the final metrics
+when the command succeeds) imports onnxruntime, numpy and onnx when it runs, and says which is
+missing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from .channel import ProgressChannel, write_termination_message
+from .cost import CostUnavailable, measure
 from .parse import LineBuffer, MetricParser, Report
 
 EXIT_ERROR = 1
@@ -53,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll", type=float, default=0.2, help="seconds between file/stop checks")
     p.add_argument("--grace", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
-    p.add_argument("--min-interval", type=float, default=1.0, help="seconds between progress reports")
+    p.add_argument(
+        "--min-interval", type=float, default=1.0, help="seconds between progress reports"
+    )
+    p.add_argument(
+        "--onnx",
+        default="",
+        metavar="MODEL",
+        help="ONNX model to measure with ONNX Runtime after CMD succeeds (onnx_latency_ms, "
+        "onnx_bytes, onnx_params); without CMD: measure it and print the figures as JSON",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return p
 
@@ -169,12 +184,45 @@ def artifacts_from_output(env: dict[str, str]) -> dict[str, Any]:
     return {"model": uri.rstrip("/") + "/model.onnx", "sha256": digest.hexdigest(), "bytes": size}
 
 
+def _serving_cost(path: str) -> dict[str, float]:
+    """The model's serving cost, or nothing (with the reason on stderr): a training run that
+    succeeded stays a success when its model cannot be measured."""
+    if not os.path.isfile(path):
+        print(
+            f"kubeforge-report: --onnx {path}: no such file; no serving cost reported",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {}
+    try:
+        return measure(path)
+    except CostUnavailable as exc:
+        print(
+            f"kubeforge-report: --onnx {path}: {exc}; no serving cost reported",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {}
+
+
+def _measure_only(path: str) -> int:
+    try:
+        figures = measure(path)
+    except CostUnavailable as exc:
+        print(f"kubeforge-report: --onnx {path}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
 def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if not command and args.onnx:
+        return _measure_only(args.onnx)
     if not command:
         print(
             "kubeforge-report: no command given (usage: kubeforge-report [opts] -- CMD ARGS...)",
@@ -252,7 +300,14 @@ def run(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) ->
     if rc is not None and rc < 0:
         rc = 128 - rc
     channel.flush()
-    write_termination_message(parser.final_metrics(), artifacts_from_output(env), env=env)
+    metrics = parser.final_metrics()
+    artifacts = artifacts_from_output(env)
+    # The model to measure: the one named, else the model.onnx the command wrote into a local
+    # output URI (so a trial of your own code reports its serving cost without a flag).
+    model_path = args.onnx or (_local_path(str(artifacts["model"])) if artifacts else None)
+    if model_path and stop_reason is None and rc == 0:
+        metrics.update(_serving_cost(model_path))
+    write_termination_message(metrics, artifacts, env=env)
     if stop_reason is not None:
         return EXIT_STOPPED
     return int(rc or 0)
