@@ -220,22 +220,9 @@ class LocalCluster:
         self._start_etcd()
         # kube-apiserver retries etcd while it comes up: start both at once (saves ~0.6 s)
         self._start_apiserver()
-        self._wait(
-            "etcd /health",
-            lambda: (
-                b'"health":"true"' in _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")
-            ),
-            "etcd",
-        )
+        self._wait_etcd(timeout=30)
         t_etcd = time.monotonic() - t0
-        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
-        self._wait(
-            "kube-apiserver /readyz",
-            lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
-            "kube-apiserver",
-            timeout=60,
-        )
+        self._wait_apiserver(timeout=60)
         self._say(
             f"etcd ready {t_etcd:.1f}s, kube-apiserver ready at {self.server} "
             f"{time.monotonic() - t0:.1f}s"
@@ -291,27 +278,32 @@ class LocalCluster:
         certificates) and wait until it serves."""
         if name == "etcd":
             self._start_etcd()
-            self._wait(
-                "etcd /health",
-                lambda: (
-                    b'"health":"true"'
-                    in _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")
-                ),
-                "etcd",
-                timeout=timeout,
-            )
+            self._wait_etcd(timeout=timeout)
         elif name == "kube-apiserver":
             self._start_apiserver()
-            ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-            ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
-            self._wait(
-                "kube-apiserver /readyz",
-                lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
-                "kube-apiserver",
-                timeout=timeout,
-            )
+            self._wait_apiserver(timeout=timeout)
         else:
             raise ValueError(f"cannot restart {name!r} (only etcd and kube-apiserver)")
+
+    def _wait_etcd(self, timeout: float) -> None:
+        self._wait(
+            "etcd /health",
+            lambda: (
+                b'"health":"true"' in _http_get(f"http://127.0.0.1:{self.ports['etcd']}/health")
+            ),
+            "etcd",
+            timeout=timeout,
+        )
+
+    def _wait_apiserver(self, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: _http_get(f"{self.server}/readyz", ctx) == b"ok",
+            "kube-apiserver",
+            timeout=timeout,
+        )
 
     def running(self) -> bool:
         procs = self.procs or self._procs_from_state()

@@ -16,7 +16,8 @@ JSON = dict[str, Any]
 Key = tuple[str, str]
 
 
-def _numbers(values: Any) -> dict[str, float]:
+def finite_numbers(values: Any) -> dict[str, float]:
+    """The entries of a metrics map that are numbers (not bools, not NaN), as floats."""
     if not isinstance(values, dict):
         return {}
     return {
@@ -34,7 +35,7 @@ def status_progress(report: JSON) -> JSON:
         value = report.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
             out[name] = value
-    out["metrics"] = _numbers(report.get("metrics"))
+    out["metrics"] = finite_numbers(report.get("metrics"))
     return out
 
 

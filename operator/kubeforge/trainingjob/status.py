@@ -12,6 +12,7 @@ from typing import Any
 
 from kubeforge.api.trainingjob import EXIT_BAD_CONFIG, EXIT_STOPPED, TrainingJobSpec
 from kubeforge.conditions import copy_conditions, get_condition, is_true, set_condition
+from kubeforge.progress.reports import finite_numbers
 from kubeforge.trainingjob.build import CONTAINER, exit_codes_meaningful
 
 JSON = dict[str, Any]
@@ -64,16 +65,6 @@ def parse_result(message: str | None) -> JSON | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def _numbers(values: Any) -> dict[str, float]:
-    if not isinstance(values, dict):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in values.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and v == v
-    }
 
 
 def final_result(pods: list[JSON]) -> JSON | None:
@@ -299,7 +290,7 @@ def compute_status(
     artifacts = prev.get("artifacts")
     result = final_result(pods) if phase == "Succeeded" else None
     if result is not None:
-        metrics = _numbers(result.get("metrics"))
+        metrics = finite_numbers(result.get("metrics"))
         artifacts = artifacts_of(result)
         if progress is None and metrics:
             progress = {"metrics": metrics}
