@@ -11,6 +11,7 @@ default run draws 500 (KUBEFORGE_FUZZ_EXAMPLES overrides); the `slow` variant dr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -319,13 +320,36 @@ def _property(kube: Any, namespace: str, operator: Any, examples: int) -> None:
     assert len(out.accepted) >= examples // 10 and len(out.refused) >= examples // 10
 
 
+def _drain(kube: Any, namespace: str, timeout: float = 240) -> None:
+    """Delete the namespace and wait until it is gone: hundreds of Jobs, Deployments and kwok
+    pods deleted after the test would otherwise load kwok and the controllers while the next
+    tests wait for their own pods (a full run saw the next suite's pods time out)."""
+    with contextlib.suppress(Exception):
+        kube.delete(f"/api/v1/namespaces/{namespace}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            kube.get(f"/api/v1/namespaces/{namespace}")
+        except Exception:
+            return  # gone (404)
+        time.sleep(1)
+
+
 def test_every_mutated_example_is_refused_naming_a_field_or_answered(
     kube: Any, namespace: str, operator: Any
 ) -> None:
-    _property(kube, namespace, operator, int(os.environ.get("KUBEFORGE_FUZZ_EXAMPLES", "500")))
+    try:
+        _property(
+            kube, namespace, operator, int(os.environ.get("KUBEFORGE_FUZZ_EXAMPLES", "500"))
+        )
+    finally:
+        _drain(kube, namespace)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_every_mutated_example_is_answered_many(kube: Any, namespace: str, operator: Any) -> None:
-    _property(kube, namespace, operator, 3000)
+    try:
+        _property(kube, namespace, operator, 3000)
+    finally:
+        _drain(kube, namespace)
