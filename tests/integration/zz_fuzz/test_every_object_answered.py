@@ -8,6 +8,10 @@ The objects are created as hypothesis draws them and their statuses checked toge
 (each against its own 30 s deadline), so 500 examples take a few minutes, not 500 waits. The
 default run draws 500 (KUBEFORGE_FUZZ_EXAMPLES overrides); the `slow` variant draws 3,000
 when KUBEFORGE_FUZZ_MANY=1 (it is not part of `make test`).
+
+This folder sorts last on purpose: hundreds of children and kwok pods are still being deleted
+after it, and suites run after it saw their own pods reach Running too late (full runs on this
+2-core machine); the namespace is also deleted and waited for at its end.
 """
 
 from __future__ import annotations
