@@ -52,6 +52,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from kubeforge_cluster.cluster import LocalCluster
 
     cluster = LocalCluster(name=f"robust-{os.getpid()}", cpu_nodes=4, gpu_nodes=0, verbose=False)
+    before = list(OperatorProcess.running)
     cluster.start()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
@@ -61,8 +62,11 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         yield cluster
     finally:
+        # only the operators started against this cluster: the session's operator (of the
+        # shared cluster) keeps running for the suites after this one
         for op in list(OperatorProcess.running):
-            op.stop()
+            if op not in before:
+                op.stop()
         cluster.stop()
 
 
