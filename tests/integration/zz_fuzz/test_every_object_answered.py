@@ -301,7 +301,19 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _others_gone(kube: Any, namespace: str, timeout: float = 120) -> None:
+    """Wait until the earlier tests' namespaces are deleted: their last writes (Events, a
+    status) would otherwise land in this test's quiet window."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = kube.get("/api/v1/namespaces?labelSelector=kubeforge.io%2Ftest%3Dtrue")["items"]
+        if all(ns["metadata"]["name"] == namespace for ns in items):
+            return
+        time.sleep(1)
+
+
 def _property(kube: Any, namespace: str, operator: Any, examples: int) -> None:
+    _others_gone(kube, namespace)
     assert operator.proc is not None
     pid = operator.proc.pid
     log_start = operator.log_path.stat().st_size
