@@ -3,7 +3,7 @@
 
 - a ModelDeployment ``fromTrainingJob`` serves the model the trainer image trained (the trainer
   pod wrote it into the claim, the server pod reads it from there), Ready, and answers
-  tritonclient from the host through its ClusterIP Service;
+  tritonclient from the host through `kubectl port-forward` to its Service;
 - a 2-node TrainingJob: torchrun's static rendezvous on pod 0 through the headless Service, both
   pods exit 0, Succeeded;
 - a small TuningStudy whose trials run as real pods and which picks a best trial;

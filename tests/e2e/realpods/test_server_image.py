@@ -1,7 +1,7 @@
 """The project's own server image in a real pod: ``kubeforge-server`` (built without Docker by
 ``cluster/images/build.py``) serves an ONNX model behind a ClusterIP Service; the host sends a
-real inference request with tritonclient to the ClusterIP (only once kube-proxy's rule for it
-exists), and another pod reaches it by its DNS name."""
+real inference request with tritonclient through `kubectl port-forward` to the Service (loopback,
+never the ClusterIP), and another pod reaches it by its DNS name."""
 
 from __future__ import annotations
 
