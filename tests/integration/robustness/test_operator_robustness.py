@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import (
+from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.testing import PodDriver
+from robustness_kit import (
     OPERATOR_NS,
     OPERATOR_SA,
     RULES,
@@ -21,8 +23,6 @@ from conftest import (
     set_role,
     wait_one_job_each,
 )
-from kubeforge_cluster.client import ApiError, KubeClient
-from kubeforge_cluster.testing import PodDriver
 
 pytestmark = pytest.mark.integration
 
