@@ -45,6 +45,10 @@ KCM_CONTROLLERS = (
 )
 
 
+# How many times start() picks fresh ports after losing a port to another process.
+PORT_RACE_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -198,16 +202,28 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         t0 = time.monotonic()
         self.bins = binaries.require_binaries(binaries.CORE_BINARIES, self.bin_dir)
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.logs_dir.mkdir(parents=True)
-        self.pki_dir.mkdir()
-        try:
-            self._start(t0)
-        except BaseException:
-            self._say("startup failed; component logs:\n" + self.dump_logs())
-            self.stop(remove=False)
-            raise
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            if self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.logs_dir.mkdir(parents=True)
+            self.pki_dir.mkdir()
+            try:
+                self._start(t0)
+                break
+            except StartupError as exc:
+                # free_port() finds a free port, the component binds it a moment later: another
+                # process on the machine (a second cluster starting) may take it in between
+                retry = "address already in use" in str(exc) and attempt < PORT_RACE_ATTEMPTS
+                if not retry:
+                    self._say("startup failed; component logs:\n" + self.dump_logs())
+                    self.stop(remove=False)
+                    raise
+                self._say(f"a port was taken while starting ({exc}); retrying on fresh ports")
+                self.stop()
+            except BaseException:
+                self._say("startup failed; component logs:\n" + self.dump_logs())
+                self.stop(remove=False)
+                raise
         self.startup_seconds = time.monotonic() - t0
         self._say(f"cluster ready in {self.startup_seconds:.1f}s (run dir {self.run_dir})")
         return self
@@ -721,8 +737,16 @@ def kubectl(
         timeout=timeout,
     )
     if check and r.returncode != 0:
-        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
+        raise KubectlError(r.returncode, r.args, r.stdout, r.stderr)
     return r
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; unlike its base class, the message carries kubectl's own words."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or self.stdout or "").strip()
+        return f"{super().__str__()}: {said[-2000:]}" if said else super().__str__()
 
 
 def wait_crds_established(client: KubeClient, names: Iterable[str], timeout: float = 30) -> None:

@@ -39,16 +39,17 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         if os.environ.get("KUBEFORGE_REQUIRE_CLUSTER"):
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
-    from kubeforge_cluster.cluster import LocalCluster
+    from kubeforge_cluster.cluster import LocalCluster, wait_crds_established
 
     cluster = LocalCluster(name=f"robust-{os.getpid()}", cpu_nodes=4, gpu_nodes=0, verbose=False)
     before = list(OperatorProcess.running)
     cluster.start()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/trainingjobs.kubeforge.io", "crd/tuningstudies.kubeforge.io",
+        wait_crds_established(
+            cluster.client,
+            ["trainingjobs.kubeforge.io", "tuningstudies.kubeforge.io"],
+            timeout=120,
         )
         yield cluster
     finally:

@@ -356,6 +356,7 @@ def _drain(kube: Any, namespace: str, timeout: float = 240) -> None:
         time.sleep(1)
 
 
+@pytest.mark.timeout(900)  # 500 examples, then the namespace drained (up to 4 min on a busy host)
 def test_every_mutated_example_is_refused_naming_a_field_or_answered(
     kube: Any, namespace: str, operator: Any
 ) -> None:
