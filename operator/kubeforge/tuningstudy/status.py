@@ -8,15 +8,18 @@ the ModelDeployment to promote, the new status). The handler only carries it out
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubeforge.api.tuningstudy import MAX_PARETO_FRONT, TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
+from kubeforge.tuningstudy import warmstart
 from kubeforge.tuningstudy.search import (
     SearchState,
     TrialRecord,
+    distributions,
     effective_max_trials,
     grid_size,
     target_reached,
@@ -39,6 +42,8 @@ class Decision:
     """Trial TrainingJobs to create (in number order)."""
     promote: JSON | None = None
     """ModelDeployment apply body (spec.model only)."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """Events to post about the study: (type, reason, message)."""
 
 
 def is_running(record: TrialRecord) -> bool:
@@ -72,6 +77,34 @@ def _final_metrics(obj: JSON | None) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items() if tb._num(v) is not None}
 
 
+VARIANTS = ("float", "int8")
+
+
+def _candidates(
+    r: TrialRecord, obj: JSON | None, spec: TuningStudySpec, rule: Rule, qparam: str | None
+) -> dict[tuple[int, int], tuple[float | None, dict[str, float]]]:
+    """The models a finished trial offers the rule: key (number, variant index) → (its value of
+    the rule's metric, its metrics). A trial whose searched quantize mode chose int8 is its int8
+    model; otherwise its float model, and also its int8 model when it wrote one (template-fixed
+    quantize), so int8 is chosen when its own figures win the rule."""
+    objective = spec.primary_objective
+    raw = _final_metrics(obj)
+    out: dict[tuple[int, int], tuple[float | None, dict[str, float]]] = {}
+    if tb.serves_int8(r.params, qparam):
+        metrics = tb.int8_metrics(raw)
+        # the record is valued by the int8 figures already (objective.strategy applies)
+        value = r.value(objective) if rule.metric == objective.metric else metrics.get(rule.metric)
+        out[(r.number, 1)] = (value, metrics)
+        return out
+    value = r.value(objective) if rule.metric == objective.metric else raw.get(rule.metric)
+    out[(r.number, 0)] = (value, raw)
+    artifacts = ((obj or {}).get("status") or {}).get("artifacts") or {}
+    if artifacts.get("modelInt8"):
+        metrics = tb.int8_metrics(raw)
+        out[(r.number, 1)] = (metrics.get(rule.metric), metrics)
+    return out
+
+
 def best_trial(
     study_name: str,
     records: list[TrialRecord],
@@ -81,44 +114,49 @@ def best_trial(
     front: list[int] | None = None,
 ) -> JSON | None:
     """The trial the selection rule picks among the finished ones (with several objectives and
-    no promote.select: the first objective's best on the Pareto `front`). A previous best whose
-    TrainingJob is gone (garbage-collected) stays until a better one appears."""
+    no promote.select: the first objective's best on the Pareto `front`), and which of its
+    models (`variant`). A previous best whose TrainingJob is gone (garbage-collected) stays until
+    a better one appears."""
     rule = selection_rule(spec)
     objective = spec.primary_objective
+    qparam = tb.quantize_parameter(spec)
     complete = {r.number: r for r in records if r.state == "complete"}
     pool = (
         complete
         if front is None or (spec.promote and spec.promote.select)
         else {n: complete[n] for n in front}
     )
-    candidates: dict[int, tuple[float | None, dict[str, float]]] = {}
+    candidates: dict[tuple[int, int], tuple[float | None, dict[str, float]]] = {}
     for number, r in pool.items():
-        metrics = _final_metrics(objects.get(number))
-        # The objective's own value follows objective.strategy (last or best report).
-        value = r.value(objective) if rule.metric == objective.metric else metrics.get(rule.metric)
-        candidates[number] = (value, metrics)
+        candidates.update(_candidates(r, objects.get(number), spec, rule, qparam))
     chosen = select(candidates, rule)
     out: JSON | None = None
     if chosen is not None:
-        best = complete[chosen]
-        obj = objects.get(chosen) or {}
+        number, variant = chosen
+        best = complete[number]
+        obj = objects.get(number) or {}
         status = obj.get("status") or {}
         out = {
-            "name": tb.trial_name(study_name, chosen),
-            "number": chosen,
+            "name": tb.trial_name(study_name, number),
+            "number": number,
             "params": best.params,
             "value": candidates[chosen][0],
             "metrics": dict(status.get("metrics") or {}),
         }
         if spec.multi_objective:
             out["values"] = dict(best.finals)
-        model = (status.get("artifacts") or {}).get("model")
-        if model:
-            out["model"] = model
+        artifacts = status.get("artifacts") or {}
+        if artifacts.get("model"):
+            out["model"] = artifacts["model"]
+        if artifacts.get("modelInt8"):
+            out["modelInt8"] = artifacts["modelInt8"]
+            out["variant"] = VARIANTS[variant]
     if previous and previous.get("value") is not None:
         prev_number = previous.get("number")
         gone = prev_number is not None and prev_number not in objects
         prev_metrics = previous.get("metrics") or {}
+        if previous.get("variant") == "int8":
+            prev_metrics = tb.int8_metrics(prev_metrics)
         # its value of the rule's metric (the rule may have changed since it was recorded)
         prev_value = (
             previous["value"] if rule.metric == objective.metric else prev_metrics.get(rule.metric)
@@ -131,6 +169,16 @@ def best_trial(
         ):
             return previous
     return out
+
+
+def promoted_model(best: JSON | None) -> str | None:
+    """The file promote serves: the chosen trial's int8 model when its variant is int8."""
+    if not best:
+        return None
+    if best.get("variant") == "int8" and best.get("modelInt8"):
+        return str(best["modelInt8"])
+    model = best.get("model")
+    return str(model) if model else None
 
 
 def budget_spent(spec: TuningStudySpec, start: str | None, now: str) -> bool:
@@ -185,8 +233,15 @@ def _stop_delivered(obj: JSON) -> bool:
     return bool(tb.stop_reason(obj))
 
 
-def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> Decision:
-    """What one reconcile of `study` must do, given its trial TrainingJobs (`trials`)."""
+def decide(
+    study: JSON,
+    spec: TuningStudySpec,
+    trials: list[JSON],
+    now: str,
+    sources: Sequence[warmstart.SourceStudy] = (),
+) -> Decision:
+    """What one reconcile of `study` must do, given its trial TrainingJobs (`trials`) and the
+    studies its warmStart.fromStudies names (`sources`)."""
     meta = study["metadata"]
     name = meta["name"]
     key = f"{meta.get('namespace', '')}/{name}"
@@ -194,6 +249,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     prev: JSON = dict(study.get("status") or {})
     objective = spec.primary_objective
     metrics = [m for m, _ in spec.objective_list] if spec.multi_objective else []
+    qparam = tb.quantize_parameter(spec)
 
     objects: dict[int, JSON] = {}
     records: list[TrialRecord] = []
@@ -202,7 +258,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         owners = (obj.get("metadata") or {}).get("ownerReferences") or []
         if uid and owners and not any(o.get("uid") == uid for o in owners):
             continue  # a leftover of an older study of the same name
-        rec = tb.trial_record(obj, objective, metrics)
+        rec = tb.trial_record(obj, objective, metrics, qparam)
         if rec is None or rec.number in objects:
             continue
         objects[rec.number] = obj
@@ -230,6 +286,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     reached = target_value(records, objects, spec)
     out_of_time = budget_spent(spec, prev.get("startTime"), now)
 
+    warm = warmstart.plan(study, spec, distributions(spec), sources, started=total > 0)
     decision = Decision(status={}, reports=reports)
     phase, reason, message = "Running", "TrialsRunning", ""
     max_failed = max(1, spec.max_failed_trials)
@@ -281,7 +338,9 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         if not prunable and not (slots > 0 and total < limit):
             fresh = set()
         state = (
-            SearchState(spec, records, key, next_number=total)
+            SearchState(
+                spec, records, key, next_number=total, warm=warm.trials if warm else None
+            )
             if (prunable or (slots > 0 and total < limit))
             else None
         )
@@ -318,7 +377,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
 
     deployment = spec.promote.model_deployment if spec.promote else None
     if phase == "Succeeded" and deployment:
-        model = best.get("model") if best else None
+        model = promoted_model(best)
         if model:
             decision.promote = tb.promote_manifest(study, deployment, model)
 
@@ -328,7 +387,32 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     if front is not None:
         decision.status["paretoFront"] = front[:MAX_PARETO_FRONT]
         decision.status["paretoFrontSize"] = len(front)
+    if warm is not None:
+        _warm_status(decision, prev, warm, meta.get("generation"), now)
     return decision
+
+
+def _warm_status(
+    decision: Decision, prev: JSON, warm: warmstart.WarmStartPlan, generation: int | None, now: str
+) -> None:
+    """status.warmStart, the WarmStarted condition, and an Event when its message changes and
+    something was left out (a missing study, skipped trials)."""
+    decision.status["warmStart"] = warm.status
+    ok, reason, message = warm.condition
+    before: JSON = next(
+        (c for c in prev.get("conditions") or [] if c.get("type") == warmstart.CONDITION), {}
+    )
+    set_condition(
+        decision.status["conditions"],
+        warmstart.CONDITION,
+        ok,
+        reason,
+        message,
+        now=now,
+        observed_generation=generation,
+    )
+    if warm.warning and before.get("message") != message:
+        decision.events.append(("Warning", reason, warm.warning))
 
 
 def status_doc(
