@@ -84,9 +84,10 @@ def _candidates(
     r: TrialRecord, obj: JSON | None, spec: TuningStudySpec, rule: Rule, qparam: str | None
 ) -> dict[tuple[int, int], tuple[float | None, dict[str, float]]]:
     """The models a finished trial offers the rule: key (number, variant index) → (its value of
-    the rule's metric, its metrics). A trial whose searched quantize mode chose int8 is its int8
-    model; otherwise its float model, and also its int8 model when it wrote one (template-fixed
-    quantize), so int8 is chosen when its own figures win the rule."""
+    the rule's metric, its metrics). When the study searches the quantize mode a trial is the
+    model it chose (int8 unless `none`); otherwise it offers its float model, and also its int8
+    model when it wrote one (quantize fixed by the template), so int8 is chosen when its own
+    figures win the rule (a tie keeps float)."""
     objective = spec.primary_objective
     raw = _final_metrics(obj)
     out: dict[tuple[int, int], tuple[float | None, dict[str, float]]] = {}
@@ -99,7 +100,7 @@ def _candidates(
     value = r.value(objective) if rule.metric == objective.metric else raw.get(rule.metric)
     out[(r.number, 0)] = (value, raw)
     artifacts = ((obj or {}).get("status") or {}).get("artifacts") or {}
-    if artifacts.get("modelInt8"):
+    if qparam is None and artifacts.get("modelInt8"):
         metrics = tb.int8_metrics(raw)
         out[(r.number, 1)] = (metrics.get(rule.metric), metrics)
     return out
@@ -150,6 +151,7 @@ def best_trial(
             out["model"] = artifacts["model"]
         if artifacts.get("modelInt8"):
             out["modelInt8"] = artifacts["modelInt8"]
+        if artifacts.get("modelInt8") or variant:
             out["variant"] = VARIANTS[variant]
     if previous and previous.get("value") is not None:
         prev_number = previous.get("number")
