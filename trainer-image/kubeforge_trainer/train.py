@@ -24,7 +24,7 @@ from . import data as data_mod
 from .config import TrainerConfig
 from .export import ParityError, export_onnx, parity
 from .report.channel import ProgressChannel
-from .report.cost import CostUnavailable, measure
+from .report.cost import CostUnavailable, latency_in_turns, measure
 
 CHECKPOINT_VERSION = 1
 
@@ -386,6 +386,7 @@ class Trainer:
             )
         )
         metrics.update(self.serving_cost(int8_bytes, prefix="int8_onnx_"))
+        metrics.update(self.latency_pair(float_bytes, int8_bytes))
         uri = storage.join(self.cfg.output_uri, quantize.QUANTIZED_FILE)
         storage.write_bytes(uri, int8_bytes)
         log(f"wrote {uri} ({mode}, {len(int8_bytes)} bytes, float {len(float_bytes)})")
@@ -394,6 +395,17 @@ class Trainer:
             "sha256Int8": storage.sha256(int8_bytes),
             "bytesInt8": len(int8_bytes),
         }
+
+    def latency_pair(self, float_bytes: bytes, int8_bytes: bytes) -> dict[str, float]:
+        """onnx_latency_ms and int8_onnx_latency_ms measured again with the two models taking
+        turns, so their ratio (what a study weighs when it chooses int8) is not the node's drift
+        between two measurements."""
+        try:
+            float_ms, int8_ms = latency_in_turns([float_bytes, int8_bytes], self.split.x_val[:1])
+        except CostUnavailable as exc:
+            log(f"float and int8 latency not measured in turns: {exc}")
+            return {}
+        return {"onnx_latency_ms": float_ms, "int8_onnx_latency_ms": int8_ms}
 
     def serving_cost(self, onnx_bytes: bytes, prefix: str = "onnx_") -> dict[str, float]:
         """Latency (batch 1, on this pod's CPU quota), bytes and parameters of an exported model."""

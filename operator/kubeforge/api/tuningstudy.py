@@ -523,13 +523,41 @@ class WarmTrial(KubeModel):
     )
 
 
+MAX_WARM_STUDIES = 16
+
+
 class WarmStart(KubeModel):
+    model_config = {**KubeModel.model_config, "json_schema_extra": cel(
+        rule("!has(self.fromStudies) || self.fromStudies.all(n, "
+             "self.fromStudies.filter(m, m == n).size() == 1)",
+             "fromStudies must name different studies", field_path=".fromStudies"))}
+
     trials: list[WarmTrial] = Field(
         default_factory=list,
         description="Earlier results the sampler starts from: they enter the rebuilt study as "
         "completed trials (they are not trials of this study: not counted, never bestTrial).",
         max_length=MAX_WARM_TRIALS,
     )
+    from_studies: list[str] = Field(
+        default_factory=list,
+        description="TuningStudies in this namespace whose trials that had completed when this "
+        "study was created enter the rebuilt study as completed trials, after `trials` "
+        "(parameters not in this searchSpace are ignored; a trial outside its ranges or "
+        "lacking an objective metric is skipped; the WarmStarted condition says what was used).",
+        max_length=MAX_WARM_STUDIES,
+        json_schema_extra={"items": {"type": "string", "pattern": DNS_1035_LABEL,
+                                     "maxLength": TUNINGSTUDY_NAME_MAX}},
+    )
+
+    @field_validator("from_studies")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if len(name) > TUNINGSTUDY_NAME_MAX or not re.match(DNS_1035_LABEL, name):
+                raise ValueError(f"fromStudies[{i}]: {name!r} is not a TuningStudy name")
+        if len(set(value)) != len(value):
+            raise ValueError("fromStudies must name different studies")
+        return value
 
 
 class TrialTemplate(KubeModel):
@@ -797,6 +825,14 @@ class BestTrial(KubeModel):
     value: float | None = Field(default=None, description="Its objective value.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Its final metrics.")
     model: str | None = Field(default=None, description="URI of its model.onnx.")
+    model_int8: str | None = Field(
+        default=None, description="URI of its model.int8.onnx, when it wrote one."
+    )
+    variant: Literal["float", "int8"] | None = Field(
+        default=None,
+        description="Which of its models was chosen (and is promoted): int8 when its quantize "
+        "mode was searched and is not none, or when its int8 metrics win promote.select.",
+    )
     values: dict[str, float] = Field(
         default_factory=dict, description="Its objective values by metric (spec.objectives)."
     )
@@ -808,6 +844,26 @@ class ParetoPoint(KubeModel):
     values: dict[str, float] = Field(description="Its objective values by metric.")
     params: dict[str, Any] = Field(
         default_factory=dict, description="Its parameters.", json_schema_extra=FREE_FORM
+    )
+
+
+class WarmSourceStatus(KubeModel):
+    name: str = Field(description="The study named in spec.warmStart.fromStudies.")
+    trials: int = Field(default=0, description="Its trials that entered this study.")
+    skipped: int = Field(
+        default=0, description="Its completed trials left out (outside searchSpace, no value)."
+    )
+    found: bool = Field(default=True, description="Whether the study exists.")
+
+
+class WarmStartStatus(KubeModel):
+    trials: int = Field(
+        default=0,
+        description="Earlier trials in the rebuilt study (kept constant once trials started: "
+        "earlier trials that disappear later stay as placeholders, so the study rebuilds alike).",
+    )
+    from_studies: list[WarmSourceStatus] = Field(
+        default_factory=list, description="What each study of fromStudies gave."
     )
 
 
@@ -826,6 +882,9 @@ class TuningStudyStatus(KubeModel):
     )
     pareto_front_size: int | None = Field(
         default=None, description="Points on the Pareto front (paretoFront may list fewer)."
+    )
+    warm_start: WarmStartStatus | None = Field(
+        default=None, description="The earlier trials spec.warmStart gave the sampler."
     )
     start_time: str | None = Field(default=None, description="When the study started.")
     completion_time: str | None = Field(default=None, description="When the study finished.")

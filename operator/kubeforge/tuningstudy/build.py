@@ -176,7 +176,9 @@ def set_template_field(tspec: JSON, target: str, value: Any) -> None:
 
 
 def promote_manifest(study: JSON, deployment: str, model_uri: str) -> JSON:
-    """Server-side apply body setting only `spec.model` of the ModelDeployment `deployment`."""
+    """Server-side apply body setting only `spec.model` of the ModelDeployment `deployment`
+    (`model_uri`: the chosen trial's model.onnx, or its model.int8.onnx when the int8 variant
+    was chosen: a uri names the file it serves)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelDeployment",
@@ -273,19 +275,55 @@ def trial_state(obj: JSON) -> str:
     return "running"
 
 
+INT8_PREFIX = "int8_"
+
+
+def quantize_parameter(spec: TuningStudySpec) -> str | None:
+    """The search-space entry that targets output.onnx.quantize.mode, if any."""
+    for name, p in spec.search_space.items():
+        if p.target == "output.onnx.quantize.mode":
+            return name
+    return None
+
+
+def serves_int8(params: dict[str, Any], quantize_param: str | None) -> bool:
+    """Whether a trial's searched quantize mode makes its int8 model the one it stands for."""
+    return quantize_param is not None and params.get(quantize_param) not in (None, "none")
+
+
+def int8_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A trial's metrics as its int8 model's: `int8_<m>` stands in for `<m>` wherever the
+    trainer measured it (accuracy, loss, onnx_latency_ms, onnx_bytes, ...); metrics it has no
+    int8 figure for (training time, say) are the trial's own."""
+    out = {k: v for k, v in metrics.items() if not k.startswith(INT8_PREFIX)}
+    for k, v in metrics.items():
+        if k.startswith(INT8_PREFIX) and not k.endswith("_delta"):
+            out[k[len(INT8_PREFIX):]] = v
+    return out
+
+
+def trial_params(obj: JSON) -> dict[str, Any]:
+    """The suggested parameters recorded on a trial ({} when absent or unreadable)."""
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    params = _loads(ann.get(PARAMS), None)
+    return params if isinstance(params, dict) else {}
+
+
 def trial_record(
-    obj: JSON, objective: Objective, metrics: Sequence[str] = ()
+    obj: JSON, objective: Objective, metrics: Sequence[str] = (), quantize_param: str | None = None
 ) -> TrialRecord | None:
     """The search's view of a trial TrainingJob (None: not a trial). `metrics`: the objectives
-    of a multi-objective study, whose final values are kept in `finals`."""
+    of a multi-objective study, whose final values are kept in `finals`. `quantize_param`: the
+    search entry targeting the quantize mode; a trial that chose int8 is valued by its int8
+    model's metrics (what it would serve), so the search over the mode means something."""
     number = trial_number(obj)
     if number is None:
         return None
     ann = (obj.get("metadata") or {}).get("annotations") or {}
-    params = _loads(ann.get(PARAMS), None)
-    if not isinstance(params, dict):
-        params = {}
+    params = trial_params(obj)
     metrics_of = (obj.get("status") or {}).get("metrics") or {}
+    if serves_int8(params, quantize_param):
+        metrics_of = int8_metrics(metrics_of)
     state = trial_state(obj)
     final = _num(metrics_of.get(objective.metric)) if state == "complete" else None
     return TrialRecord(

@@ -29,6 +29,7 @@ from kubeforge.refusal import RefusalGuard
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy.search import check_runnable, off_loop
 from kubeforge.tuningstudy.status import decide
+from kubeforge.tuningstudy.warmstart import SourceStudy
 
 log = logging.getLogger("kubeforge.tuningstudy")
 
@@ -45,7 +46,10 @@ _OUR_ANNOTATIONS = (tb.PARAMS, tb.SYSTEM_ATTRS, tb.STUDY_SYSTEM_ATTRS, tb.REPORT
 
 
 def slim_study(body: Any) -> JSON:
-    return slim_owner(body, KIND, API_VERSION)
+    slim = slim_owner(body, KIND, API_VERSION)
+    # a later study's warmStart.fromStudies takes this study's trials completed before it
+    slim["metadata"]["creationTimestamp"] = body["metadata"].get("creationTimestamp")
+    return slim
 
 
 def slim_trial(body: Any) -> JSON:
@@ -65,7 +69,9 @@ def slim_trial(body: Any) -> JSON:
             "ownerReferences": meta.get("ownerReferences") or [],
         },
         "status": {
-            k: status[k] for k in ("phase", "metrics", "progress", "artifacts") if k in status
+            k: status[k]
+            for k in ("phase", "metrics", "progress", "artifacts", "completionTime")
+            if k in status
         },
     }
 
@@ -89,6 +95,8 @@ def _rv(obj: JSON | None) -> int:
 class Snapshot:
     study: JSON
     trials: list[JSON]
+    sources: tuple[SourceStudy, ...] = ()
+    """The studies of spec.warmStart.fromStudies with their trials (warm start)."""
 
 
 class TuningStudyReconciler:
@@ -115,7 +123,18 @@ class TuningStudyReconciler:
         study = self.ctx.one(IDX_STUDIES, key)
         if study is None:
             return None
-        return Snapshot(study=study, trials=self.ctx.all(IDX_TRIALS, key))
+        warm = (study.get("spec") or {}).get("warmStart") or {}
+        names = warm.get("fromStudies") if isinstance(warm, dict) else None
+        sources = tuple(
+            SourceStudy(
+                name=name,
+                study=self.ctx.one(IDX_STUDIES, (key[0], name)),
+                trials=self.ctx.all(IDX_TRIALS, (key[0], name)),
+            )
+            for name in (names if isinstance(names, list) else [])
+            if isinstance(name, str)
+        )
+        return Snapshot(study=study, trials=self.ctx.all(IDX_TRIALS, key), sources=sources)
 
     def forget(self, key: Key) -> None:
         self.written_status.pop(key, None)
@@ -170,7 +189,7 @@ class TuningStudyReconciler:
         trials = self._trials(key, snap.trials)
         # Optuna and anything proportional to the study's size run off the event loop
         await off_loop(check_runnable, spec)
-        d = await off_loop(decide, study, spec, trials, now)
+        d = await off_loop(decide, study, spec, trials, now, snap.sources)
         ns = key[0]
         for name, value in d.reports.items():
             patch = {"metadata": {"annotations": {tb.REPORTS: value}}}
@@ -190,6 +209,8 @@ class TuningStudyReconciler:
             await self._create_trial(key, manifest)
         if d.promote is not None:
             await self._promote(key, study, d.promote)
+        for kind, reason, message in d.events:
+            await events.post(self.kube, study, kind, reason, message)
         await self._write_status(key, study, base, d.status)
         return None
 

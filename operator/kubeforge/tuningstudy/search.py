@@ -312,6 +312,30 @@ WARM = "kubeforge:warm"
 """System attribute marking a trial of warmStart (not a trial of the study)."""
 
 
+NSGA2_GENERATION = "NSGAIISampler:generation"
+"""Where NSGA-II keeps a trial's generation; a trial without one is in no population, so
+earlier trials are put in generation 0 (the first parents are chosen among them)."""
+
+
+def earlier_trial(
+    spec: TuningStudySpec,
+    dists: dict[str, BaseDistribution],
+    params: dict[str, Any],
+    values: list[float],
+) -> FrozenTrial:
+    """A completed Optuna trial of an earlier result (ValueError: a parameter outside its
+    distribution)."""
+    attrs: dict[str, Any] = {WARM: True}
+    if spec.algorithm.name == "nsga2":
+        attrs[NSGA2_GENERATION] = 0
+    return optuna.trial.create_trial(  # checks every parameter against its distribution
+        params=dict(params),
+        distributions={k: dists[k] for k in params},
+        values=values,
+        system_attrs=attrs,
+    )
+
+
 def warm_trials(spec: TuningStudySpec, dists: dict[str, BaseDistribution]) -> list[FrozenTrial]:
     """warmStart.trials as completed Optuna trials (raises ValueError for a parameter outside
     its distribution, which check_runnable turns into InvalidSpec)."""
@@ -319,20 +343,14 @@ def warm_trials(spec: TuningStudySpec, dists: dict[str, BaseDistribution]) -> li
     metrics = [m for m, _ in spec.objective_list]
     for i, warm in enumerate(spec.warm_start.trials if spec.warm_start else []):
         values = [float(warm.values[m]) for m in metrics]
-        try:  # create_trial checks every parameter against its distribution
-            trial = optuna.trial.create_trial(
-                params=dict(warm.params),
-                distributions={k: dists[k] for k in warm.params},
-                values=values,
-                system_attrs={WARM: True},
-            )
+        try:
+            out.append(earlier_trial(spec, dists, dict(warm.params), values))
         except ValueError as exc:
             raise ValueError(f"warmStart.trials[{i}].params: {exc}") from exc
-        out.append(trial)
     return out
 
 
-def _placeholder(number: int) -> FrozenTrial:
+def placeholder(number: int) -> FrozenTrial:
     """A trial whose record is gone (garbage-collected): a failure that samplers ignore."""
     start = _EPOCH + _dt.timedelta(seconds=number)
     return FrozenTrial(
@@ -360,7 +378,10 @@ class SearchState:
         records: Iterable[TrialRecord],
         study_key: str = "study",
         next_number: int = 0,
+        warm: Sequence[FrozenTrial] | None = None,
     ) -> None:
+        """`warm`: the earlier trials to start from (default: spec.warmStart.trials; the
+        reconcile passes those plus warmStart.fromStudies')."""
         self.spec = spec
         self.study_key = study_key
         self.dists = distributions(spec)
@@ -385,13 +406,13 @@ class SearchState:
         # warmStart.trials go in first, as completed trials: Optuna numbers them 0..W-1, so the
         # study's own trial n is Optuna's n + W (the offset is constant: warmStart is immutable).
         self.offset = 0
-        for warm in warm_trials(spec, self.dists):
-            self.storage.create_new_trial(self.study_id, template_trial=warm)
+        for earlier in warm_trials(spec, self.dists) if warm is None else warm:
+            self.storage.create_new_trial(self.study_id, template_trial=earlier)
             self.offset += 1
         expected = 0
         for rec in self.records:
             while expected < rec.number:  # keep Optuna's numbers equal to ours
-                self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
+                self.storage.create_new_trial(self.study_id, template_trial=placeholder(expected))
                 expected += 1
             value = (
                 rec.values(self.metrics)
@@ -404,7 +425,7 @@ class SearchState:
             )
             expected = rec.number + 1
         while expected < next_number:  # trials handed out whose records are gone
-            self.storage.create_new_trial(self.study_id, template_trial=_placeholder(expected))
+            self.storage.create_new_trial(self.study_id, template_trial=placeholder(expected))
             expected += 1
         self.next_number = expected
 

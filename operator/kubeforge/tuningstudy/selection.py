@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kubeforge.api.tuningstudy import Bound
 
 Direction = str  # "minimize" | "maximize"
+Key = TypeVar("Key", int, tuple[int, int])
+"""A candidate: a trial number, or (trial number, variant index) when a trial's float and int8
+models compete (float first, so a tie keeps the float model)."""
 
 
 def _loss(values: Sequence[float], directions: Sequence[Direction]) -> tuple[float, ...]:
@@ -62,11 +66,12 @@ class Rule:
 
 
 def select(
-    candidates: Mapping[int, tuple[float | None, Mapping[str, float]]], rule: Rule
-) -> int | None:
-    """The trial number the rule picks. `candidates`: number → (its value of the rule's metric,
-    its final metrics for the bounds). None when no candidate has a value and keeps the bounds."""
-    best: int | None = None
+    candidates: Mapping[Key, tuple[float | None, Mapping[str, float]]], rule: Rule
+) -> Key | None:
+    """The candidate the rule picks. `candidates`: key → (its value of the rule's metric, its
+    final metrics for the bounds). None when no candidate has a value and keeps the bounds; ties
+    go to the lowest key."""
+    best: Key | None = None
     best_value: float | None = None
     for number in sorted(candidates):
         value, metrics = candidates[number]

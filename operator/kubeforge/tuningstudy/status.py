@@ -8,20 +8,29 @@ the ModelDeployment to promote, the new status). The handler only carries it out
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubeforge.api.tuningstudy import MAX_PARETO_FRONT, TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
+from kubeforge.tuningstudy import warmstart
+from kubeforge.tuningstudy.choice import (
+    best_trial,
+    front_of,
+    promoted_model,
+    selection_rule,
+    target_value,
+)
 from kubeforge.tuningstudy.search import (
     SearchState,
     TrialRecord,
+    distributions,
     effective_max_trials,
     grid_size,
     target_reached,
 )
-from kubeforge.tuningstudy.selection import Rule, pareto_front, select
 
 JSON = dict[str, Any]
 
@@ -39,6 +48,8 @@ class Decision:
     """Trial TrainingJobs to create (in number order)."""
     promote: JSON | None = None
     """ModelDeployment apply body (spec.model only)."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """Events to post about the study: (type, reason, message)."""
 
 
 def is_running(record: TrialRecord) -> bool:
@@ -58,81 +69,6 @@ def counts(records: list[TrialRecord], total: int) -> JSON:
     return c
 
 
-def selection_rule(spec: TuningStudySpec) -> Rule:
-    """promote.select, else the (first) objective's direction, without bounds."""
-    sel = spec.promote.select if spec.promote else None
-    if sel is not None:
-        return Rule(sel.metric, sel.direction, dict(sel.subject_to))
-    first = spec.primary_objective
-    return Rule(first.metric, first.direction, {})
-
-
-def _final_metrics(obj: JSON | None) -> dict[str, float]:
-    raw = ((obj or {}).get("status") or {}).get("metrics") or {}
-    return {k: float(v) for k, v in raw.items() if tb._num(v) is not None}
-
-
-def best_trial(
-    study_name: str,
-    records: list[TrialRecord],
-    objects: dict[int, JSON],
-    spec: TuningStudySpec,
-    previous: JSON | None,
-    front: list[int] | None = None,
-) -> JSON | None:
-    """The trial the selection rule picks among the finished ones (with several objectives and
-    no promote.select: the first objective's best on the Pareto `front`). A previous best whose
-    TrainingJob is gone (garbage-collected) stays until a better one appears."""
-    rule = selection_rule(spec)
-    objective = spec.primary_objective
-    complete = {r.number: r for r in records if r.state == "complete"}
-    pool = (
-        complete
-        if front is None or (spec.promote and spec.promote.select)
-        else {n: complete[n] for n in front}
-    )
-    candidates: dict[int, tuple[float | None, dict[str, float]]] = {}
-    for number, r in pool.items():
-        metrics = _final_metrics(objects.get(number))
-        # The objective's own value follows objective.strategy (last or best report).
-        value = r.value(objective) if rule.metric == objective.metric else metrics.get(rule.metric)
-        candidates[number] = (value, metrics)
-    chosen = select(candidates, rule)
-    out: JSON | None = None
-    if chosen is not None:
-        best = complete[chosen]
-        obj = objects.get(chosen) or {}
-        status = obj.get("status") or {}
-        out = {
-            "name": tb.trial_name(study_name, chosen),
-            "number": chosen,
-            "params": best.params,
-            "value": candidates[chosen][0],
-            "metrics": dict(status.get("metrics") or {}),
-        }
-        if spec.multi_objective:
-            out["values"] = dict(best.finals)
-        model = (status.get("artifacts") or {}).get("model")
-        if model:
-            out["model"] = model
-    if previous and previous.get("value") is not None:
-        prev_number = previous.get("number")
-        gone = prev_number is not None and prev_number not in objects
-        prev_metrics = previous.get("metrics") or {}
-        # its value of the rule's metric (the rule may have changed since it was recorded)
-        prev_value = (
-            previous["value"] if rule.metric == objective.metric else prev_metrics.get(rule.metric)
-        )
-        if (
-            gone
-            and prev_value is not None
-            and rule.feasible(prev_metrics)
-            and (out is None or rule.better(float(prev_value), out["value"]))
-        ):
-            return previous
-    return out
-
-
 def budget_spent(spec: TuningStudySpec, start: str | None, now: str) -> bool:
     """Whether budget.maxDuration has passed since the study started (`start`: its startTime,
     None on the first reconcile)."""
@@ -143,50 +79,19 @@ def budget_spent(spec: TuningStudySpec, start: str | None, now: str) -> bool:
     return elapsed.total_seconds() >= seconds
 
 
-def front_of(spec: TuningStudySpec, name: str, records: list[TrialRecord]) -> list[JSON]:
-    """status.paretoFront (all of it: the caller trims it)."""
-    metrics = [m for m, _ in spec.objective_list]
-    points = {}
-    for r in records:
-        values = r.values(metrics) if r.state == "complete" else None
-        if values is not None:
-            points[r.number] = values
-    by_number = {r.number: r for r in records}
-    return [
-        {
-            "name": tb.trial_name(name, n),
-            "number": n,
-            "values": dict(zip(metrics, points[n], strict=True)),
-            "params": by_number[n].params,
-        }
-        for n in pareto_front(points, [d for _, d in spec.objective_list])
-    ]
-
-
-def target_value(
-    records: list[TrialRecord], objects: dict[int, JSON], spec: TuningStudySpec
-) -> float | None:
-    """The best objective value among finished trials that keep promote.select's bounds
-    (single objective; what objective.target is compared with)."""
-    if spec.multi_objective:
-        return None
-    objective = spec.primary_objective
-    rule = Rule(objective.metric, objective.direction, selection_rule(spec).bounds)
-    candidates = {
-        r.number: (r.value(objective), _final_metrics(objects.get(r.number)))
-        for r in records
-        if r.state == "complete"
-    }
-    chosen = select(candidates, rule)
-    return None if chosen is None else candidates[chosen][0]
-
-
 def _stop_delivered(obj: JSON) -> bool:
     return bool(tb.stop_reason(obj))
 
 
-def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> Decision:
-    """What one reconcile of `study` must do, given its trial TrainingJobs (`trials`)."""
+def decide(
+    study: JSON,
+    spec: TuningStudySpec,
+    trials: list[JSON],
+    now: str,
+    sources: Sequence[warmstart.SourceStudy] = (),
+) -> Decision:
+    """What one reconcile of `study` must do, given its trial TrainingJobs (`trials`) and the
+    studies its warmStart.fromStudies names (`sources`)."""
     meta = study["metadata"]
     name = meta["name"]
     key = f"{meta.get('namespace', '')}/{name}"
@@ -194,6 +99,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     prev: JSON = dict(study.get("status") or {})
     objective = spec.primary_objective
     metrics = [m for m, _ in spec.objective_list] if spec.multi_objective else []
+    qparam = tb.quantize_parameter(spec)
 
     objects: dict[int, JSON] = {}
     records: list[TrialRecord] = []
@@ -202,7 +108,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         owners = (obj.get("metadata") or {}).get("ownerReferences") or []
         if uid and owners and not any(o.get("uid") == uid for o in owners):
             continue  # a leftover of an older study of the same name
-        rec = tb.trial_record(obj, objective, metrics)
+        rec = tb.trial_record(obj, objective, metrics, qparam)
         if rec is None or rec.number in objects:
             continue
         objects[rec.number] = obj
@@ -230,6 +136,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     reached = target_value(records, objects, spec)
     out_of_time = budget_spent(spec, prev.get("startTime"), now)
 
+    warm = warmstart.plan(study, spec, distributions(spec), sources, started=total > 0)
     decision = Decision(status={}, reports=reports)
     phase, reason, message = "Running", "TrialsRunning", ""
     max_failed = max(1, spec.max_failed_trials)
@@ -281,7 +188,9 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
         if not prunable and not (slots > 0 and total < limit):
             fresh = set()
         state = (
-            SearchState(spec, records, key, next_number=total)
+            SearchState(
+                spec, records, key, next_number=total, warm=warm.trials if warm else None
+            )
             if (prunable or (slots > 0 and total < limit))
             else None
         )
@@ -318,7 +227,7 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
 
     deployment = spec.promote.model_deployment if spec.promote else None
     if phase == "Succeeded" and deployment:
-        model = best.get("model") if best else None
+        model = promoted_model(best)
         if model:
             decision.promote = tb.promote_manifest(study, deployment, model)
 
@@ -328,7 +237,32 @@ def decide(study: JSON, spec: TuningStudySpec, trials: list[JSON], now: str) -> 
     if front is not None:
         decision.status["paretoFront"] = front[:MAX_PARETO_FRONT]
         decision.status["paretoFrontSize"] = len(front)
+    if warm is not None:
+        _warm_status(decision, prev, warm, meta.get("generation"), now)
     return decision
+
+
+def _warm_status(
+    decision: Decision, prev: JSON, warm: warmstart.WarmStartPlan, generation: int | None, now: str
+) -> None:
+    """status.warmStart, the WarmStarted condition, and an Event when its message changes and
+    something was left out (a missing study, skipped trials)."""
+    decision.status["warmStart"] = warm.status
+    ok, reason, message = warm.condition
+    before: JSON = next(
+        (c for c in prev.get("conditions") or [] if c.get("type") == warmstart.CONDITION), {}
+    )
+    set_condition(
+        decision.status["conditions"],
+        warmstart.CONDITION,
+        ok,
+        reason,
+        message,
+        now=now,
+        observed_generation=generation,
+    )
+    if warm.warning and before.get("message") != message:
+        decision.events.append(("Warning", reason, warm.warning))
 
 
 def status_doc(

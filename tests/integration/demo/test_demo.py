@@ -47,7 +47,13 @@ def test_demo_quick_end_to_end() -> None:
     assert proc.returncode == 0, out[-6000:]
     assert "demo succeeded" in out
     assert re.search(r"TrainingJob\s+digits-mlp\s+Succeeded\s+Healthy", out), out[-4000:]
-    assert re.search(r"TuningStudy\s+digits-search\s+Succeeded\s+Healthy", out), out[-4000:]
+    assert re.search(r"TuningStudy\s+digits-accuracy-latency\s+Succeeded\s+Healthy", out), out[
+        -4000:
+    ]
+    # the study's chosen point is served by the ModelDeployment promote names
+    assert re.search(r"ModelDeployment digits-chosen Ready, serving file://\S+/model\.onnx", out), (
+        out[-4000:]
+    )
     assert re.search(r"ModelDeployment\s+digits-mlp\s+Ready\s+Healthy", out), out[-4000:]
     answers = re.search(r"answers: ([0-9 ]+)\n", out)
     truth = re.search(r"truth:\s+([0-9 ]+)\n", out)

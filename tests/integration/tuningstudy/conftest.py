@@ -41,7 +41,7 @@ class TrainerPlayer:
     """Plays the trainer in every trial pod of a namespace, in a thread.
 
     `behave(pod, params)` returns a list of actions: ("report", step, value), ("succeed",
-    value) or ("succeed", {metric: value, ...}), ("fail", code), ("hold",) (leave it running). Between reports it waits until the
+    value) or ("succeed", {metric: value, ...}[, {artifact: uri}]), ("fail", code), ("hold",) (leave it running). Between reports it waits until the
     operator has recorded the previous one on the trial. Reports go to the running operator's
     progress endpoint with a token bound to the pod. A pod asked to stop exits 3: the request is
     the trial TrainingJob's `kubeforge.io/stop` annotation, which the endpoint answers to the
@@ -159,9 +159,11 @@ class TrainerPlayer:
                 elif action[0] == "succeed":
                     # a number: the value of the player's metric; a dict: several metrics
                     metrics = action[1] if isinstance(action[1], dict) else {self.metric: action[1]}
+                    # a third item: more artifacts (modelInt8), as the built-in trainer writes
+                    extra = action[2] if len(action) > 2 else {}
                     msg = {
                         "metrics": metrics,
-                        "artifacts": {"model": f"file:///out/{trial}/model.onnx"},
+                        "artifacts": {"model": f"file:///out/{trial}/model.onnx", **extra},
                     }
                     self.driver.succeed(pod, message=json.dumps(msg))
                     self.finished_at[trial] = time.time()

@@ -19,9 +19,14 @@ def test_real_documents_fit_one_two_core_node() -> None:
     assert trial["resources"] == {"cpu": "400m", "memory": "1Gi"}
     assert md["spec"]["replicas"] == 1 and "autoscaling" not in md["spec"]
     assert md["spec"]["model"] == {"fromTrainingJob": tj["metadata"]["name"]}
+    # the chosen point is shown, not served (no second server on the node)
+    assert "modelDeployment" not in ts["spec"]["promote"]
+    assert ts["spec"]["promote"]["select"]["subjectTo"]["onnx_latency_ms"] == {"max": 5.0}
     # the kwok demo's documents are not changed by the real demo's copy
     _, k_ts, k_md = documents(quick=False)
     assert k_ts["spec"]["maxTrials"] == 4 and k_md["spec"]["replicas"] == 2
+    assert k_ts["spec"]["promote"]["modelDeployment"]
+    assert k_ts["spec"]["promote"]["select"]["subjectTo"]["onnx_latency_ms"] == {"max": 1.0}
 
 
 def test_stale_images_follow_each_image_sources(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeforge_cluster.demo import FINAL, documents
+from kubeforge_cluster.demo import FINAL, PROMOTED, documents
 from kubeforge_cluster.podplayer import pod_env, program_of
 from kubeforge_cluster.progress import loopback_url, projected_token_source
 
@@ -78,7 +78,12 @@ def test_demo_documents_are_valid_and_smaller_in_quick_mode() -> None:
         TuningStudySpec.model_validate(ts["spec"])
         ModelDeploymentSpec.model_validate(md["spec"])
         assert md["spec"]["model"] == {"fromTrainingJob": tj["metadata"]["name"]}
-        assert "promote" not in ts["spec"]
+        # accuracy against latency; the chosen point is promoted to its own ModelDeployment
+        assert [o["metric"] for o in ts["spec"]["objectives"]] == ["val_accuracy", "onnx_latency_ms"]
+        assert ts["spec"]["promote"]["modelDeployment"] == PROMOTED != md["metadata"]["name"]
+        assert not PROMOTED.startswith(md["metadata"]["name"] + "-")  # its pods tell apart
+        assert ts["spec"]["promote"]["select"] == {
+            "maximize": "val_accuracy", "subjectTo": {"onnx_latency_ms": {"max": 1.0}}}
     assert quick[1]["spec"]["maxTrials"] < full[1]["spec"]["maxTrials"]
     assert (
         quick[0]["spec"]["hyperparameters"]["epochs"] < full[0]["spec"]["hyperparameters"]["epochs"]

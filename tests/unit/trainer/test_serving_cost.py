@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubeforge_trainer.report import build as zipbuild
 from kubeforge_trainer.report.cli import run
-from kubeforge_trainer.report.cost import CostUnavailable, cpu_quota, measure
+from kubeforge_trainer.report.cost import CostUnavailable, cpu_quota, latency_in_turns, measure
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -39,6 +39,22 @@ def test_measure_counts_params_and_bytes(tmp_path: Path) -> None:
     again = measure(path.read_bytes(), np.ones((5, 64)), prefix="int8_onnx_", threads=1)
     assert set(again) == {"int8_onnx_latency_ms", "int8_onnx_bytes", "int8_onnx_params"}
     assert again["int8_onnx_params"] == params
+
+
+def test_latency_in_turns_orders_models_by_their_cost(tmp_path: Path) -> None:
+    """Models measured taking turns keep their order: a 64-1024-1024-10 MLP is slower than a
+    64-32-10 one (about 40x the multiply-adds), whatever the machine does meanwhile."""
+    small, _ = _mlp_onnx(tmp_path)
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(
+        torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
+        torch.nn.Linear(1024, 10),
+    )
+    big = export_onnx(wide, np.zeros((2, 64), np.float32), opset=17, dynamic_batch=True)
+    small_ms, big_ms = latency_in_turns([small.read_bytes(), big], np.ones((1, 64)), threads=1)
+    assert 0 < small_ms < big_ms
+    with pytest.raises(CostUnavailable, match="cannot load"):
+        latency_in_turns([small.read_bytes(), b"not a model"])
 
 
 def test_missing_onnxruntime_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

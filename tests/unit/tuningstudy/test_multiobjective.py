@@ -280,7 +280,7 @@ def test_multi_objective_rebuilt_search_equals_a_long_lived_study(algo: str) -> 
 def test_a_deleted_best_stays_only_while_it_keeps_the_rule() -> None:
     """bestTrial whose TrainingJob was garbage-collected stays until a better trial appears,
     judged by promote.select (its metric and its bounds)."""
-    from kubeforge.tuningstudy.status import best_trial
+    from kubeforge.tuningstudy.choice import best_trial
 
     raw = raw_spec(
         objective={"metric": "val_accuracy", "direction": "maximize"},
