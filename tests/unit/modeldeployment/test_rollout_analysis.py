@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from kubeforge.api.rollout import Analysis
 from kubeforge.modeldeployment.analysis import (
     Counters,

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
 from kubeforge_server.codec import InferRequest
 from kubeforge_server.shadow import decode_mirror_response, encode_mirror_request, outputs_agree
 
