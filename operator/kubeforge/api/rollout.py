@@ -191,5 +191,9 @@ class RolloutStatus(KubeModel):
     stable: RolloutModel = Field(default_factory=RolloutModel, description="The serving model.")
     candidate: RolloutModel = Field(default_factory=RolloutModel, description="The new model.")
     analysis: AnalysisFigures | None = Field(default=None, description="The last analysis.")
+    started_at: str | None = Field(default=None, description="When the rollout began.")
+    finished_at: str | None = Field(
+        default=None, description="When it was promoted or rolled back."
+    )
     reason: str = Field(default="", description="Why it was rolled back or paused.")
     message: str = Field(default="", description="What it is doing.")

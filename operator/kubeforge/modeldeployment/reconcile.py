@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,6 +35,8 @@ from kubeforge.modeldeployment.indexed import (
 )
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
+from kubeforge.modeldeployment.rollout import stable_deployment, with_rollout
+from kubeforge.modeldeployment.rollout_sync import RolloutDriver
 from kubeforge.modeldeployment.status import compute_status
 from kubeforge.refusal import RefusalGuard
 
@@ -61,6 +64,7 @@ class ModelDeploymentReconciler:
         self.written_status: dict[Key, JSON] = {}
         self.phases = PhaseTracker(KIND)
         self.guard = RefusalGuard(KIND, condition="Ready")
+        self.rollouts = RolloutDriver(ctx)
 
     # --- bookkeeping (event loop) -----------------------------------------------------------
 
@@ -96,6 +100,7 @@ class ModelDeploymentReconciler:
         self.written_status.pop(key, None)
         self.phases.forget(key)
         self.guard.forget(key)
+        self.rollouts.forget(key)
 
     def child_gone(self, key: Key, kind: str) -> None:
         self.recent.pop((key, kind), None)
@@ -138,6 +143,11 @@ class ModelDeploymentReconciler:
         served = deployed_model_uri(deployment)
         # a model that cannot be served (yet) keeps the previous one running
         model_uri = resolved.uri or served
+        rollout = await self.rollouts.run(
+            key, md, spec, deployment, snap.pods, served, resolved, now
+        )
+        if rollout.stable_uri is not None:
+            model_uri = rollout.stable_uri
         keep = None
         if spec.autoscaling is not None:
             if deployment is None:
@@ -152,6 +162,11 @@ class ModelDeploymentReconciler:
             monitoring_crds=await self.discovery.available(),
             keep_replicas=keep,
         )
+        if desired.deployment is not None:
+            desired = replace(desired, deployment=stable_deployment(
+                desired.deployment, self.settings,
+                extra_args=rollout.stable_args, replicas=rollout.stable_replicas,
+            ))
 
         for child in desired.children():
             if child.kind == "Deployment":
@@ -176,8 +191,9 @@ class ModelDeploymentReconciler:
             replica_sets=snap.replica_sets,
             served_uri=served,
         )
+        with_rollout(status, rollout.status, now, degraded=rollout.degraded)
         await self._write_status(key, md, base_status, status)
-        return None
+        return rollout.requeue
 
     def _current_deployment(self, key: Key, observed: JSON | None) -> JSON | None:
         recent = self.recent_deployment.get(key)
