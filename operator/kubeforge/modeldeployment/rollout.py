@@ -88,7 +88,8 @@ def split(step: RolloutStep, stable_replicas: int, autoscaled: bool) -> Split:
     """Replicas for a step: the candidate gets its share of the stable count (at least one);
     in a weight step the stable count gives up as many (never below one) unless an HPA owns it."""
     n = max(1, stable_replicas)
-    share = max(step.weight or 0, step.shadow or 0)
+    # a weight step sizes the candidate by its weight; a shadow step by the mirrored share
+    share = step.weight or step.shadow or 0
     cand = max(1, math.ceil(n * share / 100))
     if not step.weight:
         return Split(None, cand, 0, step.shadow or 0, False)
