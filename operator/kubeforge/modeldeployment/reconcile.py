@@ -35,7 +35,7 @@ from kubeforge.modeldeployment.indexed import (
 )
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
-from kubeforge.modeldeployment.rollout import stable_deployment, with_rollout
+from kubeforge.modeldeployment.rollout import CANDIDATE_OF, stable_deployment, with_rollout
 from kubeforge.modeldeployment.rollout_sync import RolloutDriver
 from kubeforge.modeldeployment.status import compute_status
 from kubeforge.refusal import RefusalGuard
@@ -181,14 +181,19 @@ class ModelDeploymentReconciler:
             await self._ensure_absent(key, md, api_version, kind, snap.children.get(kind))
 
         served = deployed_model_uri(deployment)
+        # a canary's pods and ReplicaSets carry our selector label in a weight step: the
+        # status is the stable Deployment's (the rollout has its own, status.rollout)
+        cand = self.settings.label(CANDIDATE_OF)
         status = compute_status(
             md,
             spec,
             resolved,
             deployment,
-            snap.pods,
+            [p for p in snap.pods if cand not in (p["metadata"].get("labels") or {})],
             now=now,
-            replica_sets=snap.replica_sets,
+            replica_sets=[
+                r for r in snap.replica_sets if cand not in (r["metadata"].get("labels") or {})
+            ],
             served_uri=served,
         )
         with_rollout(status, rollout.status, now, degraded=rollout.degraded)

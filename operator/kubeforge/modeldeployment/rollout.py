@@ -296,10 +296,11 @@ def plan(rollout: Rollout, prev: JSON | None, obs: Observed, now: str) -> Plan:
 
     if obs.candidate_problem:
         return _rolled_back(status, "CandidateFailed", obs.candidate_problem, now)
-    if obs.candidate_ready == 0:
+    if obs.candidate_ready == 0 and not status.get("stepStartedAt"):
+        # before the first step: no traffic until a candidate replica is ready (mid-step a
+        # replica that is briefly not ready changes nothing: the step's traffic stays)
         status.update(phase=PAUSED if rollout.paused else PROGRESSING,
-                      message="waiting for a candidate replica to be ready", stepStartedAt=None)
-        status.pop("stepStartedAt", None)
+                      message="waiting for a candidate replica to be ready")
         return Plan(status, None, True, False, events, command_done=command is not None)
     if not status.get("stepStartedAt"):
         status["stepStartedAt"] = now
