@@ -171,7 +171,7 @@ class ServiceProxy:
                     f"/api/v1/namespaces/{self.namespace}/services/{self.name}"
                 )
                 self._selector = dict((svc.get("spec") or {}).get("selector") or {})
-            except ApiError:
+            except (ApiError, OSError):  # gone, or the API server is going away (teardown)
                 self._selector = self._selector or {}
             self._selector_at = time.monotonic()
         return self._selector
