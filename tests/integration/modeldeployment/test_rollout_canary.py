@@ -85,16 +85,51 @@ def weights(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def save_mlp(path: Path, layers: list[tuple[np.ndarray, np.ndarray]]) -> str:
+def save_mlp(path: Path, layers: list[tuple[np.ndarray, np.ndarray]], tail: str = "") -> str:
+    """An MLP classifier (input [batch, 16] → output [batch, 10]). `tail`: "errors" (a Reshape
+    that fails at run time, a 500, when input[0, 0] > 1: about 16% of normal inputs, never on
+    the server's zero warm-up) or "slow" (a chain of four 2048x2048 MatMuls multiplied by 0 and added:
+    the same classes, many times the latency)."""
     nodes, inits, cur = [], [], "input"
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        out = "output" if last else f"h{i}"
+        out = "raw" if last else f"h{i}"
         nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"B{i}"], [out if last else out + "p"]))
         if not last:
             nodes.append(helper.make_node("Relu", [out + "p"], [out]))
         cur = out
+
+    def const(name: str, value: Any, dtype: Any) -> None:
+        inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+
+    if tail == "errors":
+        const("s0", [0], np.int64)
+        const("s1", [1], np.int64)
+        const("thr", 1.0, np.float32)
+        const("m1", [-1], np.int64)
+        const("ten", [DIMS[-1]], np.int64)
+        nodes += [
+            helper.make_node("Slice", ["input", "s0", "s1", "s1"], ["first"]),
+            helper.make_node("ReduceMax", ["first"], ["mx"], keepdims=0),
+            helper.make_node("Greater", ["mx", "thr"], ["gt"]),
+            helper.make_node("Cast", ["gt"], ["k"], to=TensorProto.INT64),
+            helper.make_node("Add", ["k", "ten"], ["dim"]),
+            helper.make_node("Concat", ["m1", "dim"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["raw", "shape"], ["output"]),
+        ]
+    elif tail == "slow":
+        rng, n, cur = np.random.default_rng(3), 2048, "input"
+        for i, shape in enumerate([(DIMS[0], n)] + [(n, n)] * 4):
+            const(f"V{i}", rng.standard_normal(shape) * 0.01, np.float32)
+            nodes.append(helper.make_node("MatMul", [cur, f"V{i}"], [f"v{i}"]))
+            cur = f"v{i}"
+        const("zero", 0.0, np.float32)
+        nodes += [helper.make_node("ReduceSum", [cur], ["vs"], keepdims=1),
+                  helper.make_node("Mul", ["vs", "zero"], ["z"]),
+                  helper.make_node("Add", ["raw", "z"], ["output"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["raw"], ["output"]))
     graph = helper.make_graph(
         nodes, "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", DIMS[0]])],
@@ -124,6 +159,7 @@ class Load:
     candidate: Any
     answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -140,6 +176,7 @@ class Load:
                     out = np.asarray(json.loads(r.read())["outputs"][0]["data"], dtype=np.float32)
             except Exception as exc:  # every failure is a finding
                 self.failures.append(f"{time.time():.1f} {type(exc).__name__}: {exc}")
+                self.failed_at.append(time.time())
                 continue
             which = "other"
             for label, sess in (("stable", self.stable), ("candidate", self.candidate)):
@@ -155,7 +192,7 @@ def session(uri: str) -> Any:
     return ort.InferenceSession(uri.removeprefix("file://"), providers=["CPUExecutionProvider"])
 
 
-def md_spec(uri: str, **rollout: Any) -> JSON:
+def md_spec(uri: str, analysis: JSON | None = None, **rollout: Any) -> JSON:
     return {
         "model": {"uri": uri},
         "replicas": 1,
@@ -165,7 +202,7 @@ def md_spec(uri: str, **rollout: Any) -> JSON:
             "strategy": "Canary",
             "steps": [{"shadow": 100, "pause": "8s"}, {"weight": 50, "pause": "8s"}],
             "analysis": {"interval": "2s", "minRequests": 40, "maxErrorRate": 0.01,
-                         "maxLatencyRatio": 20, "minAgreement": 0.9},
+                         "maxLatencyRatio": 20, "minAgreement": 0.9, **(analysis or {})},
             **rollout,
         },
     }
@@ -290,3 +327,64 @@ def test_bad_candidate_is_rolled_back_during_shadow(
     dep = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
     assert stable_uri in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "RolledBack" in reasons(kube, ns, name)
+
+
+def roll(kube: KubeClient, ns: str, name: str, player: PodPlayer, stable_uri: str, cand_uri: str,
+         **spec: Any) -> tuple[JSON, Load]:
+    """Serve `stable_uri`, then change spec.model to `cand_uri` under load until the rollout
+    ends (promoted or rolled back)."""
+    start(kube, ns, name, stable_uri, player, **spec)
+    load = Load(player.service_url(ns, name), name, session(stable_uri), session(cand_uri))
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1)
+        kube.patch(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}",
+                   {"spec": {"model": {"uri": cand_uri}}})
+        st = wait_status(kube, ns, name, "the rollout's end",
+                         lambda s: (s.get("rollout") or {}).get("phase") in ("RolledBack",
+                                                                             "Promoted"),
+                         timeout=240)
+        time.sleep(6)  # the load goes on after the verdict
+    finally:
+        load.stop.set()
+        thread.join(15)
+    return st, load
+
+
+def test_erroring_candidate_is_rolled_back_during_a_canary_step(
+    kube: KubeClient, namespace: str, operator: Path, player: PodPlayer, tmp_path: Path
+) -> None:
+    """Errors reach clients only in a weight step (a shadow step would have caught them with
+    no client seeing one): the candidate's share of requests, until the rollback."""
+    base = weights(0)
+    stable_uri = save_mlp(tmp_path / "v1" / "model.onnx", base)
+    bad_uri = save_mlp(tmp_path / "err" / "model.onnx", base, tail="errors")
+    st, load = roll(kube, namespace, "digits", player, stable_uri, bad_uri,
+                    steps=[{"weight": 50, "pause": "60s"}])
+    ro = st["rollout"]
+    assert ro["phase"] == "RolledBack" and ro["reason"] == "HighErrorRate", ro
+    assert ro["analysis"]["errorRate"] > 0.01 and ro["analysis"]["requests"] >= 40
+    assert st["phase"] == "Degraded"
+    # clients saw the candidate's 500s, and only until the rollback
+    rolled_back = epoch(ro["finishedAt"])
+    assert load.failed_at and all("500" in f for f in load.failures), load.failures[:3]
+    assert max(load.failed_at) < rolled_back + 3
+    after = [w for t, w in load.answers if t > rolled_back + 3]
+    assert after and set(after) == {"stable"}
+
+
+def test_slow_candidate_is_rolled_back_on_latency(
+    kube: KubeClient, namespace: str, operator: Path, player: PodPlayer, tmp_path: Path
+) -> None:
+    base = weights(0)
+    stable_uri = save_mlp(tmp_path / "v1" / "model.onnx", base)
+    slow_uri = save_mlp(tmp_path / "slow" / "model.onnx", base, tail="slow")
+    st, load = roll(kube, namespace, "digits", player, stable_uri, slow_uri,
+                    analysis={"maxLatencyRatio": 3})
+    ro = st["rollout"]
+    assert ro["phase"] == "RolledBack" and ro["reason"] == "HighLatency", ro
+    assert ro["step"] == 0 and ro["analysis"]["latencyRatio"] > 3
+    assert ro["analysis"]["agreement"] == 1.0  # same classes: only the latency is wrong
+    assert load.failures == []
+    assert {w for _, w in load.answers} == {"stable"}
