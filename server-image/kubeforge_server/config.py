@@ -53,6 +53,7 @@ class ServerConfig:
     shadow_queue: int = 64
     shadow_concurrency: int = 4
     shadow_timeout: float = 5.0
+    shadow_budget: float = 0.05
 
     @property
     def effective_intra_op_threads(self) -> int:
@@ -238,6 +239,12 @@ SHADOW_FLAGS: tuple[tuple[str, type, str], ...] = (
     ),
     ("--shadow-concurrency", int, "copies in flight to the candidate at once (default 4)"),
     ("--shadow-timeout", float, "seconds a mirrored request may take (default 5)"),
+    (
+        "--shadow-budget",
+        float,
+        "share of the event loop's time the mirror's own work may take, 0-1; beyond it copies "
+        "are dropped (default 0.05)",
+    ),
 )
 
 
@@ -380,7 +387,7 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
     ):
         if not seconds > 0:
             raise ConfigError(f"{name}: must be > 0, got {seconds}")
-    if cfg.shadow_url and not cfg.shadow_url.startswith(("http://", "https://")):
+    if cfg.shadow_url and not cfg.shadow_url.startswith("http://"):
         raise ConfigError(f"--shadow-url: expected an http:// URL, got {cfg.shadow_url!r}")
     if not 0 <= cfg.shadow_percent <= 100:
         raise ConfigError(f"--shadow-percent: must be within 0-100, got {cfg.shadow_percent}")
@@ -392,6 +399,8 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
     ):
         if number < 1:
             raise ConfigError(f"{name}: must be >= 1, got {number}")
+    if not 0 < cfg.shadow_budget <= 1:
+        raise ConfigError(f"--shadow-budget: must be within (0, 1], got {cfg.shadow_budget}")
     if not cfg.shadow_timeout > 0:
         raise ConfigError(f"--shadow-timeout: must be > 0, got {cfg.shadow_timeout}")
     if cfg.intra_op_threads < 0 or cfg.inter_op_threads < 0:

@@ -165,6 +165,7 @@ class Server:
                                 queue=cfg.shadow_queue,
                                 concurrency=cfg.shadow_concurrency,
                                 timeout=cfg.shadow_timeout,
+                                budget=cfg.shadow_budget,
                             ),
                             model.name,
                             entry.metrics.shadow_counts(),
