@@ -14,10 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -388,3 +391,88 @@ def test_slow_candidate_is_rolled_back_on_latency(
     assert ro["analysis"]["agreement"] == 1.0  # same classes: only the latency is wrong
     assert load.failures == []
     assert {w for _, w in load.answers} == {"stable"}
+
+
+@pytest.fixture
+def prometheus(player: PodPlayer, namespace: str, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's package) scraping every played server of the namespace each
+    second, the targets kept current from the pod player (file-based discovery, with the `pod`
+    and `namespace` labels a ServiceMonitor would add)."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.skip("the prometheus binary is missing (apt-get install -y prometheus)")
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: kubeforge-servers\n"
+        f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
+    )
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    stop = threading.Event()
+
+    def keep_targets() -> None:
+        while not stop.wait(0.5):
+            found = [{"targets": [s.url], "labels": {"pod": s.name, "namespace": namespace}}
+                     for s in player.servers() if s.namespace == namespace]
+            tmp = targets.with_suffix(".tmp")
+            tmp.write_text(json.dumps(found))
+            tmp.replace(targets)
+
+    thread = threading.Thread(target=keep_targets, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until("Prometheus ready", lambda: _ok(url + "/-/ready"), timeout=60)
+        yield url
+    finally:
+        stop.set()
+        thread.join(5)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_analysis_read_from_a_real_prometheus(
+    kube: KubeClient, namespace: str, operator: Path, player: PodPlayer, prometheus: str,
+    tmp_path: Path,
+) -> None:
+    """analysis.prometheus.url: the same verdict from Prometheus' series as from the pods."""
+    stable_uri = save_mlp(tmp_path / "v1" / "model.onnx", weights(0))
+    bad_uri = save_mlp(tmp_path / "bad" / "model.onnx", weights(99))
+    st, load = roll(kube, namespace, "digits", player, stable_uri, bad_uri,
+                    analysis={"prometheus": {"url": prometheus}})
+    ro = st["rollout"]
+    assert ro["phase"] == "RolledBack" and ro["reason"] == "LowAgreement", ro
+    assert ro["analysis"]["mirrored"] >= 40 and ro["analysis"]["agreement"] < 0.9
+    assert load.failures == []
+    # Prometheus holds the series the verdict came from (the mirroring stable pod is gone now:
+    # its series are stale, so look back over the last minutes)
+    query = urllib.parse.urlencode({"query": "sum(max_over_time(kubeforge_server_shadow_requests"
+                                             f'_total{{namespace="{namespace}"}}[5m]))'})
+    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=5) as r:
+        doc = json.loads(r.read())
+    assert float(doc["data"]["result"][0]["value"][1]) >= 40
