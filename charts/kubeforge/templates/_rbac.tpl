@@ -56,6 +56,11 @@ per watched namespace). Why each rule: docs/security.md, "The operator's RBAC, l
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, prometheusrules]
   verbs: [get, create, patch, delete]
+# A canary rollout's HTTPRoute (rollout.gatewayRef, when the Gateway API is installed): weights
+# of the stable and candidate Services; deleted when gatewayRef is dropped.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [create, patch, delete]
 # Kueue: Workloads say why a job is queued.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]

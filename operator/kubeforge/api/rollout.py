@@ -107,6 +107,20 @@ class Analysis(KubeModel):
         return max(1, duration_seconds(self.interval))
 
 
+class GatewayRef(KubeModel):
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The Gateway (gateway.networking.k8s.io) the HTTPRoute attaches to.",
+    )
+    namespace: str = Field(
+        default="", max_length=63, pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="The Gateway's namespace (default: the ModelDeployment's).",
+    )
+    section_name: str = Field(
+        default="", max_length=253, description="The Gateway listener to attach to (optional)."
+    )
+
+
 def default_steps() -> list[RolloutStep]:
     return [
         RolloutStep(shadow=100, pause="2m"),
@@ -143,6 +157,12 @@ class Rollout(KubeModel):
     paused: bool = Field(
         default=False,
         description="Hold the current step (analysis still runs, a breach still rolls back).",
+    )
+    gateway_ref: GatewayRef | None = Field(
+        default=None,
+        description="With the Gateway API installed: an HTTPRoute named after the "
+        "ModelDeployment, attached to this Gateway, carries the exact weight of each step "
+        "(weighted backendRefs to the stable and candidate Services) instead of replica counts.",
     )
 
     @model_validator(mode="after")

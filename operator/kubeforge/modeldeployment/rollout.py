@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
-from kubeforge.api.rollout import ROLLOUT_COMMANDS, Rollout, RolloutStep
+from kubeforge.api.rollout import ROLLOUT_COMMANDS, GatewayRef, Rollout, RolloutStep
 from kubeforge.apply import manifest_hash
 from kubeforge.conditions import set_condition
 from kubeforge.modeldeployment import build as mdbuild
@@ -84,15 +84,21 @@ class Split:
     """Whether the candidate pods join the Service (a weight step)."""
 
 
-def split(step: RolloutStep, stable_replicas: int, autoscaled: bool) -> Split:
+def split(
+    step: RolloutStep, stable_replicas: int, autoscaled: bool, *, routed: bool = False
+) -> Split:
     """Replicas for a step: the candidate gets its share of the stable count (at least one);
-    in a weight step the stable count gives up as many (never below one) unless an HPA owns it."""
+    in a weight step the stable count gives up as many (never below one) unless an HPA owns it.
+    `routed` (an HTTPRoute carries the weight): the stable count stays, the weight is exact, and
+    the candidate pods never join the ModelDeployment's Service."""
     n = max(1, stable_replicas)
     # a weight step sizes the candidate by its weight; a shadow step by the mirrored share
     share = step.weight or step.shadow or 0
     cand = max(1, math.ceil(n * share / 100))
     if not step.weight:
         return Split(None, cand, 0, step.shadow or 0, False)
+    if routed:
+        return Split(None, cand, step.weight, step.shadow or 0, False)
     stable = n if autoscaled else max(1, n - cand)
     weight = round(100 * cand / (cand + stable))
     return Split(None if autoscaled else stable, cand, weight, step.shadow or 0, True)
@@ -169,6 +175,49 @@ def candidate_service(md: JSON, settings: Settings) -> mdbuild.Child:
     manifest["metadata"]["name"] = candidate_name(name)
     manifest["metadata"]["labels"] = candidate_labels(settings, name)
     manifest["spec"]["selector"] = candidate_selector(settings, name)
+    return _rehash(manifest, settings)
+
+
+GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
+
+
+def http_route(
+    md: JSON, settings: Settings, gateway: GatewayRef, candidate_weight: int
+) -> mdbuild.Child:
+    """The ModelDeployment's HTTPRoute (named after it): all requests to its Service, or, in a
+    weight step, `candidate_weight` percent to the candidate's Service."""
+    name = md["metadata"]["name"]
+    parent: JSON = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    backends: list[JSON] = [
+        {"name": name, "port": mdbuild.HTTP_PORT, "weight": 100 - candidate_weight}
+    ]
+    if candidate_weight:
+        backends.append(
+            {"name": candidate_name(name), "port": mdbuild.HTTP_PORT, "weight": candidate_weight}
+        )
+    manifest: JSON = {
+        "apiVersion": GATEWAY_GROUP_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": name,
+            "namespace": md["metadata"]["namespace"],
+            "labels": mdbuild.labels(settings, name),
+            "ownerReferences": [mdbuild.owner_reference(md)],
+        },
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": backends,
+                }
+            ],
+        },
+    }
     return _rehash(manifest, settings)
 
 

@@ -26,6 +26,7 @@ from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment import rollout as ro
 from kubeforge.modeldeployment.analysis import Decision, StepWindow, decide
 from kubeforge.modeldeployment.indexed import API_VERSION, IDX_CAND_DEPLOY, IDX_CAND_PODS, KIND
+from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.resolve import Resolved
 from kubeforge.modeldeployment.rollout_metrics import query_prometheus, scrape_pods
 from kubeforge.modeldeployment.status import pod_problem, pod_ready
@@ -50,6 +51,8 @@ class Outcome:
     requeue: float | None = None
     degraded: bool = False
     """A rolled-back candidate is still spec.model (the spec's model is not served)."""
+    route_weight: int = 0
+    """The candidate's share in the HTTPRoute (with rollout.gatewayRef)."""
 
 
 @dataclass
@@ -72,7 +75,11 @@ class RolloutDriver:
         self.settings = ctx.settings
         self.windows: dict[Key, _Window] = {}
         self.applied: dict[tuple[Key, str], str] = {}
-        """(key, kind) → hash of the candidate child we applied last."""
+        """(key, kind) → hash of the candidate child (or HTTPRoute) we applied last."""
+        self.gateway = MonitoringDiscovery(
+            ctx.api, ro.GATEWAY_GROUP_VERSION, frozenset({"httproutes"})
+        )
+
 
     def forget(self, key: Key) -> None:
         self.windows.pop(key, None)
@@ -89,6 +96,27 @@ class RolloutDriver:
         served: str | None,
         resolved: Resolved,
         now: str,
+    ) -> Outcome:
+        gateway = spec.rollout.gateway_ref
+        routed = gateway is not None and await self.gateway.available()
+        out = await self._run(
+            key, md, spec, stable, stable_pods, served, resolved, now, routed=routed
+        )
+        await self._sync_route(key, md, spec, out, routed)
+        return out
+
+    async def _run(
+        self,
+        key: Key,
+        md: JSON,
+        spec: ModelDeploymentSpec,
+        stable: JSON | None,
+        stable_pods: list[JSON],
+        served: str | None,
+        resolved: Resolved,
+        now: str,
+        *,
+        routed: bool = False,
     ) -> Outcome:
         prev: JSON | None = (md.get("status") or {}).get("rollout")
         cand_dep = self.ctx.one(IDX_CAND_DEPLOY, key)
@@ -142,12 +170,13 @@ class RolloutDriver:
         if plan.run_candidate:
             steps = spec.rollout.canary_steps()
             step = plan.step or steps[min(int(status.get("step", 0)), len(steps) - 1)]
-            cut = ro.split(step, stable_replicas, spec.autoscaling is not None)
+            cut = ro.split(step, stable_replicas, spec.autoscaling is not None, routed=routed)
             if plan.step is None and not plan.promote:  # the candidate starts: no traffic yet
                 cut = ro.Split(None, cut.candidate, 0, 0, False)
             # promoting: the candidate keeps its last step's share until the stable Deployment
             # runs the new model everywhere (then it goes)
             await self._apply_candidate(key, md, spec, candidate, cut)
+            out.route_weight = cut.weight
             if plan.step is not None:
                 status["weight"] = cut.weight
                 if cut.shadow:
@@ -259,7 +288,9 @@ class RolloutDriver:
             self.applied[mark] = child.hash
 
     async def _remove_candidate(self, key: Key, md: JSON, cand_dep: JSON | None) -> None:
-        if cand_dep is None and not any(k[0] == key for k in self.applied):
+        if cand_dep is None and not any(
+            k[0] == key and k[1] in ("Deployment", "Service") for k in self.applied
+        ):
             return
         name = ro.candidate_name(key[1])
         for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
@@ -297,6 +328,40 @@ class RolloutDriver:
         await self._remove_candidate(key, md, cand_dep)
         self.windows.pop(key, None)
         return Outcome(None, status=status)
+
+    async def _sync_route(
+        self, key: Key, md: JSON, spec: ModelDeploymentSpec, out: Outcome, routed: bool
+    ) -> None:
+        """The HTTPRoute while rollout.gatewayRef is set and the Gateway API is installed;
+        deleted when gatewayRef is dropped."""
+        gateway = spec.rollout.gateway_ref
+        mark = (key, "HTTPRoute")
+        if gateway is not None and routed:
+            route = ro.http_route(md, self.settings, gateway, out.route_weight)
+            if self.applied.get(mark) != route.hash:
+                try:
+                    await self.kube.apply(route.manifest, parse=False)
+                except ApiError as exc:
+                    if not exc.not_found:  # the CRD went away
+                        raise
+                    self.gateway.invalidate()
+                    return
+                self.applied[mark] = route.hash
+            return
+        if mark not in self.applied:
+            # never applied by this process: nothing to undo (a ModelDeployment without
+            # gatewayRef costs no request; a route left from before a restart goes with its
+            # ModelDeployment, or when gatewayRef is set and dropped again)
+            return
+        try:
+            await self.kube.request(
+                "DELETE", resource_path(ro.GATEWAY_GROUP_VERSION, "HTTPRoute", key[0], key[1]),
+                resource="httproutes", parse=False,
+            )
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+        self.applied.pop(mark, None)
 
     async def _consume(self, key: Key, md: JSON) -> None:
         """Remove the one-shot kubeforge.io/rollout annotation once acted on."""

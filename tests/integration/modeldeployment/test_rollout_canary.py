@@ -476,3 +476,65 @@ def test_analysis_read_from_a_real_prometheus(
     with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=5) as r:
         doc = json.loads(r.read())
     assert float(doc["data"]["result"][0]["value"][1]) >= 40
+
+
+def gateway_api_crd() -> Path | None:
+    """The HTTPRoute CRD of sigs.k8s.io/gateway-api from the Go module cache, when there."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    cache = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True).stdout.strip()
+    found = sorted(Path(cache, "sigs.k8s.io").glob(
+        "gateway-api@v1.*/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"))
+    return found[-1] if found else None
+
+
+def backends(kube: KubeClient, ns: str, name: str) -> list[tuple[str, int]]:
+    route = kube.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/{name}")
+    return [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
+
+
+def test_gateway_route_carries_the_exact_weight(
+    kube: KubeClient, kubectl: Any, namespace: str, operator: Path, player: PodPlayer,
+    tmp_path: Path,
+) -> None:
+    """rollout.gatewayRef with the Gateway API installed: an HTTPRoute with weighted backendRefs
+    carries the step's exact weight; the candidate's pods stay out of the ModelDeployment's
+    Service and the stable replicas stay as they are."""
+    crd = gateway_api_crd()
+    if crd is None:
+        pytest.skip("sigs.k8s.io/gateway-api is not in the Go module cache")
+    kubectl("apply", "--server-side", "-f", str(crd))
+    kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io")
+    ns, name = namespace, "digits"
+    base = weights(0)
+    stable_uri = save_mlp(tmp_path / "v1" / "model.onnx", base)
+    cand_uri = save_mlp(tmp_path / "v2" / "model.onnx", nudged(base, 5))
+    body = {"apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name},
+            "spec": {**md_spec(stable_uri, analysis={"minRequests": 1000000},
+                               steps=[{"weight": 30, "pause": "10m"}],
+                               gatewayRef={"name": "public"}), "replicas": 2}}
+    kube.post(f"{MD_API}/namespaces/{ns}/modeldeployments", body)
+    wait_status(kube, ns, name, "Ready", lambda s: s.get("phase") == "Ready", timeout=120)
+    wait_until("the route", lambda: backends(kube, ns, name) == [(name, 100)], timeout=30)
+    kube.patch(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}",
+               {"spec": {"model": {"uri": cand_uri}}})
+    st = wait_status(kube, ns, name, "the weight step",
+                     lambda s: bool((s.get("rollout") or {}).get("stepStartedAt")), timeout=120)
+    assert st["rollout"]["weight"] == 30
+    wait_until("weighted backendRefs", lambda: backends(kube, ns, name) == [
+        (name, 70), (f"{name}-candidate", 30)], timeout=30)
+    pods = kube.get(f"/api/v1/namespaces/{ns}/pods",
+                    query={"labelSelector": f"kubeforge.io/candidate-of={name}"})["items"]
+    assert pods and all("kubeforge.io/modeldeployment" not in p["metadata"]["labels"]
+                        for p in pods)
+    assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")["spec"]["replicas"] == 2
+    kube.patch(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}",
+               {"metadata": {"annotations": {"kubeforge.io/rollout": "promote"}}})
+    wait_status(kube, ns, name, "promoted", lambda s: s.get("phase") == "Ready"
+                and (s.get("model") or {}).get("uri") == cand_uri, timeout=180)
+    wait_until("the route back to one backend",
+               lambda: backends(kube, ns, name) == [(name, 100)], timeout=30)
+    annotations = md(kube, ns, name)["metadata"].get("annotations") or {}
+    assert "kubeforge.io/rollout" not in annotations  # the one-shot command was consumed
