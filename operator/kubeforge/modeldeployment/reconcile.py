@@ -35,7 +35,8 @@ from kubeforge.modeldeployment.indexed import (
 )
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
-from kubeforge.modeldeployment.rollout import CANDIDATE_OF, stable_deployment, with_rollout
+from kubeforge.modeldeployment.rollout import with_rollout
+from kubeforge.modeldeployment.rollout_build import CANDIDATE_OF, stable_deployment
 from kubeforge.modeldeployment.rollout_sync import RolloutDriver
 from kubeforge.modeldeployment.status import compute_status
 from kubeforge.refusal import RefusalGuard

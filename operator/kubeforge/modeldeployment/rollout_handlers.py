@@ -16,7 +16,7 @@ from kubeforge.modeldeployment.indexed import (
     slim_deployment,
     slim_pod,
 )
-from kubeforge.modeldeployment.rollout import CANDIDATE_OF
+from kubeforge.modeldeployment.rollout_build import CANDIDATE_OF
 
 
 def register_rollout(ctx: OperatorContext, ctl: Controller[Snapshot]) -> None:

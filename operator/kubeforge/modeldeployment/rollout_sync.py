@@ -24,6 +24,7 @@ from kubeforge.context import OperatorContext
 from kubeforge.controller import Key
 from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment import rollout as ro
+from kubeforge.modeldeployment import rollout_build as rb
 from kubeforge.modeldeployment.analysis import Decision, StepWindow, decide
 from kubeforge.modeldeployment.indexed import API_VERSION, IDX_CAND_DEPLOY, IDX_CAND_PODS, KIND
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
@@ -77,7 +78,7 @@ class RolloutDriver:
         self.applied: dict[tuple[Key, str], str] = {}
         """(key, kind) → hash of the candidate child (or HTTPRoute) we applied last."""
         self.gateway = MonitoringDiscovery(
-            ctx.api, ro.GATEWAY_GROUP_VERSION, frozenset({"httproutes"})
+            ctx.api, rb.GATEWAY_GROUP_VERSION, frozenset({"httproutes"})
         )
 
 
@@ -170,9 +171,9 @@ class RolloutDriver:
         if plan.run_candidate:
             steps = spec.rollout.canary_steps()
             step = plan.step or steps[min(int(status.get("step", 0)), len(steps) - 1)]
-            cut = ro.split(step, stable_replicas, spec.autoscaling is not None, routed=routed)
+            cut = rb.split(step, stable_replicas, spec.autoscaling is not None, routed=routed)
             if plan.step is None and not plan.promote:  # the candidate starts: no traffic yet
-                cut = ro.Split(None, cut.candidate, 0, 0, False)
+                cut = rb.Split(None, cut.candidate, 0, 0, False)
             # promoting: the candidate keeps its last step's share until the stable Deployment
             # runs the new model everywhere (then it goes)
             await self._apply_candidate(key, md, spec, candidate, cut)
@@ -180,7 +181,7 @@ class RolloutDriver:
             if plan.step is not None:
                 status["weight"] = cut.weight
                 if cut.shadow:
-                    out.stable_args = ro.shadow_args(
+                    out.stable_args = rb.shadow_args(
                         spec, key[1], key[0], cut.shadow
                     )
                 out.stable_replicas = cut.stable
@@ -202,7 +203,7 @@ class RolloutDriver:
         self, stable_pods: list[JSON], cand_pods: list[JSON]
     ) -> dict[str, tuple[str, str]]:
         """pod name → (track, IP) of the ready servers to measure."""
-        cand_label = self.settings.label(ro.CANDIDATE_OF)
+        cand_label = self.settings.label(rb.CANDIDATE_OF)
         out: dict[str, tuple[str, str]] = {}
         for track, pods in (("stable", stable_pods), ("candidate", cand_pods)):
             for pod in pods:
@@ -273,11 +274,11 @@ class RolloutDriver:
     # --- children ----------------------------------------------------------------------------
 
     async def _apply_candidate(
-        self, key: Key, md: JSON, spec: ModelDeploymentSpec, uri: str, cut: ro.Split
+        self, key: Key, md: JSON, spec: ModelDeploymentSpec, uri: str, cut: rb.Split
     ) -> None:
         for child in (
-            ro.candidate_service(md, self.settings),
-            ro.candidate_deployment(
+            rb.candidate_service(md, self.settings),
+            rb.candidate_deployment(
                 md, spec, self.settings, uri, replicas=cut.candidate, answering=cut.answering
             ),
         ):
@@ -292,7 +293,7 @@ class RolloutDriver:
             k[0] == key and k[1] in ("Deployment", "Service") for k in self.applied
         ):
             return
-        name = ro.candidate_name(key[1])
+        name = rb.candidate_name(key[1])
         for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
             try:
                 await self.kube.request(
@@ -337,7 +338,7 @@ class RolloutDriver:
         gateway = spec.rollout.gateway_ref
         mark = (key, "HTTPRoute")
         if gateway is not None and routed:
-            route = ro.http_route(md, self.settings, gateway, out.route_weight)
+            route = rb.http_route(md, self.settings, gateway, out.route_weight)
             if self.applied.get(mark) != route.hash:
                 try:
                     await self.kube.apply(route.manifest, parse=False)
@@ -355,7 +356,7 @@ class RolloutDriver:
             return
         try:
             await self.kube.request(
-                "DELETE", resource_path(ro.GATEWAY_GROUP_VERSION, "HTTPRoute", key[0], key[1]),
+                "DELETE", resource_path(rb.GATEWAY_GROUP_VERSION, "HTTPRoute", key[0], key[1]),
                 resource="httproutes", parse=False,
             )
         except ApiError as exc:

@@ -8,6 +8,7 @@ import pytest
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.api.rollout import Analysis, Rollout, RolloutStep
 from kubeforge.modeldeployment import rollout as ro
+from kubeforge.modeldeployment import rollout_build as rb
 from kubeforge.modeldeployment.analysis import Counters, decide
 from kubeforge.settings import Settings
 from pydantic import ValidationError
@@ -103,14 +104,14 @@ def test_paused_holds_the_step() -> None:
 @pytest.mark.parametrize(
     ("step", "replicas", "want"),
     [
-        (RolloutStep(shadow=100), 2, ro.Split(None, 2, 0, 100, False)),
-        (RolloutStep(weight=10), 1, ro.Split(1, 1, 50, 0, True)),
-        (RolloutStep(weight=50, shadow=100), 4, ro.Split(2, 2, 50, 100, True)),
-        (RolloutStep(weight=25), 4, ro.Split(3, 1, 25, 0, True)),
+        (RolloutStep(shadow=100), 2, rb.Split(None, 2, 0, 100, False)),
+        (RolloutStep(weight=10), 1, rb.Split(1, 1, 50, 0, True)),
+        (RolloutStep(weight=50, shadow=100), 4, rb.Split(2, 2, 50, 100, True)),
+        (RolloutStep(weight=25), 4, rb.Split(3, 1, 25, 0, True)),
     ],
 )
-def test_split_by_replica_counts(step: RolloutStep, replicas: int, want: ro.Split) -> None:
-    assert ro.split(step, replicas, autoscaled=False) == want
+def test_split_by_replica_counts(step: RolloutStep, replicas: int, want: rb.Split) -> None:
+    assert rb.split(step, replicas, autoscaled=False) == want
 
 
 def test_candidate_children_and_stable_flags() -> None:
@@ -119,22 +120,22 @@ def test_candidate_children_and_stable_flags() -> None:
           "metadata": {"name": "digits", "namespace": "ml", "uid": "u1"}}
     spec = ModelDeploymentSpec.model_validate(
         {"model": {"uri": "file:///m/b.onnx"}, "rollout": {"strategy": "Canary"}})
-    shadowing = ro.candidate_deployment(md, spec, settings, "file:///m/b.onnx", replicas=1,
+    shadowing = rb.candidate_deployment(md, spec, settings, "file:///m/b.onnx", replicas=1,
                                         answering=False)
     labels = shadowing.manifest["spec"]["template"]["metadata"]["labels"]
     assert shadowing.manifest["metadata"]["name"] == "digits-candidate"
     assert settings.label("modeldeployment") not in labels  # the Service does not select it
-    answering = ro.candidate_deployment(md, spec, settings, "file:///m/b.onnx", replicas=1,
+    answering = rb.candidate_deployment(md, spec, settings, "file:///m/b.onnx", replicas=1,
                                         answering=True)
     assert answering.manifest["spec"]["template"]["metadata"]["labels"][
         settings.label("modeldeployment")] == "digits"
     assert answering.hash != shadowing.hash
-    assert ro.candidate_service(md, settings).manifest["spec"]["selector"] == {
+    assert rb.candidate_service(md, settings).manifest["spec"]["selector"] == {
         settings.label("candidate-of"): "digits", settings.label("kind"): "ModelDeployment"}
-    args = ro.shadow_args(spec, "digits", "ml", 100)
+    args = rb.shadow_args(spec, "digits", "ml", 100)
     assert args[:2] == ["--shadow-url", "http://digits-candidate.ml.svc.cluster.local:8080"]
     long = "x" * 63
-    assert len(ro.candidate_name(long)) == 63 and ro.candidate_name(long).endswith("-candidate")
+    assert len(rb.candidate_name(long)) == 63 and rb.candidate_name(long).endswith("-candidate")
 
 
 def test_spec_errors_name_the_field() -> None:
