@@ -211,7 +211,8 @@ def _start(
     *, command_done: bool,
 ) -> Plan:
     status: JSON = {**base, "phase": PROGRESSING, "step": 0, "weight": 0, "shadow": 0,
-                    "reason": "", "message": "starting the candidate", "startedAt": now}
+                    "reason": "", "message": "waiting for a candidate replica to be ready",
+                    "startedAt": now}
     return Plan(status, None, True, False, events, command_done=command_done, new_window=True)
 
 
