@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from kubeforge_server.codec import InferRequest
+from kubeforge_server.config import ConfigError, load_config
 from kubeforge_server.shadow import decode_mirror_response, encode_mirror_request, outputs_agree
 
 from .conftest import build_mlp, free_port, start_server
@@ -130,3 +131,26 @@ def test_an_absent_candidate_never_fails_a_client(mlp_path: Path, tmp_path: Path
         assert counts["failed"] >= 1
     finally:
         stable.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--shadow-url", "ftp://x"], "--shadow-url"),
+        (["--shadow-url", "http://c:8080", "--shadow-percent", "150"], "--shadow-percent"),
+        (["--shadow-url", "http://c:8080", "--shadow-budget", "0"], "--shadow-budget"),
+        (["--shadow-url", "http://c:8080", "--shadow-queue", "0"], "--shadow-queue"),
+        (["--shadow-url", "http://c:8080", "--shadow-tolerance", "-1"], "--shadow-tolerance"),
+    ],
+)
+def test_bad_shadow_flags_name_the_flag(args: list[str], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        load_config(["--model", "/m.onnx", *args])
+
+
+def test_shadow_flags_and_environment() -> None:
+    cfg = load_config(["--model", "/m.onnx", "--shadow-url", "http://c.ns.svc:8080",
+                       "--shadow-percent", "25"])
+    assert (cfg.shadow_url, cfg.shadow_percent, cfg.shadow_budget) == (
+        "http://c.ns.svc:8080", 25.0, 0.05)
+    assert load_config(["--model", "/m.onnx"]).shadow_url == ""  # off by default
