@@ -14,7 +14,16 @@ kwok nodes run nothing, so the player runs the REAL programs the pods name, as l
   the player ends the pod (Succeeded on 0, else Failed) with the trainer's exit code and its
   termination message, through the pod's status subresource, as a kubelet does.
 - a serving pod (command `kubeforge-server`): `kubeforge-server` with the pod's arguments on a
-  free 127.0.0.1 port; the pod is not Ready until the server's `/v2/health/ready` says so.
+  free 127.0.0.1 port; the pod is not Ready until the server's `/v2/health/ready` says so. With
+  `pod_addresses=True` each serving pod gets its own loopback address instead (127.x.y.z), serves
+  on its container's own ports there, and that address is its `status.podIP`, so whatever
+  reaches pods by IP (the operator reading a rollout's figures from `/metrics`) works unchanged.
+
+Services, as kube-proxy and cluster DNS would carry them (ClusterIPs are never used from the
+host): `service_url(namespace, name)` is a loopback TCP proxy that hands each connection to a
+ready, not terminating, played server the Service selects; a server argument naming
+`http://SERVICE.NAMESPACE.svc.cluster.local:PORT` (a stable server's `--shadow-url`) is pointed
+at such a proxy.
 
 Other containers (your own images) cannot run here: such a pod is failed with a message saying so.
 """
@@ -23,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +50,7 @@ from typing import Any
 from .client import ApiError, KubeClient
 from .cluster import free_port
 from .progress import loopback_url, mint_pod_token, projected_token_source
+from .serviceproxy import SVC_URL, ServiceProxy
 
 JSON = dict[str, Any]
 
@@ -116,10 +128,14 @@ class Played:
     ready_seconds: float | None = None
     exit_code: int | None = None
     asserted: float = 0.0
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    terminating: bool = False
+    """Deleted: Services stop handing it connections before its server drains."""
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 class PodPlayer:
@@ -135,7 +151,11 @@ class PodPlayer:
         say: Callable[[str], None] | None = None,
         threads_per_process: int = 1,
         progress_endpoint: str | None = None,
+        pod_addresses: bool = False,
     ) -> None:
+        self.pod_addresses = pod_addresses
+        """Each serving pod on its own loopback address (its podIP) and its own ports."""
+        self.proxies: dict[tuple[str, str, int], ServiceProxy] = {}
         self.progress_endpoint = progress_endpoint
         """`https://127.0.0.1:PORT` of the operator's progress endpoint (None: no channel)."""
         self.client = client
@@ -160,8 +180,39 @@ class PodPlayer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for proxy in list(self.proxies.values()):
+            proxy.close()
         for p in list(self.played.values()):
             self._kill(p)
+
+    def service_url(self, namespace: str, name: str, port: int = 8080) -> str:
+        """`127.0.0.1:PORT` carrying Service `name`'s `port` to the pods it selects."""
+        key = (namespace, name, port)
+        with self._lock:
+            proxy = self.proxies.get(key)
+            if proxy is None:
+                proxy = self.proxies[key] = ServiceProxy(self, namespace, name, port)
+        return proxy.address
+
+    def _service_arg(self, arg: str) -> str:
+        m = SVC_URL.match(arg)
+        if m is None:
+            return arg
+        name, namespace, port, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4) or ""
+        return f"http://{self.service_url(namespace, name, port)}{rest}"
+
+    def _free_loopback(self, ports: tuple[int, ...]) -> str:
+        """A loopback address (127.64-127.127.x.y) whose `ports` are free."""
+        for _ in range(100):
+            host = f"127.{random.randint(64, 127)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            try:
+                for port in ports:
+                    with socket.socket() as sock:
+                        sock.bind((host, port))
+            except OSError:
+                continue
+            return host
+        raise RuntimeError("no free loopback address")
 
     def servers(self, labels: dict[str, str] | None = None) -> list[Played]:
         """Ready server processes (optionally only pods with these labels)."""
@@ -207,6 +258,17 @@ class PodPlayer:
         p = self.played.get(key)
         if pod["metadata"].get("deletionTimestamp"):
             if p is not None and not p.done:
+                with self._lock:
+                    p.terminating = True  # out of its Services before it drains
+                if self.pod_addresses and p.program == "server":
+                    # as a kubelet: the preStop sleep first (endpoints stop routing to the pod),
+                    # then SIGTERM (the server drains)
+                    p.done = True
+                    delay = _prestop_sleep(containers[0])
+                    threading.Thread(
+                        target=lambda: (time.sleep(delay), self._kill(p)), daemon=True
+                    ).start()
+                    return
                 self._kill(p)
                 p.done = True
             return
@@ -325,13 +387,22 @@ class PodPlayer:
     def _start_server(self, p: Played, pod: JSON, container: JSON) -> None:
         # Not Ready until the real server says so (kwok marks pods Ready at once).
         self._set_ready(pod, False)
-        args = list(container.get("args") or [])
-        p.port = free_port()
-        grpc = free_port()
+        args = [self._service_arg(a) for a in container.get("args") or []]
+        if self.pod_addresses:
+            def flag_value(flag: str, default: int) -> int:
+                return int(args[args.index(flag) + 1]) if flag in args else default
+
+            p.port, grpc = flag_value("--http-port", 8080), flag_value("--grpc-port", 8081)
+            p.host = self._free_loopback((p.port, grpc))
+            self._status_patch(pod, {"podIP": p.host, "podIPs": [{"ip": p.host}]})
+        else:
+            p.port = free_port()
+            grpc = free_port()
+        p.grpc_port = grpc
         for flag, value in (
             ("--http-port", p.port),
             ("--grpc-port", grpc),
-            ("--host", "127.0.0.1"),
+            ("--host", p.host),
         ):
             if flag in args:
                 args[args.index(flag) + 1] = str(value)
@@ -341,7 +412,7 @@ class PodPlayer:
             **{k: v for k, v in os.environ.items() if not k.startswith("KUBEFORGE_")},
             **pod_env(pod, container),
             "KUBEFORGE_TERMINATION_LOG": str(p.dir / "termination-log"),
-            "KUBEFORGE_HOST": "127.0.0.1",
+            "KUBEFORGE_HOST": p.host,
             "OMP_NUM_THREADS": str(self.threads),
         }
         self.say(f"pod {p.namespace}/{p.name}: running the real kubeforge-server on {p.url}")
@@ -479,6 +550,11 @@ class PodPlayer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _prestop_sleep(container: JSON, most: float = 5.0) -> float:
+    seconds = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {})
+    return min(most, float((seconds or {}).get("seconds") or 0))
 
 
 def _pod_ready(pod: JSON) -> bool:

@@ -223,6 +223,11 @@ _KINDS: list[dict[str, Any]] = [
             ("Phase", "string", ".status.phase", "The deployment's phase."),
             ("Ready", "integer", ".status.replicas.ready", "Ready replicas."),
             ("URL", "string", ".status.url", "In-cluster inference URL."),
+            ("Rollout", "string", ".status.rollout.phase",
+             "Progressive rollout: Progressing, Paused, Promoted or RolledBack."),
+            ("Step", "integer", ".status.rollout.step", "Current rollout step (0-based).", 1),
+            ("Weight", "integer", ".status.rollout.weight",
+             "Percent of requests the candidate answers."),
         ],
     },
 ]

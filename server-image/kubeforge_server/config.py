@@ -47,6 +47,13 @@ class ServerConfig:
     pvc_root: str = "/mnt/pvc"
     termination_log: str = "/dev/termination-log"
     log_level: str = "INFO"
+    shadow_url: str = ""  # empty: no shadow mirroring
+    shadow_percent: float = 100.0
+    shadow_tolerance: float = 1e-3
+    shadow_queue: int = 64
+    shadow_concurrency: int = 4
+    shadow_timeout: float = 5.0
+    shadow_budget: float = 0.05
 
     @property
     def effective_intra_op_threads(self) -> int:
@@ -210,6 +217,37 @@ LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
 )
 
 
+# Shadow mirroring (a progressive rollout's shadow step; see kubeforge_server.shadow): flag, type,
+# help. Environment fallback KUBEFORGE_ + the field in capitals, as for the limits.
+SHADOW_FLAGS: tuple[tuple[str, type, str], ...] = (
+    (
+        "--shadow-url",
+        str,
+        "base URL of a candidate server to mirror answered requests to, off the request path "
+        "(default: none)",
+    ),
+    ("--shadow-percent", float, "share of answered requests mirrored, 0-100 (default 100)"),
+    (
+        "--shadow-tolerance",
+        float,
+        "largest absolute difference for which non-classifier outputs agree (default 0.001)",
+    ),
+    (
+        "--shadow-queue",
+        int,
+        "copies waiting to be mirrored; more are dropped and counted (default 64)",
+    ),
+    ("--shadow-concurrency", int, "copies in flight to the candidate at once (default 4)"),
+    ("--shadow-timeout", float, "seconds a mirrored request may take (default 5)"),
+    (
+        "--shadow-budget",
+        float,
+        "share of the event loop's time the mirror's own work may take, 0-1; beyond it copies "
+        "are dropped (default 0.05)",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kubeforge-server",
@@ -241,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="grace period on SIGTERM (default 25; env KUBEFORGE_DRAIN_SECONDS)",
     )
     for flag, kind, help_text in LIMIT_FLAGS:
+        p.add_argument(flag, type=kind, help=help_text)
+    for flag, kind, help_text in SHADOW_FLAGS:
         p.add_argument(flag, type=kind, help=help_text)
     p.add_argument("--log-level", help="logging level (default INFO)")
     return p
@@ -280,6 +320,15 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
             text = _env(env, str(getattr(defaults, field)))
             value = _int(env, text) if kind is int else _float(env, text)
         limits[field] = value
+    shadow: dict[str, str | int | float] = {}
+    for flag, kind, _ in SHADOW_FLAGS:
+        field = flag[2:].replace("-", "_")
+        value = getattr(args, field)
+        if value is None:
+            env = "KUBEFORGE_" + field.upper()
+            text = _env(env, str(getattr(defaults, field)))
+            value = text if kind is str else _int(env, text) if kind is int else _float(env, text)
+        shadow[field] = value
 
     cfg = ServerConfig(
         model_uri=uri,
@@ -305,6 +354,7 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
         pvc_root=_env("KUBEFORGE_PVC_ROOT", "/mnt/pvc"),
         termination_log=_env("KUBEFORGE_TERMINATION_LOG", "/dev/termination-log"),
         log_level=(args.log_level or _env("KUBEFORGE_LOG_LEVEL", "INFO")).upper(),
+        **shadow,  # type: ignore[arg-type]
     )
     for field, value in (("--http-port", cfg.http_port), ("--grpc-port", cfg.grpc_port)):
         if not 0 <= value <= 65535:
@@ -337,6 +387,22 @@ def load_config(argv: list[str] | None = None) -> ServerConfig:
     ):
         if not seconds > 0:
             raise ConfigError(f"{name}: must be > 0, got {seconds}")
+    if cfg.shadow_url and not cfg.shadow_url.startswith("http://"):
+        raise ConfigError(f"--shadow-url: expected an http:// URL, got {cfg.shadow_url!r}")
+    if not 0 <= cfg.shadow_percent <= 100:
+        raise ConfigError(f"--shadow-percent: must be within 0-100, got {cfg.shadow_percent}")
+    if cfg.shadow_tolerance < 0:
+        raise ConfigError(f"--shadow-tolerance: must be >= 0, got {cfg.shadow_tolerance}")
+    for name, number in (
+        ("--shadow-queue", cfg.shadow_queue),
+        ("--shadow-concurrency", cfg.shadow_concurrency),
+    ):
+        if number < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {number}")
+    if not 0 < cfg.shadow_budget <= 1:
+        raise ConfigError(f"--shadow-budget: must be within (0, 1], got {cfg.shadow_budget}")
+    if not cfg.shadow_timeout > 0:
+        raise ConfigError(f"--shadow-timeout: must be > 0, got {cfg.shadow_timeout}")
     if cfg.intra_op_threads < 0 or cfg.inter_op_threads < 0:
         raise ConfigError("KUBEFORGE_INTRA_OP_THREADS / KUBEFORGE_INTER_OP_THREADS must be >= 0")
     return cfg

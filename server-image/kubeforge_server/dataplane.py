@@ -30,6 +30,7 @@ from .codec import DEFAULT_LIMITS, DecodeLimits, InferRequest
 from .errors import BadRequest, InferenceError, NotFound, Overloaded
 from .metrics import Metrics, ModelMetrics
 from .model import OnnxModel
+from .shadow import Shadow
 
 _now = time.perf_counter
 
@@ -249,6 +250,8 @@ class ModelEntry:
         self.limits = limits
         self.max_queue = max_queue
         self.metadata_json = orjson.dumps(model.metadata())
+        self.shadow: Shadow | None = None
+        """The mirror to a candidate server (a progressive rollout's shadow), when configured."""
 
 
 class DataPlane:
@@ -271,6 +274,7 @@ class DataPlane:
         max_queue: int = 256,
     ) -> ModelEntry:
         mm = self.metrics.for_model(model.name)
+        mm.sha256 = model.sha256
         entry = ModelEntry(
             model,
             Batcher(model, mm, max_batch_size, max_delay_ms / 1000.0, loop),

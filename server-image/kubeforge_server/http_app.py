@@ -363,6 +363,8 @@ class HttpApp:
             self._fail(conn, seq, entry, InferenceError(f"cannot encode outputs: {exc}"), job.t0)
             return
         self._finish(conn, seq, entry, 200, body, JSON if hl is None else OCTET, hl, job.t0)
+        if entry.shadow is not None:  # after the answer: the mirror never delays the client
+            entry.shadow.offer(req, names, results)
 
     def _finish(
         self,

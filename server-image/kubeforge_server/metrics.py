@@ -62,16 +62,30 @@ class Histogram:
 class ModelMetrics:
     """Per-model series. Transports call ``request_done``; the batcher calls ``batch_done``."""
 
-    __slots__ = ("batch_size", "codes", "inference", "inflight", "latency", "model", "queue")
+    __slots__ = (
+        "batch_size", "codes", "inference", "inflight", "latency", "model", "queue", "sha256",
+        "shadow",
+    )
 
     def __init__(self, model: str) -> None:
         self.model = model
+        self.sha256 = ""
+        """The served file's digest (a label on the request series: during a progressive
+        rollout, stable and candidate servers answer under one model name)."""
+        self.shadow: dict[str, int] | None = None
+        """Outcome counts of the shadow mirror (kubeforge_server.shadow), when one runs."""
         self.codes: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Histogram] = {}
         self.queue = Histogram(LATENCY_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.inflight = 0
+
+    def shadow_counts(self) -> dict[str, int]:
+        """The shadow mirror's outcome counters (every outcome exported from the start, at 0)."""
+        if self.shadow is None:
+            self.shadow = dict.fromkeys(("agreed", "disagreed", "failed", "dropped"), 0)
+        return self.shadow
 
     def request_done(self, protocol: str, code: int, seconds: float) -> None:
         key = (protocol, code)
@@ -118,18 +132,26 @@ class _Collector:
         ms = list(self.metrics.models.values())
         requests = CounterMetricFamily(
             f"{PREFIX}_requests",
-            "Inference requests by model, protocol and status code.",
-            labels=["model", "protocol", "code"],
+            "Inference requests by model (name and file sha256), protocol and status code.",
+            labels=["model", "sha256", "protocol", "code"],
         )
         errors = CounterMetricFamily(
             f"{PREFIX}_request_errors",
             "Failed inference requests (status >= 400) by model and code.",
-            labels=["model", "protocol", "code"],
+            labels=["model", "sha256", "protocol", "code"],
         )
         latency = HistogramMetricFamily(
             f"{PREFIX}_request_duration_seconds",
             "Inference request latency, request complete to response written.",
-            labels=["model", "protocol"],
+            labels=["model", "sha256", "protocol"],
+        )
+        shadow = CounterMetricFamily(
+            f"{PREFIX}_shadow_requests",
+            "Answered requests offered to the shadow mirror, by outcome: agreed / disagreed "
+            "(the candidate's outputs compared with this server's), failed (the candidate "
+            "answered an error, timed out or was unreachable), dropped (the mirror queue was "
+            "full). sha256 is this (the stable) server's model.",
+            labels=["model", "sha256", "outcome"],
         )
         queue = HistogramMetricFamily(
             f"{PREFIX}_queue_duration_seconds",
@@ -151,16 +173,18 @@ class _Collector:
         )
         for m in ms:
             for (protocol, code), n in sorted(m.codes.items()):
-                requests.add_metric([m.model, protocol, str(code)], n)
+                requests.add_metric([m.model, m.sha256, protocol, str(code)], n)
                 if code >= 400:
-                    errors.add_metric([m.model, protocol, str(code)], n)
+                    errors.add_metric([m.model, m.sha256, protocol, str(code)], n)
             for protocol, h in sorted(m.latency.items()):
-                latency.add_metric([m.model, protocol], h.buckets(), h.sum)
+                latency.add_metric([m.model, m.sha256, protocol], h.buckets(), h.sum)
+            for outcome, n in (m.shadow or {}).items():
+                shadow.add_metric([m.model, m.sha256, outcome], n)
             queue.add_metric([m.model], m.queue.buckets(), m.queue.sum)
             inference.add_metric([m.model], m.inference.buckets(), m.inference.sum)
             batch.add_metric([m.model], m.batch_size.buckets(), m.batch_size.sum)
             inflight.add_metric([m.model], m.inflight)
-        yield from (requests, errors, latency, queue, inference, batch, inflight)
+        yield from (requests, errors, latency, shadow, queue, inference, batch, inflight)
         lag = HistogramMetricFamily(
             f"{PREFIX}_event_loop_lag_seconds",
             "How late a periodic timer on the event loop fired (time the loop was blocked).",

@@ -19,6 +19,7 @@ from .http_app import HttpApp, HttpLimits
 from .memory import tune_malloc
 from .metrics import Metrics
 from .model import OnnxModel, load_model
+from .shadow import Shadow, ShadowConfig
 from .storage import ModelLoadError
 
 log = logging.getLogger("kubeforge_server")
@@ -155,6 +156,21 @@ class Server:
                         ),
                         max_queue=cfg.max_queue,
                     )
+                    if cfg.shadow_url:
+                        entry.shadow = Shadow(
+                            ShadowConfig(
+                                url=cfg.shadow_url,
+                                percent=cfg.shadow_percent,
+                                tolerance=cfg.shadow_tolerance,
+                                queue=cfg.shadow_queue,
+                                concurrency=cfg.shadow_concurrency,
+                                timeout=cfg.shadow_timeout,
+                                budget=cfg.shadow_budget,
+                            ),
+                            model.name,
+                            entry.metrics.shadow_counts(),
+                        )
+                        entry.shadow.start()
                     self.http.model_added(entry)
                     # Everything loaded so far lives as long as the process: keep it out of the
                     # cyclic collector, whose full passes over it would stall the loop for tens
@@ -200,6 +216,9 @@ class Server:
         if grpc_stop is not None:
             await grpc_stop
         self.http.stop()
+        for entry in self.dataplane.entries.values():
+            if entry.shadow is not None:
+                await entry.shadow.close()
         self.dataplane.close()
         if self._grpc_servicer is not None:
             self._grpc_servicer.close()

@@ -27,18 +27,20 @@ per watched namespace). Why each rule: docs/security.md, "The operator's RBAC, l
   resources: [pods]
   verbs: [get, list, watch]
 # Rendezvous Service of a multi-node job; a ModelDeployment's Service (server-side apply:
-# patch, and create when it does not exist yet).
+# patch, and create when it does not exist yet); a canary rollout's candidate Service, deleted
+# when the rollout ends.
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 # Events for what users must see.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# A ModelDeployment's Deployment (its ReplicaSets only watched, for rollout status).
+# A ModelDeployment's Deployment (its ReplicaSets only watched, for rollout status), and a
+# canary rollout's candidate Deployment, deleted when the rollout ends.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [replicasets]
   verbs: [list, watch]
@@ -54,6 +56,11 @@ per watched namespace). Why each rule: docs/security.md, "The operator's RBAC, l
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, prometheusrules]
   verbs: [get, create, patch, delete]
+# A canary rollout's HTTPRoute (rollout.gatewayRef, when the Gateway API is installed): weights
+# of the stable and candidate Services; deleted when gatewayRef is dropped.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [create, patch, delete]
 # Kueue: Workloads say why a job is queued.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]

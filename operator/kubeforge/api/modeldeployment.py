@@ -19,6 +19,7 @@ from kubeforge.api.common import (
     check_uri,
     conditions_field,
 )
+from kubeforge.api.rollout import Rollout, RolloutStatus
 
 MODEL_SCHEMES = STORAGE_SCHEMES
 
@@ -174,13 +175,6 @@ class Autoscaling(KubeModel):
         return self
 
 
-class Rollout(KubeModel):
-    strategy: Literal["RollingUpdate"] = Field(
-        default="RollingUpdate",
-        description="RollingUpdate (never below the ready count the PodDisruptionBudget promises).",
-    )
-
-
 class Monitoring(KubeModel):
     service_monitor: bool = Field(
         default=True, description="Make a ServiceMonitor when the Prometheus Operator is installed."
@@ -271,6 +265,9 @@ class ModelDeploymentStatus(KubeModel):
     url: str | None = Field(default=None, description="In-cluster URL of the inference endpoint.")
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts, description="Replica counts.")
     model: ServedModel | None = Field(default=None, description="What is being served.")
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The progressive rollout (strategy Canary), when one ran."
+    )
 
 
 class ModelDeployment(KubeModel):

@@ -44,6 +44,7 @@ from kubeforge.modeldeployment.indexed import (
 )
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.reconcile import ModelDeploymentReconciler
+from kubeforge.modeldeployment.rollout_handlers import register_rollout
 
 __all__ = [
     "ModelDeploymentReconciler",
@@ -189,6 +190,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
             id=f"kubeforge-modeldeployment-{resource}-event",
             labels=selector,
         )(child_event(kind))
+
+    register_rollout(ctx, ctl)
 
     def all_keys() -> list[Key]:
         return list(ctx.index(IDX_MD))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubeforge.api.rollout import ROLLOUT_ANNOTATION
 from kubeforge.controller import slim_owner
 from kubeforge.modeldeployment import build as mdbuild
 
@@ -24,6 +25,9 @@ IDX_HPA = "kubeforge-modeldeployment-hpas"
 IDX_PDB = "kubeforge-modeldeployment-pdbs"
 IDX_SRC_TJ = "kubeforge-modeldeployment-source-trainingjobs"
 IDX_SRC_TS = "kubeforge-modeldeployment-source-tuningstudies"
+IDX_CAND_DEPLOY = "kubeforge-modeldeployment-candidate-deployments"
+IDX_CAND_PODS = "kubeforge-modeldeployment-candidate-pods"
+"""A progressive rollout's candidate Deployment and pods (label kubeforge.io/candidate-of)."""
 
 WATCHED = {
     "Service": IDX_SVC,
@@ -39,7 +43,7 @@ JSON = dict[str, Any]
 
 
 def slim_md(body: Any) -> JSON:
-    return slim_owner(body, KIND, API_VERSION)
+    return slim_owner(body, KIND, API_VERSION, annotations=(ROLLOUT_ANNOTATION,))
 
 
 def _meta(body: Any) -> JSON:
@@ -100,6 +104,7 @@ def slim_pod(body: Any) -> JSON:
         },
         "status": {
             "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
             "conditions": status.get("conditions") or [],
             "containerStatuses": status.get("containerStatuses") or [],
         },

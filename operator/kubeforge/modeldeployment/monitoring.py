@@ -21,8 +21,16 @@ class MonitoringDiscovery:
     `invalidate` while a request is in flight is not undone by that request's answer.
     """
 
-    def __init__(self, kube: AsyncKube) -> None:
+    def __init__(
+        self,
+        kube: AsyncKube,
+        group_version: str = mdbuild.MONITORING_GROUP,
+        resources: frozenset[str] = frozenset({"servicemonitors", "prometheusrules"}),
+    ) -> None:
         self.kube = kube
+        self.group_version = group_version
+        self.resources = resources
+        """Discovery of another API the same way (a rollout's Gateway API HTTPRoutes)."""
         self._checking: asyncio.Future[bool] | None = None
         self._value: bool | None = None
         self._checked = 0.0
@@ -43,9 +51,9 @@ class MonitoringDiscovery:
     async def _check(self) -> bool:
         generation = self._generation
         try:
-            doc = await self.kube.request("GET", "/apis/" + mdbuild.MONITORING_GROUP)
+            doc = await self.kube.request("GET", "/apis/" + self.group_version)
             names = {r.get("name") for r in doc.get("resources") or []}
-            value = {"servicemonitors", "prometheusrules"} <= names
+            value = self.resources <= names
         except (ApiError, OSError):
             value = False
         if generation == self._generation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,6 +35,9 @@ from kubeforge.modeldeployment.indexed import (
 )
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 from kubeforge.modeldeployment.resolve import Resolved, deployed_model_uri, resolve, source_ref
+from kubeforge.modeldeployment.rollout import with_rollout
+from kubeforge.modeldeployment.rollout_build import CANDIDATE_OF, stable_deployment
+from kubeforge.modeldeployment.rollout_sync import RolloutDriver
 from kubeforge.modeldeployment.status import compute_status
 from kubeforge.refusal import RefusalGuard
 
@@ -61,6 +65,7 @@ class ModelDeploymentReconciler:
         self.written_status: dict[Key, JSON] = {}
         self.phases = PhaseTracker(KIND)
         self.guard = RefusalGuard(KIND, condition="Ready")
+        self.rollouts = RolloutDriver(ctx)
 
     # --- bookkeeping (event loop) -----------------------------------------------------------
 
@@ -96,6 +101,7 @@ class ModelDeploymentReconciler:
         self.written_status.pop(key, None)
         self.phases.forget(key)
         self.guard.forget(key)
+        self.rollouts.forget(key)
 
     def child_gone(self, key: Key, kind: str) -> None:
         self.recent.pop((key, kind), None)
@@ -138,6 +144,11 @@ class ModelDeploymentReconciler:
         served = deployed_model_uri(deployment)
         # a model that cannot be served (yet) keeps the previous one running
         model_uri = resolved.uri or served
+        rollout = await self.rollouts.run(
+            key, md, spec, deployment, snap.pods, served, resolved, now
+        )
+        if rollout.stable_uri is not None:
+            model_uri = rollout.stable_uri
         keep = None
         if spec.autoscaling is not None:
             if deployment is None:
@@ -152,6 +163,11 @@ class ModelDeploymentReconciler:
             monitoring_crds=await self.discovery.available(),
             keep_replicas=keep,
         )
+        if desired.deployment is not None:
+            desired = replace(desired, deployment=stable_deployment(
+                desired.deployment, self.settings,
+                extra_args=rollout.stable_args, replicas=rollout.stable_replicas,
+            ))
 
         for child in desired.children():
             if child.kind == "Deployment":
@@ -166,18 +182,24 @@ class ModelDeploymentReconciler:
             await self._ensure_absent(key, md, api_version, kind, snap.children.get(kind))
 
         served = deployed_model_uri(deployment)
+        # a canary's pods and ReplicaSets carry our selector label in a weight step: the
+        # status is the stable Deployment's (the rollout has its own, status.rollout)
+        cand = self.settings.label(CANDIDATE_OF)
         status = compute_status(
             md,
             spec,
             resolved,
             deployment,
-            snap.pods,
+            [p for p in snap.pods if cand not in (p["metadata"].get("labels") or {})],
             now=now,
-            replica_sets=snap.replica_sets,
+            replica_sets=[
+                r for r in snap.replica_sets if cand not in (r["metadata"].get("labels") or {})
+            ],
             served_uri=served,
         )
+        with_rollout(status, rollout.status, now, degraded=rollout.degraded)
         await self._write_status(key, md, base_status, status)
-        return None
+        return rollout.requeue
 
     def _current_deployment(self, key: Key, observed: JSON | None) -> JSON | None:
         recent = self.recent_deployment.get(key)

@@ -98,3 +98,18 @@ def test_messages_carry_the_operator_message_or_a_useful_summary() -> None:
 
 def test_observed_generation_absent_does_not_block() -> None:
     assert health("TrainingJob", obj("Succeeded", observed=None))["status"] == "Healthy"
+
+
+def test_canary_rollout_health() -> None:
+    """Progressing during a rollout, Suspended while it is paused, Degraded after a rollback
+    (the operator's phase), Healthy after promotion."""
+    during = obj("Progressing", message="canary: healthy", rollout={"phase": "Progressing"})
+    assert health("ModelDeployment", during)["status"] == "Progressing"
+    paused = obj("Progressing", message="canary: paused", rollout={"phase": "Paused"})
+    assert health("ModelDeployment", paused) == {"status": "Suspended",
+                                                 "message": "canary: paused"}
+    rolled_back = obj("Degraded", message="rollout of s3://m/v2 rolled back: LowAgreement",
+                      rollout={"phase": "RolledBack"})
+    assert health("ModelDeployment", rolled_back)["status"] == "Degraded"
+    promoted = obj("Ready", rollout={"phase": "Promoted"})
+    assert health("ModelDeployment", promoted)["status"] == "Healthy"

@@ -42,9 +42,11 @@ def test_metrics_endpoint_series(server: RunningServer) -> None:
     _drive(server)
     text = _metrics_text(server)
     for series in (
-        'kubeforge_server_requests_total{code="200",model="mlp",protocol="http"}',
-        'kubeforge_server_request_errors_total{code="400",model="mlp",protocol="http"}',
-        'kubeforge_server_request_duration_seconds_bucket{le="0.001",model="mlp",protocol="http"}',
+        # request series carry the served file's sha256 (stable and candidate of a rollout)
+        'kubeforge_server_requests_total{code="200",model="mlp",protocol="http",sha256="',
+        'kubeforge_server_request_errors_total{code="400",model="mlp",protocol="http",sha256="',
+        'kubeforge_server_request_duration_seconds_bucket{le="0.001",model="mlp",protocol="http",'
+        'sha256="',
         'kubeforge_server_queue_duration_seconds_count{model="mlp"}',
         'kubeforge_server_inference_duration_seconds_sum{model="mlp"}',
         'kubeforge_server_batch_size_bucket{le="2.0",model="mlp"}',

@@ -22,7 +22,12 @@ if message == nil or message == "" then
     message = phase .. ": " .. tostring(r.ready or 0) .. "/" .. tostring(r.desired) .. " replicas ready"
   end
 end
-if phase == "Ready" then
+local rollout = obj.status.rollout
+if phase == "Progressing" and rollout ~= nil and rollout.phase == "Paused" then
+  -- a canary rollout held (spec.rollout.paused, or a breach with autoRollback off): as Argo
+  -- Rollouts reports a paused rollout
+  hs.status = "Suspended"
+elseif phase == "Ready" then
   hs.status = "Healthy"
 elseif phase == "Degraded" or phase == "Failed" then
   hs.status = "Degraded"
