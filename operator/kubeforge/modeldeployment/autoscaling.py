@@ -39,6 +39,11 @@ HPA = "HorizontalPodAutoscaler"
 KEDA_HPA_PREFIX = "keda-hpa-"
 """KEDA names the HPA it makes for ScaledObject `x` `keda-hpa-x`."""
 
+KEDA_SKIP_HPA_CHECK = {"validations.keda.sh/hpa-ownership": "false"}
+"""On kubeforge's own HPA: KEDA's admission webhook (when installed) refuses a ScaledObject for a
+Deployment that another HPA scales, and the switch cpu → concurrency applies the ScaledObject
+while the old HPA still exists (deleted right after): this annotation makes the webhook skip it."""
+
 POLLING_INTERVAL_SECONDS = 15
 """How often KEDA's operator polls the trigger (activation; the HPA itself reads the metric every
 kube-controller-manager HPA sync, 15 s by default)."""

@@ -331,10 +331,12 @@ def build_hpa(md: JSON, spec: ModelDeploymentSpec, settings: Settings) -> Child 
     a = spec.autoscaling
     if a is None or a.uses_keda:
         return None
+    meta = _meta(md, settings)
+    meta["annotations"] = dict(scaling.KEDA_SKIP_HPA_CHECK)
     manifest: JSON = {
         "apiVersion": scaling.HPA_API_VERSION,
         "kind": scaling.HPA,
-        "metadata": _meta(md, settings),
+        "metadata": meta,
         "spec": scaling.hpa_spec(
             a, md["metadata"]["name"], inflight_target=settings.serving_inflight_target
         ),

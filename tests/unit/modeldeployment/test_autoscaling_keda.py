@@ -118,6 +118,9 @@ def test_resource_metrics_make_an_hpa_with_the_documented_default(
     assert spec["metrics"] == [{"type": "Resource", "resource": {
         "name": metric, "target": {"type": "Utilization", "averageUtilization": target}}}]
     assert spec["behavior"]["scaleDown"] == {"stabilizationWindowSeconds": 120}
+    # KEDA's webhook must not refuse the ScaledObject of a switch while this HPA still exists
+    assert d.hpa.manifest["metadata"]["annotations"]["validations.keda.sh/hpa-ownership"] == (
+        "false")
     assert ("keda.sh/v1alpha1", "ScaledObject") in d.absent
     assert ("autoscaling/v2", "HorizontalPodAutoscaler") not in d.absent
 

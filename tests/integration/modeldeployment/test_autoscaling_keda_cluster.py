@@ -1,0 +1,288 @@
+"""ModelDeployment autoscaling on requests in flight, end to end with the real pieces: the real
+KEDA operator and metrics API server (built by `make keda-bins`, run on the host: the aggregated
+API `v1beta1.external.metrics.k8s.io` reached by the API server through the front proxy), a real
+Prometheus (Debian's) scraping real `kubeforge-server` processes that play the pods, the
+controller-manager's HPA controller, and the operator.
+
+A load ramp of 1 → 4 → 16 → 64 closed-loop connections scales the replicas up; when the load
+stops they come back down. The requests are held ~100 ms by the server's own batcher (a batch
+that never fills waits `maxDelayMs`), so 64 connections are ~64 requests in flight without
+burning the shared CPUs. Bounds (measured on 2 shared cores; printed on every run):
+- 64 connections → the Deployment asks for >= 4 replicas within UP_BOUND_S
+  (Prometheus scrape 1 s + HPA sync 15 s + KEDA's query; scale-up window 0 s);
+- load stops → back to 1 replica within DOWN_BOUND_S (scale-down window 15 s + HPA sync 15 s).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.keda import Keda, LocalAddress
+from kubeforge_cluster.keda import find as find_keda
+from kubeforge_cluster.podplayer import PodPlayer
+from kubeforge_cluster.prometheus_host import HostPrometheus
+from kubeforge_cluster.testing import wait_until
+from onnx import TensorProto, helper
+
+pytestmark = pytest.mark.integration
+
+JSON = dict[str, Any]
+MD_API = "/apis/kubeforge.io/v1alpha1"
+NAME = "ramp"
+TARGET = 8
+MAX_REPLICAS = 6
+UP_BOUND_S = 120.0
+DOWN_BOUND_S = 150.0
+HOLD_MS = 100
+
+
+def _required(reason: str) -> None:
+    if os.environ.get("KUBEFORGE_REQUIRE_CLUSTER", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"KUBEFORGE_REQUIRE_CLUSTER is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def keda(cluster: Any) -> Iterator[Keda]:
+    if not getattr(cluster, "local", False):
+        pytest.skip("runs KEDA on the host beside a local control plane")
+    missing = [n for n in ("keda-operator", "keda-adapter") if find_keda(n) is None]
+    if missing:
+        _required(f"{', '.join(missing)} missing: run `make keda-bins`")
+    reason = LocalAddress.unsupported_reason() or HostPrometheus.unsupported_reason()
+    if reason:
+        _required(reason)
+    k = Keda(cluster).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[HostPrometheus]:
+    p = HostPrometheus(tmp_path / "prometheus").start()
+    yield p
+    p.stop()
+
+
+def _model(path: Path) -> Path:
+    """y = x + 1 on [batch, 4] float32 (cheap: the batcher's wait is what holds a request)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "one"], ["output"])],
+        "plus-one",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [4], [1.0] * 4)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+class Load:
+    """Closed-loop clients: each connection sends the next inference when the last is answered,
+    to the ready servers in turn (as the Service would spread them)."""
+
+    BODY = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    ).encode()
+
+    def __init__(self, player: PodPlayer, labels: dict[str, str]) -> None:
+        self.player = player
+        self.labels = labels
+        self.stop_all = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.ok = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def connections(self, n: int) -> None:
+        while len(self.threads) < n:
+            i = len(self.threads)
+            t = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"load-{i}")
+            self.threads.append(t)
+            t.start()
+
+    def _run(self, i: int) -> None:
+        conns: dict[str, http.client.HTTPConnection] = {}
+        k = i
+        deadline = time.monotonic() + 600  # bounded whatever happens
+        while not self.stop_all.is_set() and time.monotonic() < deadline:
+            servers = self.player.servers(self.labels)
+            if not servers:
+                time.sleep(0.1)
+                continue
+            s = servers[k % len(servers)]
+            k += 1
+            host, port = s.url.split(":")
+            conn = conns.get(s.url)
+            try:
+                if conn is None:
+                    conn = conns[s.url] = http.client.HTTPConnection(host, int(port), timeout=10)
+                conn.request("POST", f"/v2/models/{NAME}/infer", self.BODY,
+                             {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                with self.lock:
+                    self.ok += r.status == 200
+                    self.failed += r.status != 200
+            except OSError:
+                conns.pop(s.url, None)
+                with self.lock:
+                    self.failed += 1
+                time.sleep(0.05)
+        for c in conns.values():
+            c.close()
+
+    def stop(self) -> None:
+        self.stop_all.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def _discovery(prom: HostPrometheus, player: PodPlayer, ns: str, labels: dict[str, str],
+               stop: threading.Event) -> None:
+    """The scrape targets follow the ready servers (a ServiceMonitor's job, here by hand)."""
+    while not stop.wait(0.5):
+        prom.set_targets([(s.url, {"namespace": ns, "pod": s.name})
+                          for s in player.servers(labels)])
+
+
+def _replicas(kube: KubeClient, ns: str) -> int:
+    dep = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}")
+    return int(dep["spec"].get("replicas") or 0)
+
+
+def _md(kube: KubeClient, ns: str) -> JSON:
+    obj: JSON = kube.get(f"{MD_API}/namespaces/{ns}/modeldeployments/{NAME}")
+    return obj
+
+
+def test_load_ramp_scales_up_then_down_with_real_keda(
+    keda: Keda, prometheus: HostPrometheus, operator: Any, kube: KubeClient, kubectl: Any,
+    namespace: str, tmp_path: Path,
+) -> None:
+    ns = namespace
+    model = _model(tmp_path / "model" / "model.onnx")
+    kube.post(f"{MD_API}/namespaces/{ns}/modeldeployments", {
+        "apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"uri": f"file://{model}"},
+            "resources": {"cpu": "100m", "memory": "128Mi"},
+            # a batch never fills (4096 > 64 connections): each request waits HOLD_MS
+            "runtime": {"batching": {"maxBatchSize": 4096, "maxDelayMs": HOLD_MS}},
+            "scheduling": {"tolerations": [
+                {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]},
+            "autoscaling": {
+                "metric": "concurrency", "target": TARGET,
+                "minReplicas": 1, "maxReplicas": MAX_REPLICAS,
+                "scaleUpStabilization": "0s", "scaleDownStabilization": "15s",
+                "prometheusAddress": prometheus.url,
+            },
+        },
+    })
+    labels = {"kubeforge.io/modeldeployment": NAME}
+    player = PodPlayer(kube, tmp_path / "player", [ns], interval=0.5).start()
+    stop_sd = threading.Event()
+    sd = threading.Thread(target=_discovery, args=(prometheus, player, ns, labels, stop_sd),
+                          daemon=True)
+    sd.start()
+    load = Load(player, labels)
+    figures: dict[str, float] = {}
+    try:
+        # the ScaledObject (owned by the ModelDeployment) and KEDA's HPA on the external metric
+        so = wait_until("the ScaledObject", lambda: _get(
+            kube, f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{NAME}"), timeout=60)
+        assert so["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+        hpa = wait_until("KEDA's HPA", lambda: _get(
+            kube, f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/"
+            f"keda-hpa-{NAME}"), timeout=60)
+        assert _get(kube, f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/"
+                    f"{NAME}") is None  # no HPA of our own beside it
+        metric = hpa["spec"]["metrics"][0]["external"]["metric"]["name"]
+        wait_until("one ready server", lambda: player.servers(labels), timeout=90)
+
+        t0 = time.monotonic()
+        for n, hold in ((1, 8.0), (4, 8.0), (16, 8.0)):
+            load.connections(n)
+            time.sleep(hold)
+        # the aggregated API answers through the API server (front proxy → metrics server)
+        ext = kube.get(f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}",
+                       query={"labelSelector": f"scaledobject.keda.sh/name={NAME}"})
+        assert ext["items"] and ext["items"][0]["metricName"] == metric
+        t64 = time.monotonic()
+        load.connections(64)
+        wait_until(">= 4 replicas asked for", lambda: _replicas(kube, ns) >= 4,
+                   timeout=UP_BOUND_S, interval=0.5)
+        figures["up_from_64_s"] = time.monotonic() - t64
+        figures["up_from_ramp_start_s"] = time.monotonic() - t0
+        wait_until(">= 4 servers ready", lambda: len(player.servers(labels)) >= 4,
+                   timeout=90, interval=0.5)
+        figures["ready_from_64_s"] = time.monotonic() - t64
+        inflight = prometheus.query(
+            f'sum(kubeforge_server_inflight_requests{{namespace="{ns}",model="{NAME}"}})')
+        assert inflight is not None and inflight > TARGET, inflight
+
+        # the status shows the autoscaler's view; kubectl get md prints it
+        def seen() -> JSON | None:
+            view = (_md(kube, ns).get("status") or {}).get("autoscaling") or {}
+            ok = view.get("currentValue") and (view.get("desiredReplicas") or 0) >= 4
+            return view if ok else None
+
+        view = wait_until("status.autoscaling under load", seen, timeout=60, interval=0.5)
+        assert view["kind"] == "ScaledObject" and view["metric"] == "concurrency"
+        assert float(view["currentValue"]) > TARGET / 2
+        assert view["target"] == str(TARGET)
+        out = kubectl("get", "md", NAME, "-n", ns)
+        assert "SCALING" in out and "concurrency" in out, out
+
+        t_stop = time.monotonic()
+        load.stop()
+        wait_until("back to 1 replica", lambda: _replicas(kube, ns) == 1,
+                   timeout=DOWN_BOUND_S, interval=0.5)
+        figures["down_after_stop_s"] = time.monotonic() - t_stop
+        assert load.ok > 0 and load.failed <= load.ok * 0.01, (load.ok, load.failed)
+        last = (_md(kube, ns).get("status") or {}).get("autoscaling") or {}
+        print(f"\n[autoscaling] figures: {json.dumps({k: round(v, 1) for k, v in figures.items()})}"
+              f" requests ok={load.ok} failed={load.failed} last view={last.get('summary')}")
+    finally:
+        load.stop()
+        stop_sd.set()
+        player.stop()
+
+
+def test_scale_to_zero_is_refused_by_the_api_server(
+    kube: KubeClient, kubeforge_crds: Any, namespace: str
+) -> None:
+    """No activator can run here: the CRD refuses minReplicas 0 and says what to install."""
+    with pytest.raises(ApiError) as info:
+        kube.post(f"{MD_API}/namespaces/{namespace}/modeldeployments", {
+            "apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "zero"},
+            "spec": {"model": {"uri": "s3://b/m/"},
+                     "autoscaling": {"metric": "concurrency", "minReplicas": 0}},
+        })
+    text = str(info.value)
+    assert "spec.autoscaling.minReplicas" in text and "activator" in text, text
+
+
+def _get(kube: KubeClient, path: str) -> JSON | None:
+    try:
+        obj: JSON = kube.get(path)
+        return obj
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
