@@ -15,6 +15,7 @@ burning the shared CPUs. Bounds (measured on 2 shared cores; printed on every ru
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -261,6 +262,14 @@ def test_load_ramp_scales_up_then_down_with_real_keda(
         load.stop()
         stop_sd.set()
         player.stop()
+        # KEDA removes its finalizer from the ScaledObject: let it, while it still runs (the
+        # namespace would otherwise stay Terminating after the module's KEDA stops)
+        with contextlib.suppress(ApiError):
+            kube.delete(f"{MD_API}/namespaces/{ns}/modeldeployments/{NAME}")
+        with contextlib.suppress(TimeoutError):
+            wait_until("the ScaledObject gone", lambda: _get(
+                kube, f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{NAME}") is None,
+                timeout=60, interval=0.5)
 
 
 def test_scale_to_zero_is_refused_by_the_api_server(
