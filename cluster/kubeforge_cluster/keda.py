@@ -12,9 +12,9 @@ KEDA's go.mod carries a replace, so `go install ...@version` refuses it: the wra
 Running it (``Keda(cluster).start()``): the metrics API server is an aggregated API (APIService
 `v1beta1.external.metrics.k8s.io`). The API server reaches it through a Service's endpoint
 (`--enable-aggregator-routing=true`, set by every LocalCluster with the front-proxy flags), and
-Endpoints/EndpointSlices refuse loopback addresses. So the metrics server listens on an address
-of a dedicated dummy interface (``LocalAddress``): an address of this machine, whose route is
-the `local` table's (delivered through `lo`, nothing leaves the machine; checked by reading
+Endpoints/EndpointSlices refuse loopback addresses (127.0.0.0/8). So the metrics server listens
+on an address of its own added to the `lo` device (``LocalAddress``: a /32 in 10.89.0.0/16),
+whose route is the `local` table's (delivered through `lo`, nothing leaves the machine; checked by reading
 `ip route get`, never by sending a packet). The Service has no selector; its Endpoints and
 EndpointSlice name that address. Everything else binds 127.0.0.1, except the metrics server's
 own Prometheus listener (`--port`: KEDA has no flag for its address; a free port, nothing
@@ -122,21 +122,24 @@ def build(force: bool = False, d: Path | None = None) -> Path:
 
 
 class LocalAddress:
-    """A /32 on a dummy interface of this session's own (root): an address of this machine that
-    Endpoints accept. Unique per process (name and address from the pid); removed by `remove`.
+    """A /32 of this session's own on the loopback interface (root), labelled `lo:kfk<pid>`: an
+    address of this machine that Endpoints accept (they refuse 127.0.0.0/8, not the device).
+    Unique per process (address from the pid); removed by `remove`. This kernel has no dummy
+    interfaces (no modules), and the pod network's bridge exists only while a real node runs.
     """
 
     PREFIX = "10.89"
+    DEVICE = "lo"
 
     def __init__(self) -> None:
         pid = os.getpid()
-        self.ifname = f"kfkeda{pid % 1_000_000}"
+        self.label = f"lo:kfk{pid % 1_000_000}"
         self.ip = f"{self.PREFIX}.{(pid >> 8) & 0xFF}.{max(pid & 0xFF, 1)}"
 
     @staticmethod
     def unsupported_reason() -> str | None:
         if os.geteuid() != 0:
-            return "needs root (a dummy network interface for the metrics API server's address)"
+            return "needs root (an address on lo for the metrics API server's endpoint)"
         if shutil.which("ip") is None:
             return "needs the `ip` command (iproute2)"
         return None
@@ -145,13 +148,11 @@ class LocalAddress:
         reason = self.unsupported_reason()
         if reason:
             raise PermissionError(f"KEDA's metrics API server {reason}")
-        self.remove()
+        self.remove()  # our own leftover (same pid, an earlier crashed run)
         taken = _ip("-o", "-4", "addr", "show", "to", f"{self.ip}/32")
         if taken.strip():
             raise RuntimeError(f"{self.ip} is already an address of this machine: {taken}")
-        _ip("link", "add", self.ifname, "type", "dummy")
-        _ip("addr", "add", f"{self.ip}/32", "dev", self.ifname)
-        _ip("link", "set", self.ifname, "up")
+        _ip("addr", "add", f"{self.ip}/32", "dev", self.DEVICE, "label", self.label)
         self.check_local()
         return self
 
@@ -163,16 +164,14 @@ class LocalAddress:
             raise RuntimeError(f"{self.ip} does not route locally: {route!r}")
 
     def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            if _ip("-o", "link", "show", self.ifname).strip():
-                _ip("link", "del", self.ifname)
+        mine = _ip("-o", "-4", "addr", "show", "dev", self.DEVICE, "label", self.label)
+        if mine.strip():
+            _ip("addr", "del", f"{self.ip}/32", "dev", self.DEVICE, "label", self.label)
 
 
 def _ip(*args: str) -> str:
     r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=10)
     if r.returncode != 0:
-        if args[:2] in (("-o", "link"),) and "does not exist" in r.stderr:
-            return ""
         raise subprocess.CalledProcessError(r.returncode, ["ip", *args], r.stdout, r.stderr)
     return r.stdout.strip()
 
