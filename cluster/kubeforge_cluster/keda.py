@@ -60,13 +60,22 @@ def find(name: str, d: Path | None = None) -> Path | None:
     return binaries.find_binary(name, d or bin_dir())
 
 
+CRDS = ("keda.sh_scaledobjects.yaml", "eventing.keda.sh_cloudeventsources.yaml")
+"""Two of the CRDs copied (config/crd/bases: the operator also watches the eventing ones)."""
+
+
 def _built(d: Path) -> bool:
     m = binaries._read_manifest(d)
-    return (
-        m.get("keda") == KEDA_VERSION
-        and all(binaries._is_exe(d / n) for n in BINARIES)
-        and any((d / "crds").glob("keda.sh_scaledobjects.yaml"))
-    )
+    return m.get("keda") == KEDA_VERSION and all(binaries._is_exe(d / n) for n in BINARIES)
+
+
+def _crds_ok(d: Path) -> bool:
+    return all((d / "crds" / f).is_file() for f in CRDS)
+
+
+def _copy_crds(d: Path) -> None:
+    src = binaries._mod_dir(f"{KEDA_MODULE}@{KEDA_VERSION}") / "config" / "crd" / "bases"
+    binaries._copy_tree_files(src, d / "crds", "*.yaml")
 
 
 def status(d: Path | None = None) -> dict[str, str]:
@@ -75,7 +84,7 @@ def status(d: Path | None = None) -> dict[str, str]:
     for n in BINARIES:
         p = find(n, d)
         out[n] = "missing" if p is None else ("ok" if p.parent != d or _built(d) else "stale")
-    out["crds"] = "ok" if any((d / "crds").glob("keda.sh_*.yaml")) else "missing"
+    out["crds"] = "ok" if _crds_ok(d) else "missing"
     return out
 
 
@@ -83,11 +92,13 @@ def build(force: bool = False, d: Path | None = None) -> Path:
     """Build keda-operator and keda-adapter into the cache (nothing when already there)."""
     d = d or bin_dir()
     t0 = time.monotonic()
-    if _built(d) and not force:
+    if _built(d) and _crds_ok(d) and not force:
         binaries._log(f"keda {KEDA_VERSION}: present in {d}, nothing to do")
         return d
     with binaries._locked(d):
-        if _built(d) and not force:  # another build finished while we waited
+        if _built(d) and not force:  # built (by another run meanwhile): only the CRDs
+            if not _crds_ok(d):
+                _copy_crds(d)
             return d
         go = binaries._go()
         binaries._log(
@@ -111,8 +122,7 @@ def build(force: bool = False, d: Path | None = None) -> Path:
         )
         for name, pkg in BINARIES.items():
             (out / pkg).replace(d / name)
-        src = binaries._mod_dir(f"{KEDA_MODULE}@{KEDA_VERSION}") / "config" / "crd" / "bases"
-        binaries._copy_tree_files(src, d / "crds", "keda.sh_*.yaml")
+        _copy_crds(d)
         binaries._write_manifest(d, {"keda": KEDA_VERSION})
         binaries._log(f"keda: done in {binaries._fmt(time.monotonic() - t0)}")
     return d
@@ -224,7 +234,7 @@ class Keda:
             shutil.copyfile(c.pki_dir / "ca.crt", certs / "ca.crt")
             (self.dir / "no-custom-ca").mkdir(exist_ok=True)
 
-            crds = sorted((self.bin_dir / "crds").glob("keda.sh_*.yaml"))
+            crds = sorted((self.bin_dir / "crds").glob("*.yaml"))
             c.apply_files(crds)
             c.wait_crds_established([crd_name(f) for f in crds], timeout=60)
             if not c._exists(f"/api/v1/namespaces/{NAMESPACE}"):

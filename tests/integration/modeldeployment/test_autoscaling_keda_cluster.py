@@ -5,9 +5,9 @@ Prometheus (Debian's) scraping real `kubeforge-server` processes that play the p
 controller-manager's HPA controller, and the operator.
 
 A load ramp of 1 → 4 → 16 → 64 closed-loop connections scales the replicas up; when the load
-stops they come back down. The requests are held ~100 ms by the server's own batcher (a batch
-that never fills waits `maxDelayMs`), so 64 connections are ~64 requests in flight without
-burning the shared CPUs. Bounds (measured on 2 shared cores; printed on every run):
+stops they come back down. Each batch of the model costs ~20 ms of CPU (see `_model`), so the
+requests queue at the servers and 64 connections are ~64 requests in flight. Bounds (measured on
+2 shared cores; printed on every run):
 - 64 connections → the Deployment asks for >= 4 replicas within UP_BOUND_S
   (Prometheus scrape 1 s + HPA sync 15 s + KEDA's query; scale-up window 0 s);
 - load stops → back to 1 replica within DOWN_BOUND_S (scale-down window 15 s + HPA sync 15 s).
@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 from kubeforge_cluster.client import ApiError, KubeClient
@@ -33,7 +34,7 @@ from kubeforge_cluster.keda import find as find_keda
 from kubeforge_cluster.podplayer import PodPlayer
 from kubeforge_cluster.prometheus_host import HostPrometheus
 from kubeforge_cluster.testing import wait_until
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,8 @@ TARGET = 8
 MAX_REPLICAS = 6
 UP_BOUND_S = 120.0
 DOWN_BOUND_S = 150.0
-HOLD_MS = 100
+LOOP_TRIPS = 20_000
+BATCH = 8
 
 
 def _required(reason: str) -> None:
@@ -76,13 +78,31 @@ def prometheus(tmp_path: Path) -> Iterator[HostPrometheus]:
 
 
 def _model(path: Path) -> Path:
-    """y = x + 1 on [batch, 4] float32 (cheap: the batcher's wait is what holds a request)."""
+    """output = input, after LOOP_TRIPS cheap steps per *batch* (a Loop on a scalar: ~20 ms of one
+    core here, nearly independent of the batch size). Requests then queue at the servers the way
+    they do at a busy model: with closed-loop clients, the requests in flight are about the
+    connections, which is what the concurrency metric must see."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Sin", ["state_in"], ["state_out"])],
+        "step",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [])],
+    )
     graph = helper.make_graph(
-        [helper.make_node("Add", ["input", "one"], ["output"])],
-        "plus-one",
+        [helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
+         helper.make_node("Loop", ["trips", "cond", "total"], ["state_end"], body=body),
+         helper.make_node("Mul", ["state_end", "zero"], ["nothing"]),  # keeps the Loop alive
+         helper.make_node("Add", ["input", "nothing"], ["output"])],
+        "busy-identity",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("one", TensorProto.FLOAT, [4], [1.0] * 4)],
+        [numpy_helper.from_array(np.array(LOOP_TRIPS, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "cond"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -138,8 +158,10 @@ class Load:
                 with self.lock:
                     self.ok += r.status == 200
                     self.failed += r.status != 200
-            except OSError:
-                conns.pop(s.url, None)
+            except (OSError, http.client.HTTPException):  # a server gone or a closed keep-alive
+                bad = conns.pop(s.url, None)
+                if bad is not None:
+                    bad.close()
                 with self.lock:
                     self.failed += 1
                 time.sleep(0.05)
@@ -182,8 +204,8 @@ def test_load_ramp_scales_up_then_down_with_real_keda(
         "spec": {
             "model": {"uri": f"file://{model}"},
             "resources": {"cpu": "100m", "memory": "128Mi"},
-            # a batch never fills (4096 > 64 connections): each request waits HOLD_MS
-            "runtime": {"batching": {"maxBatchSize": 4096, "maxDelayMs": HOLD_MS}},
+            # small batches of a busy model: requests queue at the servers
+            "runtime": {"batching": {"maxBatchSize": BATCH}},
             "scheduling": {"tolerations": [
                 {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]},
             "autoscaling": {
@@ -232,9 +254,12 @@ def test_load_ramp_scales_up_then_down_with_real_keda(
         wait_until(">= 4 servers ready", lambda: len(player.servers(labels)) >= 4,
                    timeout=90, interval=0.5)
         figures["ready_from_64_s"] = time.monotonic() - t64
-        inflight = prometheus.query(
-            f'sum(kubeforge_server_inflight_requests{{namespace="{ns}",model="{NAME}"}})')
-        assert inflight is not None and inflight > TARGET, inflight
+        print(f"\n[autoscaling] up: {figures}, requests ok={load.ok} failed={load.failed}")
+        query = f'sum(kubeforge_server_inflight_requests{{namespace="{ns}",model="{NAME}"}})'
+        inflight = wait_until("Prometheus sees the requests in flight",
+                              lambda: (prometheus.query(query) or 0) > TARGET and
+                              prometheus.query(query), timeout=30, interval=1)
+        assert inflight > TARGET
 
         # the status shows the autoscaler's view; kubectl get md prints it
         def seen() -> JSON | None:
