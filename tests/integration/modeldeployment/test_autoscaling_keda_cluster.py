@@ -297,6 +297,62 @@ def test_load_ramp_scales_up_then_down_with_real_keda(
                 timeout=60, interval=0.5)
 
 
+def test_switching_metric_never_leaves_the_deployment_without_an_autoscaler(
+    keda: Keda, operator: Any, kube: KubeClient, namespace: str
+) -> None:
+    """cpu → concurrency → cpu on the real cluster: polled every 50 ms, the Deployment always has
+    kubeforge's HPA or the ScaledObject (and KEDA's HPA follows the ScaledObject)."""
+    ns, name = namespace, "switch"
+    md_path = f"{MD_API}/namespaces/{ns}/modeldeployments/{name}"
+    hpa_path = f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}"
+    so_path = f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{name}"
+    kube.post(f"{MD_API}/namespaces/{ns}/modeldeployments", {
+        "apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"uri": "s3://bucket/m/"},
+                 "resources": {"cpu": "100m", "memory": "128Mi"},
+                 "autoscaling": {"metric": "cpu", "minReplicas": 1, "maxReplicas": 3}},
+    })
+    wait_until("kubeforge's HPA", lambda: _get(kube, hpa_path), timeout=60)
+    samples: list[tuple[bool, bool]] = []
+    stop = threading.Event()
+
+    def sample() -> tuple[bool, bool]:
+        return (_get(kube, hpa_path) is not None, _get(kube, so_path) is not None)
+
+    def poll() -> None:
+        while not stop.wait(0.05):
+            samples.append(sample())
+
+    samples.append(sample())
+    assert samples[0] == (True, False)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        kube.patch(md_path, {"spec": {"autoscaling": {
+            "metric": "concurrency", "prometheusAddress": "http://127.0.0.1:9"}}})
+        wait_until("ScaledObject in, HPA out", lambda: _get(kube, so_path) and not _get(
+            kube, hpa_path), timeout=60, interval=0.2)
+        wait_until("KEDA's HPA", lambda: _get(
+            kube, f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/"
+            f"keda-hpa-{name}"), timeout=60)
+        kube.patch(md_path, {"spec": {"autoscaling": {"metric": "cpu", "prometheusAddress": None}}})
+        wait_until("HPA in, ScaledObject out", lambda: _get(kube, hpa_path) and not _get(
+            kube, so_path), timeout=60, interval=0.2)
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+        with contextlib.suppress(ApiError):
+            kube.delete(md_path)
+        with contextlib.suppress(TimeoutError):
+            wait_until("the ScaledObject gone", lambda: _get(kube, so_path) is None,
+                       timeout=60, interval=0.5)
+    # (each switch took well under a second here: few samples, none without an autoscaler)
+    assert samples[-1] == (True, False)
+    assert all(hpa or so for hpa, so in samples), samples
+    assert any(so and not hpa for hpa, so in samples)  # the switch did happen in between
+
+
 def test_scale_to_zero_is_refused_by_the_api_server(
     kube: KubeClient, kubeforge_crds: Any, namespace: str
 ) -> None:
