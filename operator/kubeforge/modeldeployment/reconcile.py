@@ -279,7 +279,9 @@ class ModelDeploymentReconciler:
                 parse=False,
             )
         except ApiError as exc:
-            if not exc.not_found:
+            # 403 on an optional kind (KEDA, Prometheus Operator) whose rights the chart left
+            # out (autoscaling.keda.enabled=false): the operator never made one either
+            if not (exc.not_found or (exc.status == 403 and kind not in WATCHED)):
                 raise
         self.recent.pop((key, kind), None)
         if kind not in WATCHED:

@@ -167,6 +167,7 @@ class Kube:
     def __init__(self) -> None:
         self.log: list[tuple[str, str]] = []
         self.objects: dict[str, JSON] = {}
+        self.status: list[JSON] = []
 
     async def request(self, method: str, path: str, **kw: Any) -> JSON:
         if method == "GET" and path == "/apis/keda.sh/v1alpha1":
@@ -197,7 +198,7 @@ class Kube:
         return None
 
     async def patch_status(self, *a: Any) -> None:
-        return None
+        self.status.append(a[-1])
 
     async def create(self, o: JSON) -> JSON:
         return o
@@ -237,6 +238,28 @@ def test_switching_metric_creates_the_new_autoscaler_before_deleting_the_old() -
     assert writes_between(kube.log, n) == [
         ("apply", "HorizontalPodAutoscaler"), ("delete", "scaledobjects")]
     assert "horizontalpodautoscalers" in kube.objects and "scaledobjects" not in kube.objects
+
+
+def test_no_rights_on_scaled_objects_is_not_an_error_for_cpu() -> None:
+    """KEDA installed but the chart's autoscaling.keda.enabled=false: deleting the (never made)
+    ScaledObject is forbidden, and a cpu ModelDeployment still reconciles."""
+
+    class Forbidden(Kube):
+        async def request(self, method: str, path: str, **kw: Any) -> JSON:
+            if method == "DELETE" and "/scaledobjects/" in path:
+                self.log.append(("delete", "scaledobjects"))
+                raise ApiError(403, "Forbidden")
+            return await super().request(method, path, **kw)
+
+    kube = Forbidden()
+    rec = ModelDeploymentReconciler(
+        OperatorContext(settings=S, kube=kube, api=kube)  # type: ignore[arg-type]
+    )
+    reconcile(rec, {"metric": "cpu"}, kube)
+    assert ("delete", "scaledobjects") in kube.log
+    assert "horizontalpodautoscalers" in kube.objects
+    # not ended as ChildRejected (a 403 on a child otherwise fails the object)
+    assert kube.status and all(st.get("phase") != "Failed" for st in kube.status), kube.status
 
 
 # --- the autoscaler's view ----------------------------------------------------------------------
