@@ -95,6 +95,13 @@ def build(force: bool = False, d: Path | None = None) -> Path:
     if _built(d) and _crds_ok(d) and not force:
         binaries._log(f"keda {KEDA_VERSION}: present in {d}, nothing to do")
         return d
+    users = [binaries.find_binary(n, d) for n in BINARIES]
+    if not force and all(p is not None and p.parent != d for p in users):
+        binaries._log(f"keda: using {', '.join(map(str, users))} (user-provided; not built)")
+        if not _crds_ok(d):
+            d.mkdir(parents=True, exist_ok=True)
+            _copy_crds(d)
+        return d
     with binaries._locked(d):
         if _built(d) and not force:  # built (by another run meanwhile): only the CRDs
             if not _crds_ok(d):

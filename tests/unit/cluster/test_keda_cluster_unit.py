@@ -59,3 +59,21 @@ def test_local_address_is_per_process_and_outside_the_projects_ranges() -> None:
     assert a.ip.startswith("10.89.") and not a.ip.endswith(".0")
     # not the pod network, the service range or loopback (Endpoints refuse loopback)
     assert not a.ip.startswith(("10.88.", "10.96.", "127."))
+
+
+def test_user_provided_binaries_are_not_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mine, cache = tmp_path / "mine", tmp_path / "cache"
+    mine.mkdir()
+    for name in keda.BINARIES:
+        exe = mine / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    (cache / "crds").mkdir(parents=True)
+    for crd in keda.CRDS:
+        (cache / "crds" / crd).write_text("{}")
+    monkeypatch.setenv("KUBEFORGE_USE_BINARIES", str(mine))
+    monkeypatch.setattr(keda.binaries, "_go", lambda: pytest.fail("must not build"))
+    assert keda.build(d=cache) == cache
+    assert keda.find("keda-operator", cache) == mine / "keda-operator"
