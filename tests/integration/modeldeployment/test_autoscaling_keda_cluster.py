@@ -119,7 +119,8 @@ class Load:
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     ).encode()
 
-    def __init__(self, player: PodPlayer, labels: dict[str, str]) -> None:
+    def __init__(self, player: PodPlayer, labels: dict[str, str], model: str = NAME) -> None:
+        self.model = model
         self.player = player
         self.labels = labels
         self.stop_all = threading.Event()
@@ -151,7 +152,7 @@ class Load:
             try:
                 if conn is None:
                     conn = conns[s.url] = http.client.HTTPConnection(host, int(port), timeout=10)
-                conn.request("POST", f"/v2/models/{NAME}/infer", self.BODY,
+                conn.request("POST", f"/v2/models/{self.model}/infer", self.BODY,
                              {"Content-Type": "application/json"})
                 r = conn.getresponse()
                 r.read()
@@ -182,13 +183,13 @@ def _discovery(prom: HostPrometheus, player: PodPlayer, ns: str, labels: dict[st
                           for s in player.servers(labels)])
 
 
-def _replicas(kube: KubeClient, ns: str) -> int:
-    dep = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}")
+def _replicas(kube: KubeClient, ns: str, name: str = NAME) -> int:
+    dep = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
     return int(dep["spec"].get("replicas") or 0)
 
 
-def _md(kube: KubeClient, ns: str) -> JSON:
-    obj: JSON = kube.get(f"{MD_API}/namespaces/{ns}/modeldeployments/{NAME}")
+def _md(kube: KubeClient, ns: str, name: str = NAME) -> JSON:
+    obj: JSON = kube.get(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}")
     return obj
 
 
@@ -294,6 +295,60 @@ def test_load_ramp_scales_up_then_down_with_real_keda(
         with contextlib.suppress(TimeoutError):
             wait_until("the ScaledObject gone", lambda: _get(
                 kube, f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{NAME}") is None,
+                timeout=60, interval=0.5)
+
+
+def test_rps_scales_on_the_request_rate(
+    keda: Keda, prometheus: HostPrometheus, operator: Any, kube: KubeClient, namespace: str,
+    tmp_path: Path,
+) -> None:
+    """metric rps: 4 closed-loop connections make far more than 10 requests/s, the rate()
+    query through KEDA makes the Deployment ask for a second replica, and the status shows the
+    rate per replica."""
+    ns, name = namespace, "rate"
+    model = _model(tmp_path / "model" / "model.onnx")
+    kube.post(f"{MD_API}/namespaces/{ns}/modeldeployments", {
+        "apiVersion": "kubeforge.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"file://{model}"},
+            "resources": {"cpu": "100m", "memory": "128Mi"},
+            "runtime": {"batching": {"maxBatchSize": BATCH}},
+            "autoscaling": {"metric": "rps", "target": 10, "minReplicas": 1, "maxReplicas": 2,
+                            "prometheusAddress": prometheus.url},
+        },
+    })
+    labels = {"kubeforge.io/modeldeployment": name}
+    player = PodPlayer(kube, tmp_path / "player", [ns], interval=0.5).start()
+    stop_sd = threading.Event()
+    threading.Thread(target=_discovery, args=(prometheus, player, ns, labels, stop_sd),
+                     daemon=True).start()
+    load = Load(player, labels, model=name)
+    try:
+        wait_until("one ready server", lambda: player.servers(labels), timeout=90)
+        t0 = time.monotonic()
+        load.connections(4)
+        wait_until("2 replicas asked for", lambda: _replicas(kube, ns, name) == 2,
+                   timeout=UP_BOUND_S, interval=0.5)
+        up = time.monotonic() - t0
+
+        def seen() -> JSON | None:
+            view = (_md(kube, ns, name).get("status") or {}).get("autoscaling") or {}
+            return view if float(view.get("currentValue") or 0) > 10 else None
+
+        view = wait_until("status.autoscaling on rps", seen, timeout=60, interval=0.5)
+        assert view["kind"] == "ScaledObject" and view["metric"] == "rps"
+        print(f"\n[autoscaling] rps: 2 replicas {up:.1f}s after the load began; "
+              f"view {view['summary']}")
+    finally:
+        load.stop()
+        stop_sd.set()
+        player.stop()
+        with contextlib.suppress(ApiError):
+            kube.delete(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}")
+        with contextlib.suppress(TimeoutError):
+            wait_until("the ScaledObject gone", lambda: _get(
+                kube, f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{name}") is None,
                 timeout=60, interval=0.5)
 
 
