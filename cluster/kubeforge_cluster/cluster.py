@@ -111,6 +111,10 @@ class StartupError(RuntimeError):
     pass
 
 
+FRONT_PROXY_CLIENT = "front-proxy-client"
+"""CN of the API server's front-proxy client cert (--requestheader-allowed-names)."""
+
+
 class LocalCluster:
     """A throwaway control plane. ``with LocalCluster() as c: ...`` or ``start()``/``stop()``.
 
@@ -401,6 +405,13 @@ class LocalCluster:
         )
         ca.issue(d / "admin", "kubeforge-admin", organizations=("system:masters",), client=True)
         pki.make_sa_keypair(d)
+        # front proxy (aggregation layer): its own CA, as kubeadm does; harmless where no
+        # APIService is registered, needed by KEDA's metrics API server (kubeforge_cluster.keda)
+        fp = d / "front-proxy"
+        fp.mkdir(exist_ok=True)
+        pki.make_ca(fp, name="kubeforge-front-proxy-ca").issue(
+            fp / "client", FRONT_PROXY_CLIENT, client=True
+        )
         self._ca = ca
         pki.write_kubeconfig(
             self.kubeconfig,
@@ -450,9 +461,26 @@ class LocalCluster:
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--profiling=false",
+                *self._front_proxy_args(),
                 *self.extra_apiserver_args,
             ],
         )
+
+    def _front_proxy_args(self) -> list[str]:
+        """The aggregation layer's flags (an APIService's server trusts the requests the API
+        server proxies with the front-proxy client cert). With aggregator routing the API
+        server dials an APIService's endpoint IP, never its ClusterIP (the network rule)."""
+        fp = self.pki_dir / "front-proxy"
+        return [
+            f"--requestheader-client-ca-file={fp / 'ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--proxy-client-cert-file={fp / 'client.crt'}",
+            f"--proxy-client-key-file={fp / 'client.key'}",
+            "--enable-aggregator-routing=true",
+        ]
 
     def _component_kubeconfig_flags(self) -> list[str]:
         k = str(self.kubeconfig)

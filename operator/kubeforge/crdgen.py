@@ -222,6 +222,8 @@ _KINDS: list[dict[str, Any]] = [
         "columns": [
             ("Phase", "string", ".status.phase", "The deployment's phase."),
             ("Ready", "integer", ".status.replicas.ready", "Ready replicas."),
+            ("Scaling", "string", ".status.autoscaling.summary",
+             "Autoscaler: metric current/target per replica, replicas current->desired."),
             ("URL", "string", ".status.url", "In-cluster inference URL."),
             ("Rollout", "string", ".status.rollout.phase",
              "Progressive rollout: Progressing, Paused, Promoted or RolledBack."),

@@ -142,6 +142,11 @@ class Settings:
     prometheus-adapter) serving that metric; 0 (the default): off, so clusters without an adapter
     show no FailedGetPodsMetric errors on the HPA."""
 
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    """Prometheus that KEDA's trigger queries for ModelDeployments autoscaled on concurrency or
+    rps (`spec.autoscaling.prometheusAddress` overrides it per object). The default is the
+    Service kube-prometheus-stack makes when installed in the namespace `monitoring`."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `KUBEFORGE_*` variables, then keyword overrides (non-None only)."""

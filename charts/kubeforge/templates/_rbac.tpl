@@ -61,6 +61,14 @@ per watched namespace). Why each rule: docs/security.md, "The operator's RBAC, l
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, patch, delete]
+{{- if .Values.autoscaling.keda.enabled }}
+# KEDA ScaledObject of a ModelDeployment autoscaled on concurrency or rps (read before written,
+# not watched; deleted when the metric goes back to cpu/memory). KEDA's own HPA is watched
+# through the horizontalpodautoscalers rule above.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, create, patch, delete]
+{{- end }}
 # Kueue: Workloads say why a job is queued.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]

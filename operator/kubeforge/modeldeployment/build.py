@@ -2,7 +2,8 @@
 
 Children, all named after the ModelDeployment and owned by it (deletion cascades):
 Deployment (the ONNX Runtime server), Service (HTTP 8080 + gRPC 8081), HorizontalPodAutoscaler
-(autoscaling/v2, only with `spec.autoscaling`), PodDisruptionBudget (only when more than one
+(autoscaling/v2, with `spec.autoscaling` on cpu/memory) or KEDA ScaledObject (on concurrency/rps;
+see `autoscaling.py`), PodDisruptionBudget (only when more than one
 replica is promised), and, only when the Prometheus Operator's CRDs exist, ServiceMonitor and
 PrometheusRule. The pod template comes from the shared `kubeforge.pod` builder, so `spec.pod`,
 pvc:// mounts, `secretRef` (envFrom) and Pod Security `restricted` are the same as TrainingJob's.
@@ -15,6 +16,7 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.apply import manifest_hash
+from kubeforge.modeldeployment import autoscaling as scaling
 from kubeforge.pod import container_resources, pod_parts, scheduling_fields
 from kubeforge.settings import Settings
 
@@ -69,6 +71,7 @@ class Desired:
     service: Child
     deployment: Child | None = None
     hpa: Child | None = None
+    scaled_object: Child | None = None
     pdb: Child | None = None
     service_monitor: Child | None = None
     prometheus_rule: Child | None = None
@@ -82,6 +85,7 @@ class Desired:
             for c in (
                 self.service,
                 self.deployment,
+                self.scaled_object,  # before the HPA's deletion (in absent): never neither
                 self.hpa,
                 self.pdb,
                 self.service_monitor,
@@ -322,52 +326,40 @@ def build_service(md: JSON, settings: Settings) -> Child:
 
 
 def build_hpa(md: JSON, spec: ModelDeploymentSpec, settings: Settings) -> Child | None:
-    """autoscaling/v2 HPA on CPU or memory utilisation (of the requests), plus, when the
-    operator's `serving_inflight_target` is set, a Pods metric on the server's in-flight gauge
-    (needs a custom-metrics adapter such as prometheus-adapter)."""
+    """autoscaling/v2 HPA for metric cpu or memory (see `autoscaling.hpa_spec`); None without
+    autoscaling or when KEDA scales (concurrency, rps)."""
     a = spec.autoscaling
-    if a is None:
+    if a is None or a.uses_keda:
         return None
-    name = md["metadata"]["name"]
-    metrics: list[JSON] = [
-        {
-            "type": "Resource",
-            "resource": {
-                "name": a.metric,
-                "target": {"type": "Utilization", "averageUtilization": a.target},
-            },
-        }
-    ]
-    if settings.serving_inflight_target > 0:
-        metrics.append(
-            {
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": "kubeforge_server_inflight_requests"},
-                    "target": {
-                        "type": "AverageValue",
-                        "averageValue": _number(settings.serving_inflight_target),
-                    },
-                },
-            }
-        )
+    meta = _meta(md, settings)
+    meta["annotations"] = dict(scaling.KEDA_SKIP_HPA_CHECK)
     manifest: JSON = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
+        "apiVersion": scaling.HPA_API_VERSION,
+        "kind": scaling.HPA,
+        "metadata": meta,
+        "spec": scaling.hpa_spec(
+            a, md["metadata"]["name"], inflight_target=settings.serving_inflight_target
+        ),
+    }
+    return _child(manifest, settings)
+
+
+def build_scaled_object(md: JSON, spec: ModelDeploymentSpec, settings: Settings) -> Child | None:
+    """KEDA ScaledObject for metric concurrency or rps (see `autoscaling.scaled_object_spec`)."""
+    a = spec.autoscaling
+    if a is None or not a.uses_keda:
+        return None
+    meta = md["metadata"]
+    manifest: JSON = {
+        "apiVersion": scaling.KEDA_GROUP_VERSION,
+        "kind": scaling.SCALED_OBJECT,
         "metadata": _meta(md, settings),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": metrics,
-            "behavior": {
-                # scale down slowly: a model replica is expensive to bring back (load + warm)
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 300,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                }
-            },
-        },
+        "spec": scaling.scaled_object_spec(
+            a,
+            meta["name"],
+            meta["namespace"],
+            scaling.prometheus_address(a, settings.prometheus_url),
+        ),
     }
     return _child(manifest, settings)
 
@@ -504,21 +496,31 @@ def build(
     *,
     monitoring_crds: bool = False,
     keep_replicas: int | None = None,
+    keda_crds: bool = False,
 ) -> Desired:
     """ModelDeployment (`md` = the object, `spec` = its validated spec) → desired children.
 
     - `model_uri`: the resolved model (None: nothing to serve yet; the Deployment, HPA and PDB
       are then left as they are: a new model is rolled out only once it exists).
     - `monitoring_crds`: the Prometheus Operator's CRDs are installed (discovery).
+    - `keda_crds`: KEDA's ScaledObject is served; when it is not, a concurrency/rps spec makes
+      no ScaledObject and keeps whatever HPA exists (never a moment with no autoscaler).
     """
     absent: list[tuple[str, str]] = []
-    deployment = hpa = pdb = None
+    deployment = hpa = pdb = scaled_object = None
     if model_uri is not None:
         deployment = build_deployment(md, spec, settings, model_uri, keep_replicas=keep_replicas)
         hpa = build_hpa(md, spec, settings)
         pdb = build_pdb(md, spec, settings)
-        if hpa is None:
-            absent.append(("autoscaling/v2", "HorizontalPodAutoscaler"))
+        a = spec.autoscaling
+        keda_waits = a is not None and a.uses_keda and not keda_crds
+        if not keda_waits:
+            scaled_object = build_scaled_object(md, spec, settings)
+        # the new autoscaler is applied (children()) before the old one is deleted (absent)
+        if hpa is None and not keda_waits:
+            absent.append((scaling.HPA_API_VERSION, scaling.HPA))
+        if scaled_object is None and keda_crds:  # none can exist where KEDA is not served
+            absent.append((scaling.KEDA_GROUP_VERSION, scaling.SCALED_OBJECT))
         if pdb is None:
             absent.append(("policy/v1", "PodDisruptionBudget"))
     sm = pr = None
@@ -535,6 +537,7 @@ def build(
         service=build_service(md, settings),
         deployment=deployment,
         hpa=hpa,
+        scaled_object=scaled_object,
         pdb=pdb,
         service_monitor=sm,
         prometheus_rule=pr,

@@ -18,6 +18,7 @@ import kopf
 
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Controller, Key
+from kubeforge.modeldeployment.autoscaling import slim_hpa
 from kubeforge.modeldeployment.indexed import (
     GROUP,
     IDX_BY_SOURCE,
@@ -160,7 +161,8 @@ def register(ctx: OperatorContext) -> Controller[Snapshot]:
         "autoscaling", "v2", "horizontalpodautoscalers", id=IDX_HPA, labels=selector
     )
     async def index_hpa(**kw: Any) -> Any:
-        return {parent(kw["namespace"], kw["labels"]): slim_child(kw["body"])}
+        # ours and KEDA's keda-hpa-<name> (it copies the ScaledObject's labels): status reads both
+        return {parent(kw["namespace"], kw["labels"]): slim_hpa(kw["body"])}
 
     @ctx.index_handler("policy", "v1", "poddisruptionbudgets", id=IDX_PDB, labels=selector)
     async def index_pdb(**kw: Any) -> Any:

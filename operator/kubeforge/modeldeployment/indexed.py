@@ -4,7 +4,7 @@ snapshot a reconcile gets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubeforge.api.rollout import ROLLOUT_ANNOTATION
@@ -34,7 +34,7 @@ WATCHED = {
     "HorizontalPodAutoscaler": IDX_HPA,
     "PodDisruptionBudget": IDX_PDB,
 }
-UNWATCHED = ("ServiceMonitor", "PrometheusRule")
+UNWATCHED = ("ServiceMonitor", "PrometheusRule", "ScaledObject")
 
 JSON = dict[str, Any]
 
@@ -136,3 +136,5 @@ class Snapshot:
     children: dict[str, JSON | None]
     source: JSON | None
     trial_job: JSON | None
+    hpas: list[JSON] = field(default_factory=list)
+    """Every HPA with the ModelDeployment's label: its own and KEDA's `keda-hpa-<name>`."""

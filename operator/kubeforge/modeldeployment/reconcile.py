@@ -17,10 +17,12 @@ from kubeforge.conditions import condition_reason, invalid_spec_status, now_rfc3
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Key
 from kubeforge.metrics import PhaseTracker
+from kubeforge.modeldeployment import autoscaling as scaling
 from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment.indexed import (
     API_VERSION,
     IDX_DEPLOY,
+    IDX_HPA,
     IDX_MD,
     IDX_PODS,
     IDX_RS,
@@ -57,6 +59,7 @@ class ModelDeploymentReconciler:
         self.kube: AsyncKube = ctx.api
         self.hash_key = self.settings.label(mdbuild.SPEC_HASH)
         self.discovery = MonitoringDiscovery(ctx.api)
+        self.keda = scaling.KedaDiscovery(ctx.api)
         self.recent: dict[tuple[Key, str], str] = {}
         """(key, kind) → hash we applied that the watch may not show yet."""
         self.verified: dict[tuple[Key, str], tuple[str, float]] = {}
@@ -82,14 +85,18 @@ class ModelDeploymentReconciler:
             best = ((source or {}).get("status") or {}).get("bestTrial") or {}
             if ref[0] == "TuningStudy" and best.get("name"):
                 trial = ctx.one(IDX_SRC_TJ, (key[0], str(best["name"])))
+        children = {kind: ctx.one(idx, key) for kind, idx in WATCHED.items()}
+        hpas = ctx.all(IDX_HPA, key)
+        children[scaling.HPA] = scaling.own_hpa(hpas, key[1])  # never KEDA's keda-hpa-<name>
         return Snapshot(
             md=md,
             deployment=ctx.one(IDX_DEPLOY, key),
             replica_sets=ctx.all(IDX_RS, key),
             pods=ctx.all(IDX_PODS, key),
-            children={kind: ctx.one(idx, key) for kind, idx in WATCHED.items()},
+            children=children,
             source=source,
             trial_job=trial,
+            hpas=hpas,
         )
 
     def forget(self, key: Key) -> None:
@@ -155,6 +162,7 @@ class ModelDeploymentReconciler:
                 keep = spec.replicas  # start at spec.replicas (within min..max), not at 1
             elif deployment["metadata"].get("ownsReplicas"):
                 keep = deployment["spec"].get("replicas")
+        keda_served = await self.keda.available()
         desired = mdbuild.build(
             md,
             spec,
@@ -162,6 +170,7 @@ class ModelDeploymentReconciler:
             model_uri,
             monitoring_crds=await self.discovery.available(),
             keep_replicas=keep,
+            keda_crds=keda_served,
         )
         if desired.deployment is not None:
             desired = replace(desired, deployment=stable_deployment(
@@ -198,6 +207,11 @@ class ModelDeploymentReconciler:
             served_uri=served,
         )
         with_rollout(status, rollout.status, now, degraded=rollout.degraded)
+        view = scaling.autoscaler_view(spec.autoscaling, key[1], snap.hpas, keda_served=keda_served)
+        if view is not None:
+            status["autoscaling"] = view
+        else:
+            status.pop("autoscaling", None)
         await self._write_status(key, md, base_status, status)
         return rollout.requeue
 
@@ -264,6 +278,7 @@ class ModelDeploymentReconciler:
         except ApiError as exc:
             if exc.not_found:  # the CRD went away
                 self.discovery.invalidate()
+                self.keda.invalidate()
                 return
             raise
         self.verified[mark] = (child.hash, time.monotonic())
@@ -286,7 +301,9 @@ class ModelDeploymentReconciler:
                 parse=False,
             )
         except ApiError as exc:
-            if not exc.not_found:
+            # 403 on an optional kind (KEDA, Prometheus Operator) whose rights the chart left
+            # out (autoscaling.keda.enabled=false): the operator never made one either
+            if not (exc.not_found or (exc.status == 403 and kind not in WATCHED)):
                 raise
         self.recent.pop((key, kind), None)
         if kind not in WATCHED:

@@ -30,8 +30,8 @@ class MemoryKube:
         self.events: list[JSON] = []
 
     async def request(self, method: str, path: str, **kw: Any) -> JSON:
-        if method == "DELETE" or path == "/apis/monitoring.coreos.com/v1":
-            raise ApiError(404, "NotFound")  # nothing to delete; no Prometheus Operator
+        if method == "DELETE" or path in ("/apis/monitoring.coreos.com/v1", "/apis/keda.sh/v1alpha1"):
+            raise ApiError(404, "NotFound")  # nothing to delete; no Prometheus Operator, no KEDA
         raise AssertionError(f"unexpected {method} {path}")
 
     async def apply(self, obj: JSON, *, force: bool = True, parse: bool = True) -> JSON:
