@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,7 +66,9 @@ class BuildKitDaemon:
         root: Path | None = None,
         insecure_registries: Iterable[str] = (),
     ) -> None:
-        self.run_dir = Path(run_dir or Path("/tmp") / f"kubeforge-buildkit-{os.getpid()}")
+        # a run dir of our own (logs, config) is removed at stop; a given one is kept
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-buildkit-"))
         self.root = Path(root or default_root())
         self.insecure_registries = list(insecure_registries)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +148,8 @@ class BuildKitDaemon:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> BuildKitDaemon:
         return self.start()

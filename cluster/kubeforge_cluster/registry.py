@@ -20,9 +20,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +80,9 @@ class LocalRegistry:
         port: int | None = None,
         storage: Path | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir or Path("/tmp") / f"kubeforge-registry-{os.getpid()}")
+        # a run dir of our own (logs, config) is removed at stop; a given one is kept
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-registry-"))
         self.port = port or free_port()
         self.storage = Path(storage or default_storage())
         self.proc: subprocess.Popen[bytes] | None = None
@@ -137,6 +141,8 @@ class LocalRegistry:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "registry.pid").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalRegistry:
@@ -202,3 +208,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def hosts_toml(host: str) -> str:
+    """containerd's hosts.toml for a plain-HTTP registry on loopback (pull and resolve only)."""
+    return (
+        f'server = "http://{host}"\n\n'
+        f'[host."http://{host}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+        "  skip_verify = true\n"
+    )
+
+
+def trust_on_node(hosts_dir: Path, host: str) -> Path:
+    """Let a real node's containerd pull from ``host`` (``RealNode.registry_hosts_dir``)."""
+    if not host.startswith(("127.", "localhost:")):
+        raise ValueError(f"{host}: only loopback registries are configured here")
+    d = hosts_dir / host
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "hosts.toml").write_text(hosts_toml(host))
+    return d / "hosts.toml"

@@ -261,18 +261,17 @@ def wheelhouse(spec: ImageSpec) -> Path:
         "cp311",
         "-d",
         str(tmp),
-        "-c",
-        str(REPO / "constraints.txt"),
     ]
     for p in PLATFORMS:
         args += ["--platform", p]
-    for f in spec.requirement_files:
-        args += ["-r", str(f)]
     t = time.monotonic()
     log(f"{spec.name}: pip download {len(reqs)} requirements (+ files) into a wheelhouse ...")
     # the host's own find-links dir would leak other wheels in: only PyPI here
     env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
-    subprocess.run([*args, *reqs], check=True, env=env)
+    # as the Dockerfile installs: the project with constraints.txt, then each file on its own
+    subprocess.run([*args, "-c", str(REPO / "constraints.txt"), *reqs], check=True, env=env)
+    for f in spec.requirement_files:
+        subprocess.run([*args, "-r", str(f)], check=True, env=env)
     size = sum(f.stat().st_size for f in tmp.iterdir())
     (tmp / ".complete").write_text(f"{len(list(tmp.iterdir()))} wheels\n")
     tmp.rename(out)

@@ -203,7 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--status", action="store_true")
+    ap.add_argument("--path", metavar="BINARY", help="print the path of BINARY (built if missing)")
     a = ap.parse_args(argv)
+    if a.path:
+        tool = next((t for t in TOOLS if a.path in t.binaries), None)
+        if tool is None:
+            ap.error(f"--path: unknown binary {a.path}")
+        build(only=(tool.name,))
+        print(require(a.path)[a.path])
+        return 0
     if a.status:
         for k, v in status().items():
             print(f"  {k:12} {v}")
