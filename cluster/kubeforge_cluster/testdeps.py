@@ -9,7 +9,9 @@
 3. the **kserve client's venv** (``~/.cache/kubeforge/bench-venv``: kserve pins core packages the
    project venv must not change, so it lives in a venv of its own);
 4. the **packed images** (``cluster/images/out``: operator and server, by ``make images``'s
-   builder; the 6.4 GB trainer only with ``KUBEFORGE_TEST_TRAINER_IMAGE=1``).
+   builder; the 6.4 GB trainer only with ``KUBEFORGE_TEST_TRAINER_IMAGE=1``);
+5. where real pods run: **registry, crane, BuildKit** (``make ship-bins``) for the shipping e2e
+   test; ``KUBEFORGE_SHIP_E2E=0`` (what ``.ci/run`` sets) leaves them out.
 
 Whatever this machine cannot do is said once, with its reason, and the tests that need it skip
 with the same reason: no root (apt, debootstrap), no network to the package registries.
@@ -110,11 +112,28 @@ def packed_images() -> str:
     return "built: " + ", ".join(names)
 
 
+def ship_tools() -> str:
+    """registry, crane, BuildKit for tests/e2e/realpods/test_registry_pull.py: only where real
+    pods can run, and not with KUBEFORGE_SHIP_E2E=0 (.ci/run's default: ~10 min cold)."""
+    if os.environ.get("KUBEFORGE_SHIP_E2E") == "0":
+        return "skipped (KUBEFORGE_SHIP_E2E=0)"
+    from .realnode.node import host_unsupported_reason
+
+    reason = host_unsupported_reason()
+    if reason:
+        return f"not built: real pods cannot run here ({reason})"
+    from . import shipbins
+
+    built = shipbins.build(only=("registry", "crane", "buildkit"))
+    return "built" if built else "present"
+
+
 STEPS: dict[str, Callable[[], str]] = {
     "promtool/prometheus/debootstrap (apt)": apt_tools,
     "helm3": helm3,
     "kserve client venv": kserve_venv,
     "packed images": packed_images,
+    "registry + crane + BuildKit (real-pod shipping e2e)": ship_tools,
 }
 
 
