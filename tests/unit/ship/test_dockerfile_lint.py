@@ -75,7 +75,9 @@ def test_pip_installs_are_pinned_and_offline_capable(dockerfile: str) -> None:
     assert installs
     for seg in installs:
         # pinned by the project's constraints, or by a requirement file that pins (below)
-        assert "-c constraints.txt" in seg or re.search(r"-r \S+/requirements-remote\.txt", seg), seg
+        assert "-c constraints.txt" in seg or re.search(r"-r \S+/requirements-remote\.txt", seg), (
+            seg
+        )
         assert "--find-links /wheels" in seg, seg
     for ln in lines:
         if "pip install" in ln:
