@@ -148,3 +148,23 @@ def test_chart_image_registry_rewrites_every_image(helm: Helm) -> None:
 def test_chart_schema_names_a_bad_registry(helm: Helm) -> None:
     with pytest.raises(HelmError, match="image/registry"):
         helm.template("--set", "image.registry=not a registry")
+
+
+def test_packaged_chart_lints_and_renders(helm: Helm, tmp_path: Path) -> None:
+    """What the release pushes is the packaged chart: lint and render the .tgz itself."""
+    out = helm("package", str(REPO / "charts" / "kubeforge"), "-d", str(tmp_path)).stdout
+    tgz = tmp_path / f"kubeforge-{ship.app_version()}.tgz"
+    assert tgz.is_file(), out
+    helm("lint", str(tgz), "--strict")
+    objs = helm.template("--set", "image.registry=127.0.0.1:5123", chart=tgz)
+    op, env = _images(objs)
+    assert op == f"127.0.0.1:5123/kubeforge/operator:{ship.app_version()}"
+    assert env["KUBEFORGE_SERVER_IMAGE"] == f"127.0.0.1:5123/kubeforge/server:{ship.app_version()}"
+    import tarfile
+
+    with tarfile.open(tgz) as t:
+        names = t.getnames()
+    # the CRDs travel with the chart (installed before anything else on a first install)
+    crds = {n.rsplit("/", 1)[1] for n in names if n.startswith("kubeforge/crds/")}
+    assert crds == {p.name for p in (REPO / "crds").glob("*.yaml")}
+    assert "kubeforge/values.schema.json" in names
