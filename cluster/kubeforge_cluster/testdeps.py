@@ -3,8 +3,9 @@
     python -m kubeforge_cluster.testdeps            # what `make test` runs (a warm run: seconds)
     python -m kubeforge_cluster.testdeps --status
 
-1. **promtool + prometheus** (Debian's ``prometheus``; alert rules, a real scrape of the server)
-   and **debootstrap** (the Debian base of the images): ``apt-get install`` when root;
+1. **promtool + prometheus** (Debian's ``prometheus``; alert rules, a real scrape of the server),
+   **debootstrap** (the Debian base of the images) and **shellcheck** (actionlint checks the
+   workflows' scripts with it): ``apt-get install`` when root;
 2. **helm 3** (``helm3``, beside helm 4: the chart is tested with both): ``cluster/build.py --helm3``;
 3. the **kserve client's venv** (``~/.cache/kubeforge/bench-venv``: kserve pins core packages the
    project venv must not change, so it lives in a venv of its own);
@@ -31,7 +32,13 @@ from pathlib import Path
 from . import binaries
 
 REPO = Path(__file__).resolve().parents[2]
-APT_TOOLS = {"promtool": "prometheus", "prometheus": "prometheus", "debootstrap": "debootstrap"}
+APT_TOOLS = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "debootstrap": "debootstrap",
+    # actionlint (make check) runs it on the workflows' `run:` scripts when it is on PATH
+    "shellcheck": "shellcheck",
+}
 KSERVE_VERSION = "0.21.0"
 BENCH_VENV = Path(
     os.environ.get("KUBEFORGE_BENCH_VENV", Path.home() / ".cache" / "kubeforge" / "bench-venv")
