@@ -180,8 +180,15 @@ def manifest_size(registry: str, ref: str) -> tuple[int, int]:
 
 
 def build_and_push(
-    registry: str, names: list[str], *, tag: str | None = None, run_dir: Path | None = None
+    registry: str,
+    names: list[str],
+    *,
+    tag: str | None = None,
+    run_dir: Path | None = None,
+    context: Path = REPO,
 ) -> list[Pushed]:
+    """Build each image's Dockerfile (build context ``context``: the repository, or a copy of
+    it) and push it to ``registry``; the base image is pushed first."""
     base = push_base(registry)
     out: list[Pushed] = []
     with buildkit.BuildKitDaemon(run_dir, insecure_registries=[registry]) as bk:
@@ -193,7 +200,7 @@ def build_and_push(
             res = bk.build(
                 spec.dockerfile,
                 ref,
-                context=REPO,
+                context=context,
                 build_args={"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1"},
                 named_contexts={"wheels": wh},
             )
