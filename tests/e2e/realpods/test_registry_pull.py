@@ -34,7 +34,7 @@ from kubeforge_cluster import binaries, shipbins
 from kubeforge_cluster.portforward import port_forward
 from kubeforge_cluster.realnode import RealNode, net
 from kubeforge_cluster.registry import LocalRegistry, trust_on_node
-from realpods_support import REPO, Kube, install_crds
+from realpods_support import REPO, Kube, install_crds, skip_reason
 
 pytestmark = [
     pytest.mark.e2e,
@@ -45,6 +45,13 @@ pytestmark = [
         "the images adds ~10 min to CI); KUBEFORGE_SHIP_E2E=1 make test runs it",
     ),
 ]
+
+if (_no_real_pods := skip_reason()) is not None:  # the real-pod reason first, when there is one
+    pytest.skip(_no_real_pods, allow_module_level=True)
+try:
+    shipbins.require("registry", "crane", "buildkitd", "buildctl")
+except shipbins.MissingShipBinaries as e:  # said before a real node is started for nothing
+    pytest.skip(str(e), allow_module_level=True)
 
 np = pytest.importorskip("numpy")
 ort = pytest.importorskip("onnxruntime")
@@ -62,10 +69,6 @@ CONTAINERD_PULL = re.compile(
 def registry(
     real_node: RealNode, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalRegistry]:
-    try:
-        shipbins.require("registry", "crane", "buildkitd", "buildctl")
-    except shipbins.MissingShipBinaries as e:
-        pytest.skip(str(e))
     reg = LocalRegistry(tmp_path_factory.mktemp("registry")).start()
     try:
         trust_on_node(real_node.registry_hosts_dir, reg.host)
