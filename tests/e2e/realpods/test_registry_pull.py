@@ -59,9 +59,10 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 NS = "rp-registry"
 RELEASE_NS = "kubeforge-system"
-#: containerd's user agent in the registry's access log: the node pulled (not imported) it
+#: containerd's user agent in the registry's access log: the node resolved the image there (a
+#: HEAD when its content store already holds that digest from an earlier run, else a GET)
 CONTAINERD_PULL = re.compile(
-    r'"GET /v2/kubeforge/(?P<repo>[a-z-]+)/manifests/[^ ]+ HTTP[^"]*" 200 .*"containerd/'
+    r'"(?:GET|HEAD) /v2/kubeforge/(?P<repo>[a-z-]+)/manifests/[^ ]+ HTTP[^"]*" 200 .*"containerd/'
 )
 
 
