@@ -65,12 +65,15 @@ class BuildKitDaemon:
         *,
         root: Path | None = None,
         insecure_registries: Iterable[str] = (),
+        keep_storage_mb: int = 3000,
     ) -> None:
         # a run dir of our own (logs, config) is removed at stop; a given one is kept
         self._own_run_dir = run_dir is None
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-buildkit-"))
         self.root = Path(root or default_root())
         self.insecure_registries = list(insecure_registries)
+        #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~12 GB
+        self.keep_storage_mb = keep_storage_mb
         self.proc: subprocess.Popen[bytes] | None = None
         self.bins = shipbins.require("buildkitd", "buildctl")
 
@@ -106,8 +109,7 @@ class BuildKitDaemon:
             "--oci-worker-snapshotter=overlayfs",
             "--oci-worker-net=host",
             "--oci-worker-gc=true",
-            # at most ~20 GB of build cache kept (the trainer alone is ~6 GB)
-            "--oci-worker-gc-keepstorage=20000",
+            f"--oci-worker-gc-keepstorage={self.keep_storage_mb}",
         ]
         env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
         with open(self.log_path, "ab") as log:
@@ -161,6 +163,21 @@ class BuildKitDaemon:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def prune(self) -> str:
+        """Drop build cache above ``keep_storage_mb`` now (GC otherwise runs after builds)."""
+        r = subprocess.run(
+            [
+                str(self.bins["buildctl"]),
+                "--addr",
+                self.address,
+                "prune",
+                f"--keep-storage={self.keep_storage_mb}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()
 
     def build(
         self,

@@ -11,6 +11,7 @@ layer it pushed before and uploads nothing again.
 
     python -m kubeforge_cluster.registry up [--port N]   # stays up; prints its address
     python -m kubeforge_cluster.registry down
+    python -m kubeforge_cluster.registry gc              # drop untagged blobs (registry stopped)
 """
 
 from __future__ import annotations
@@ -177,16 +178,37 @@ class LocalRegistry:
             raise
 
 
+def garbage_collect(storage: Path | None = None) -> int:
+    """Delete blobs no tag reaches any more (rebuilds leave old layers behind). distribution
+    needs the registry stopped meanwhile: run it when none is up on this storage."""
+    binary = shipbins.require("registry")["registry"]
+    store = Path(storage or default_storage())
+    with tempfile.TemporaryDirectory(prefix="kubeforge-registry-gc-") as tmp:
+        cfg = Path(tmp) / "config.yml"
+        cfg.write_text(config_yaml(store, free_port()))
+        r = subprocess.run(
+            [str(binary), "garbage-collect", "--delete-untagged", str(cfg)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true"),
+        )
+    deleted = sum(1 for ln in r.stdout.splitlines() if "blob eligible for deletion" in ln)
+    print(f"registry gc on {store}: {deleted} blobs deleted (exit {r.returncode})")
+    return r.returncode
+
+
 def _state_file() -> Path:
     return Path("/tmp/kubeforge-registry-cli/state.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kubeforge_cluster.registry", description=__doc__)
-    ap.add_argument("command", choices=["up", "down"])
+    ap.add_argument("command", choices=["up", "down", "gc"])
     ap.add_argument("--port", type=int, default=0)
     a = ap.parse_args(argv)
     st = _state_file()
+    if a.command == "gc":
+        return garbage_collect()
     if a.command == "up":
         reg = LocalRegistry(st.parent, port=a.port or None).start()
         st.write_text(json.dumps({"pid": reg.proc.pid if reg.proc else 0, "host": reg.host}))

@@ -191,7 +191,10 @@ def build_and_push(
     it) and push it to ``registry``; the base image is pushed first."""
     base = push_base(registry)
     out: list[Pushed] = []
-    with buildkit.BuildKitDaemon(run_dir, insecure_registries=[registry]) as bk:
+    keep = 12000 if "trainer" in names else 3000
+    with buildkit.BuildKitDaemon(
+        run_dir, insecure_registries=[registry], keep_storage_mb=keep
+    ) as bk:
         for n in names:
             spec = IMAGES[n]
             wh = wheelhouse(spec)
@@ -210,6 +213,7 @@ def build_and_push(
                 f"{size / 1e6:.0f} MB compressed, {nlayers} layers"
             )
             out.append(Pushed(n, ref, res.digest, res.seconds, size, nlayers))
+        log(f"build cache: {bk.prune() or 'pruned'} (kept up to {keep} MB)")
     return out
 
 
