@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 EXTRAS ?= operator,trainer,server,dev
 
 .PHONY: help venv check lint typecheck unit test integration e2e kopf-floor crds cluster-bins cluster \
-        cluster-down kind demo bench images node-bins keda-bins clean
+        cluster-down kind demo bench images node-bins keda-bins clean ship-bins workflows images-push \
+        test-deps
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -36,7 +37,11 @@ typecheck: venv ## mypy strict on the operator package
 unit: venv ## fast unit tests (no cluster)
 	$(BIN)/pytest tests/unit -q -m "not slow"
 
-check: lint typecheck unit ## ruff, mypy, fast unit tests (under a minute)
+check: lint typecheck unit workflows ## ruff, mypy, fast unit tests, actionlint (under a minute warm)
+
+# actionlint (built once from its Go module, cached) on .github/workflows (the release pipeline).
+workflows: venv ## actionlint .github/workflows
+	$$($(BIN)/python -m kubeforge_cluster.shipbins --path actionlint | tail -1) .github/workflows/*.yml
 
 integration: venv cluster-bins keda-bins ## integration tests on the real local control plane
 	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests/integration -q
@@ -52,7 +57,7 @@ kopf-floor: venv ## the operator's unit tests against the oldest supported kopf 
 e2e: venv cluster-bins node-bins ## e2e tests (real pods where the machine allows; skipped with a reason otherwise)
 	$(BIN)/pytest tests/e2e -q
 
-test: venv cluster-bins node-bins keda-bins ## everything README promises: unit + integration + e2e (what .ci/run calls)
+test: venv cluster-bins node-bins keda-bins test-deps ## everything README promises: unit + integration + e2e (what .ci/run calls)
 	KUBEFORGE_REQUIRE_CLUSTER=1 $(BIN)/pytest tests -q
 
 # The real node's binaries (containerd, crictl, CoreDNS, kubelet, kube-proxy, pause + Debian's
@@ -86,6 +91,21 @@ cluster: cluster-bins ## start the local control plane (NODES=real: with a real 
 cluster-down: venv ## stop the local control plane (NODES=real: and the real node)
 	@if [ "$(NODES)" = real ]; then $(BIN)/python -m kubeforge_cluster.realnode down; \
 	  else $(BIN)/python -m kubeforge_cluster down; fi
+
+# What the tests need besides binaries: promtool/prometheus + debootstrap (apt, as root), helm3,
+# the kserve client's venv, the packed operator/server images; cached, a warm run takes seconds.
+test-deps: venv cluster-bins ## prepare (once, cached) what `make test` needs: apt tools, helm3, kserve venv, images
+	$(BIN)/python -m kubeforge_cluster.testdeps
+
+# registry (distribution), crane, buildkitd + buildctl, actionlint: built once, cached.
+ship-bins: venv ## build (once, cached) the shipping tools: registry, crane, BuildKit, actionlint
+	$(BIN)/python -m kubeforge_cluster.shipbins
+
+# The Dockerfiles built by BuildKit and pushed: REGISTRY=host:port of a running registry, else a
+# loopback registry for the run (storage kept in ~/.cache/kubeforge/registry). TRAINER=1: + trainer.
+images-push: venv ship-bins ## build the Dockerfiles with BuildKit and push them (+ the chart) to REGISTRY
+	$(BIN)/python -m kubeforge_cluster.ship images $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TRAINER),--trainer)
+	@if [ -n "$(REGISTRY)" ]; then $(BIN)/python -m kubeforge_cluster.ship chart --registry $(REGISTRY); fi
 
 images: venv ## operator/trainer/server images without Docker (cluster/images/out; loaded into a running real node)
 	$(BIN)/python cluster/images/build.py --import-if-running

@@ -43,11 +43,33 @@ app.kubernetes.io/part-of: kubeforge
 {{- end -}}
 {{- end -}}
 
+{{/*
+An image reference with `image.registry` (when set) as its registry: the reference's own
+registry (a first path component with a "." or ":", or "localhost") is replaced, and a reference
+without one gets it in front. Called with (list REF REGISTRY).
+*/}}
+{{- define "kubeforge.withRegistry" -}}
+{{- $ref := index . 0 -}}
+{{- $registry := index . 1 -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $ref -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- printf "%s/%s" $registry (join "/" (rest $parts)) -}}
+{{- else -}}
+{{- printf "%s/%s" $registry $ref -}}
+{{- end -}}
+{{- else -}}
+{{- $ref -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kubeforge.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- $repo := include "kubeforge.withRegistry" (list .Values.image.repository .Values.image.registry) -}}
 {{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
 {{- end -}}

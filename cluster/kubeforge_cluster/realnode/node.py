@@ -375,6 +375,11 @@ class RealNode:
     # --------------------------------------------------------------------------------------
     # containerd and images
 
+    @property
+    def registry_hosts_dir(self) -> Path:
+        """containerd's ``config_path``: ``<host:port>/hosts.toml`` per registry (read at pull)."""
+        return self.run_dir / "containerd" / "certs.d"
+
     def _start_containerd(self) -> None:
         rd = self.run_dir
         self.containerd_root.mkdir(parents=True, exist_ok=True)
@@ -393,6 +398,9 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = 'overlayfs'
   pinned_images = {{sandbox = '{oci.image_ref(PAUSE_IMAGE)}'}}
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    # per-registry hosts.toml (kubeforge_cluster.registry.trust_on_node: loopback registries)
+    config_path = '{self.registry_hosts_dir}'
 [plugins.'io.containerd.cri.v1.runtime']
   netns_mounts_under_state_dir = true
   restrict_oom_score_adj = true

@@ -25,8 +25,8 @@ def test_helm3_install_upgrade_uninstall(
         pytest.skip("no helm3 binary (python cluster/build.py --helm3)")
     helm3 = Helm(path, kubeconfig=cluster.kubeconfig, home=tmp_path)
     assert helm3.major == 3
-    # the progress policy is cluster-wide and already owned by the Helm 4 release
-    values = {"progressPolicy": {"enabled": False}, "watchNamespaces": [namespace]}
+    # every cluster-scoped object is named after the release, so both releases coexist
+    values = {"watchNamespaces": [namespace]}
     try:
         install(helm3, values, release=RELEASE3, namespace=NS3)
         st = json.loads(helm3("status", RELEASE3, "-n", NS3, "-o", "json").stdout)
@@ -36,8 +36,14 @@ def test_helm3_install_upgrade_uninstall(
         (c,) = dep["spec"]["template"]["spec"]["containers"]
         assert c["args"] == [f"--namespace={namespace}", "--metrics-port=8000"]
         rb = kubectl.json("get", "rolebinding", f"{RELEASE3}-kubeforge", "-n", namespace)
-        assert rb["roleRef"]["name"] == f"{RELEASE3}-kubeforge"
-        kubectl("get", "clusterrole", f"{RELEASE3}-kubeforge", f"{RELEASE3}-kubeforge-discovery")
+        assert rb["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",  # watchNamespaces: a Role per namespace, no namespaced ClusterRole
+            "name": f"{RELEASE3}-kubeforge",
+        }
+        kubectl("get", "role", f"{RELEASE3}-kubeforge", "-n", namespace)
+        kubectl("get", "clusterrole", f"{RELEASE3}-kubeforge-discovery")
+        assert kubectl.result("get", "clusterrole", f"{RELEASE3}-kubeforge").returncode != 0
         helm3(
             "upgrade",
             RELEASE3,
@@ -65,7 +71,7 @@ def test_helm3_install_upgrade_uninstall(
         assert bad.returncode != 0 and "pullPolicy" in bad.stderr, bad.stderr
     finally:
         helm3("uninstall", RELEASE3, "-n", NS3, check=False)
-    gone = kubectl.result("get", "clusterrole", f"{RELEASE3}-kubeforge")
+    gone = kubectl.result("get", "clusterrole", f"{RELEASE3}-kubeforge-discovery")
     assert gone.returncode != 0
     # uninstall keeps the CRDs (and every object of the three kinds)
     kubectl("get", "crd", "trainingjobs.kubeforge.io")
