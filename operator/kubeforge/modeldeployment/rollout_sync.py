@@ -317,7 +317,17 @@ class RolloutDriver:
         phase = status.get("phase")
         if candidate is None:  # the new model does not resolve (yet): hold everything
             return Outcome(served, status=status, requeue=None)
-        if phase in (ro.PROGRESSING, ro.PAUSED):
+        if phase in (ro.PROGRESSING, ro.PAUSED) and candidate == (
+            (prev.get("candidate") or {}).get("uri")
+        ):
+            # the served model is this rollout's candidate: we promoted it and the object we
+            # read predates our own status write (not a revert: spec.model did not change)
+            status.update(phase=ro.PROMOTED, weight=100, shadow=0, reason="",
+                          message="promoted: the stable Deployment now serves the candidate's "
+                          "model", finishedAt=status.get("finishedAt") or now)
+            status.pop("stepStartedAt", None)
+            phase = ro.PROMOTED
+        elif phase in (ro.PROGRESSING, ro.PAUSED):
             # spec.model went back to the serving model in the middle of a rollout
             status.update(phase=ro.ROLLED_BACK, reason="ModelReverted", weight=0, shadow=0,
                           message="rolled back: spec.model is the stable model again",

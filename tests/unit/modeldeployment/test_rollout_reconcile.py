@@ -100,3 +100,45 @@ def test_a_model_change_starts_a_canary_and_a_quiet_second_pass_writes_nothing()
     applied, written, posted = len(kube.applied), len(kube.status), len(kube.events)
     asyncio.run(rec(KEY, snap))
     assert (len(kube.applied), len(kube.status), len(kube.events)) == (applied, written, posted)
+
+
+def _progressing(md: JSON, candidate: str, stable: str) -> JSON:
+    md = copy.deepcopy(md)
+    md["status"] = {"rollout": {
+        "phase": "Progressing", "step": 0, "steps": 1, "weight": 0, "shadow": 100,
+        "candidate": {"uri": candidate}, "stable": {"uri": stable},
+        "stepStartedAt": "2026-12-06T10:00:00Z", "startedAt": "2026-12-06T10:00:00Z",
+    }}
+    return md
+
+
+def test_a_promotion_read_back_late_is_promoted_not_reverted() -> None:
+    """The last step promoted V2 and the stable Deployment now runs it, but the object this pass
+    reads still says Progressing (our own status write not yet seen): that is a promotion."""
+    kube = MemoryKube()
+    settings = Settings()
+    rec = ModelDeploymentReconciler(
+        OperatorContext(settings=settings, kube=kube, api=kube)  # type: ignore[arg-type]
+    )
+    md = _progressing(the_md(V2), candidate=V2, stable=V1)
+    snap = Snapshot(md=md, deployment=serving(md, V2, settings), replica_sets=[], pods=[],
+                    children={}, source=None, trial_job=None)
+    asyncio.run(rec(KEY, snap))
+    rollout = kube.status[-1]["rollout"]
+    assert rollout["phase"] == "Promoted", rollout
+    assert "RolledBack" not in [e["reason"] for e in kube.events]
+
+
+def test_spec_model_back_to_the_stable_one_mid_rollout_is_a_rollback() -> None:
+    kube = MemoryKube()
+    settings = Settings()
+    rec = ModelDeploymentReconciler(
+        OperatorContext(settings=settings, kube=kube, api=kube)  # type: ignore[arg-type]
+    )
+    md = _progressing(the_md(V1), candidate=V2, stable=V1)
+    snap = Snapshot(md=md, deployment=serving(md, V1, settings), replica_sets=[], pods=[],
+                    children={}, source=None, trial_job=None)
+    asyncio.run(rec(KEY, snap))
+    rollout = kube.status[-1]["rollout"]
+    assert rollout["phase"] == "RolledBack" and rollout["reason"] == "ModelReverted"
+    assert "RolledBack" in [e["reason"] for e in kube.events]
