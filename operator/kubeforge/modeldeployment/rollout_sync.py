@@ -100,6 +100,11 @@ class RolloutDriver:
     ) -> Outcome:
         gateway = spec.rollout.gateway_ref
         routed = gateway is not None and await self.gateway.available()
+        if gateway is not None and not routed:
+            # a cached "not installed" may predate the Gateway API's install: a step sized by
+            # replica counts instead of the route's exact weight would be wrong, so look again
+            self.gateway.invalidate()
+            routed = await self.gateway.available()
         out = await self._run(
             key, md, spec, stable, stable_pods, served, resolved, now, routed=routed
         )

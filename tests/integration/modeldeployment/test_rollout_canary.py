@@ -506,6 +506,9 @@ def test_gateway_route_carries_the_exact_weight(
         pytest.skip("sigs.k8s.io/gateway-api is not in the Go module cache")
     kubectl("apply", "--server-side", "-f", str(crd))
     kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io")
+    wait_until("the Gateway API in discovery", lambda: "httproutes" in {
+        r["name"] for r in kube.get("/apis/gateway.networking.k8s.io/v1").get("resources", [])
+    }, timeout=30)
     ns, name = namespace, "digits"
     base = weights(0)
     stable_uri = save_mlp(tmp_path / "v1" / "model.onnx", base)
