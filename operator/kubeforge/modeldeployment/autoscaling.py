@@ -21,14 +21,13 @@ ModelDeployment's pods; `metricType: AverageValue` makes the HPA divide by the r
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from kubeforge.api._base import parse_quantity
 from kubeforge.api.modeldeployment import Autoscaling
 from kubeforge.api.tuningstudy import duration_seconds
-from kubeforge.apply import ApiError, AsyncKube
+from kubeforge.apply import AsyncKube
+from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 
 JSON = dict[str, Any]
 
@@ -271,44 +270,8 @@ def autoscaler_view(
 
 # --- is KEDA installed ----------------------------------------------------------------------
 
-DISCOVERY_TTL_OK = 300.0
-DISCOVERY_TTL_MISSING = 30.0
 
-
-class KedaDiscovery:
-    """Whether `keda.sh/v1alpha1` scaledobjects are served (discovery, cached; one request at a
-    time, shared by every reconcile, like `monitoring.MonitoringDiscovery`)."""
-
-    def __init__(self, kube: AsyncKube) -> None:
-        self.kube = kube
-        self._checking: asyncio.Future[bool] | None = None
-        self._value: bool | None = None
-        self._checked = 0.0
-        self._generation = 0
-
-    async def available(self) -> bool:
-        value = self._value
-        if value is not None:
-            ttl = DISCOVERY_TTL_OK if value else DISCOVERY_TTL_MISSING
-            if time.monotonic() - self._checked < ttl:
-                return value
-        if self._checking is None or self._checking.done():
-            self._checking = asyncio.ensure_future(self._check())
-        return await asyncio.shield(self._checking)
-
-    async def _check(self) -> bool:
-        generation = self._generation
-        try:
-            doc = await self.kube.request("GET", "/apis/" + KEDA_GROUP_VERSION)
-            value = "scaledobjects" in {r.get("name") for r in doc.get("resources") or []}
-        except (ApiError, OSError):
-            value = False
-        if generation == self._generation:
-            self._value = value
-            self._checked = time.monotonic()
-        return value
-
-    def invalidate(self) -> None:
-        self._generation += 1
-        self._value = None
-        self._checking = None
+def keda_discovery(kube: AsyncKube) -> MonitoringDiscovery:
+    """Whether `keda.sh/v1alpha1` scaledobjects are served (discovery, cached, one request at a
+    time shared by every reconcile: the same mechanism as the Prometheus Operator's check)."""
+    return MonitoringDiscovery(kube, KEDA_GROUP_VERSION, frozenset({"scaledobjects"}))

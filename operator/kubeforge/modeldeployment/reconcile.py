@@ -59,7 +59,7 @@ class ModelDeploymentReconciler:
         self.kube: AsyncKube = ctx.api
         self.hash_key = self.settings.label(mdbuild.SPEC_HASH)
         self.discovery = MonitoringDiscovery(ctx.api)
-        self.keda = scaling.KedaDiscovery(ctx.api)
+        self.keda = scaling.keda_discovery(ctx.api)
         self.recent: dict[tuple[Key, str], str] = {}
         """(key, kind) → hash we applied that the watch may not show yet."""
         self.verified: dict[tuple[Key, str], tuple[str, float]] = {}
