@@ -13,8 +13,8 @@ node pulling everything from it (no `ctr import` on this path).
 - a ModelDeployment (an ONNX model in the artifact store's claim) served by the pulled server
   image, answered through ``kubectl port-forward`` and compared with onnxruntime on the host.
 
-The trainer image (torch: ~6 GB) is not built here; TrainingJobs from a pulled trainer image are
-left to ``python -m kubeforge_cluster.ship images --trainer`` by hand (docs/install.md).
+The trainer image (torch: ~6 GB) is not built here: ``test_registry_pull_trainer.py`` (opt-in,
+``KUBEFORGE_SHIP_TRAINER_E2E=1``) builds it, trains from it and serves and canaries the result.
 Skips, with the reason, where real pods cannot run or the shipping tools are not built
 (``make ship-bins``)."""
 
@@ -22,19 +22,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubeforge_cluster import binaries, shipbins
+from kubeforge_cluster import shipbins
 from kubeforge_cluster.portforward import port_forward
 from kubeforge_cluster.realnode import RealNode, net
-from kubeforge_cluster.registry import LocalRegistry, trust_on_node
+from kubeforge_cluster.registry import LocalRegistry
 from realpods_support import REPO, Kube, install_crds, skip_reason
+from ship_support import (
+    RELEASE_NS,
+    helm,
+    helm_install_from_registry,
+    pulled_by_node,
+    trusted_registry,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -58,38 +63,15 @@ ort = pytest.importorskip("onnxruntime")
 httpclient = pytest.importorskip("tritonclient.http")
 
 NS = "rp-registry"
-RELEASE_NS = "kubeforge-system"
-#: containerd's user agent in the registry's access log: the node resolved the image there (a
-#: HEAD when its content store already holds that digest from an earlier run, else a GET)
-CONTAINERD_PULL = re.compile(
-    r'"(?:GET|HEAD) /v2/kubeforge/(?P<repo>[a-z-]+)/manifests/[^ ]+ HTTP[^"]*" 200 .*"containerd/'
-)
 
 
 @pytest.fixture(scope="module")
 def registry(
     real_node: RealNode, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalRegistry]:
-    reg = LocalRegistry(tmp_path_factory.mktemp("registry")).start()
-    try:
-        trust_on_node(real_node.registry_hosts_dir, reg.host)
+    d = tmp_path_factory.mktemp("registry")
+    with trusted_registry(real_node, d) as reg:  # storage: the kept default
         yield reg
-    finally:
-        reg.stop()
-
-
-def _helm(real_node: RealNode, *args: str, timeout: float = 300) -> str:
-    helm = binaries.find_binary("helm")
-    if helm is None:
-        pytest.skip("helm not built (make cluster-bins)")
-    r = subprocess.run(
-        [str(helm), f"--kubeconfig={real_node.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, f"helm {' '.join(args)}: {r.stderr}{r.stdout}"
-    return r.stdout + r.stderr
 
 
 @pytest.mark.timeout(1500)
@@ -153,28 +135,8 @@ def test_chart_and_images_from_the_loopback_registry(
     real_node.kubectl("create", "namespace", NS)
     store = real_node.artifact_store(NS)
     t = time.monotonic()
-    _helm(
-        real_node,
-        "install",
-        "kubeforge",
-        chart_url,
-        "--version",
-        ship.app_version(),
-        "--plain-http",
-        "-n",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        f"image.registry={host}",
-        "--set",
-        "replicas=1",
-        "--set",
-        "leaderElection.enabled=false",
-        "--set",
-        f"artifactStore={store}",
-        "--wait",
-        "--timeout",
-        "240s",
+    helm_install_from_registry(
+        real_node, chart_url, ship.app_version(), host, f"artifactStore={store}"
     )
     print(f"helm install oci://... : operator Available in {time.monotonic() - t:.1f}s")
     op = Kube(real_node, RELEASE_NS)
@@ -234,8 +196,8 @@ def test_chart_and_images_from_the_loopback_registry(
     np.testing.assert_allclose(res.as_numpy("output"), ref, rtol=1e-4, atol=1e-5)
 
     # the node's containerd fetched both images from the registry (pulled, never imported)
-    pulled = {m["repo"] for m in CONTAINERD_PULL.finditer(registry.log_path.read_text())}
+    pulled = pulled_by_node(registry)
     assert {"operator", "server"} <= pulled, pulled
     assert net.check_guard_counters() == []
     assert net.check_listeners() == []
-    _helm(real_node, "uninstall", "kubeforge", "-n", RELEASE_NS, "--wait", "--timeout", "120s")
+    helm(real_node, "uninstall", "kubeforge", "-n", RELEASE_NS, "--wait", "--timeout", "120s")

@@ -117,3 +117,17 @@ def test_requirement_files_pin_every_package(req: str) -> None:
             for c in (REPO / "constraints.txt").read_text().splitlines()
         )
         assert pinned_here or pinned_by_constraints, f"{req}: {ln} is not pinned"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_a_mistyped_variant_fails_the_build(dockerfile: str) -> None:
+    """A build arg with a fixed set of values (VARIANT, TENSORRT) is checked by the first RUN of
+    the stage that declares it: ``VARIANT=gpuu`` fails, naming the arg, instead of quietly
+    building the CPU image."""
+    text = (REPO / dockerfile).read_text().replace("\\\n", " ")
+    for arg in ("VARIANT", "TENSORRT"):
+        if not re.search(rf"^ARG {arg}=", text, re.M):
+            continue
+        check = re.search(rf'case "\${arg}" in (.*?) esac', text, re.S)
+        assert check, f"{dockerfile}: ARG {arg} is never checked"
+        assert re.search(rf"\*\) echo \"build arg {arg}=\${arg}: expected [^\"]+\" >&2; exit 1", check[1]), check[1]
