@@ -72,7 +72,7 @@ class BuildKitDaemon:
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-buildkit-"))
         self.root = Path(root or default_root())
         self.insecure_registries = list(insecure_registries)
-        #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~12 GB
+        #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~16 GB (ship.TRAINER_CACHE_MB)
         self.keep_storage_mb = keep_storage_mb
         self.proc: subprocess.Popen[bytes] | None = None
         self.bins = shipbins.require("buildkitd", "buildctl")
@@ -188,9 +188,12 @@ class BuildKitDaemon:
         build_args: Mapping[str, str] | None = None,
         named_contexts: Mapping[str, Path] | None = None,
         push: bool = True,
+        archive: Path | None = None,
         log_file: Path | None = None,
     ) -> BuildResult:
-        """``buildctl build`` of ``dockerfile`` (context: ``context``); push ``ref``.
+        """``buildctl build`` of ``dockerfile`` (context: ``context``); push ``ref``, or with
+        ``archive`` write an OCI archive there instead, its image named ``ref`` (what
+        ``ctr images import`` and the real node's ``import_images`` read).
 
         ``named_contexts``: ``{name: dir}`` replaces the Dockerfile's stage/image ``name``
         (what ``docker buildx build --build-context name=dir`` does)."""
@@ -214,7 +217,9 @@ class BuildKitDaemon:
             "--metadata-file",
             str(meta),
             "--output",
-            f"type=image,name={ref},push={'true' if push else 'false'},oci-mediatypes=true",
+            f"type=oci,dest={archive},name={ref}"
+            if archive is not None
+            else f"type=image,name={ref},push={'true' if push else 'false'},oci-mediatypes=true",
         ]
         for k, v in (build_args or {}).items():
             args += ["--opt", f"build-arg:{k}={v}"]

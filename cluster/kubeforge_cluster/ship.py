@@ -86,6 +86,11 @@ IMAGES = {
 }
 
 
+#: BuildKit cache kept (MB) when the trainer is built, and when only the CPU images are
+TRAINER_CACHE_MB = 20000
+CPU_IMAGES_CACHE_MB = 3000
+
+
 def image_ref(registry: str, name: str, tag: str | None = None) -> str:
     return f"{registry}/kubeforge/{name}:{tag or app_version()}"
 
@@ -191,7 +196,11 @@ def build_and_push(
     it) and push it to ``registry``; the base image is pushed first."""
     base = push_base(registry)
     out: list[Pushed] = []
-    keep = 12000 if "trainer" in names else 3000
+    # The trainer's build cache holds its wheels context (3.2 GB), the venv layer (~6.5 GB) and
+    # that layer compressed (3.4 GB); below ~16 GB the GC evicted the venv layer during the next
+    # build (a new session sends the wheels again), so an unchanged trainer was rebuilt, with
+    # new layer digests, and pushed again.
+    keep = TRAINER_CACHE_MB if "trainer" in names else CPU_IMAGES_CACHE_MB
     with buildkit.BuildKitDaemon(
         run_dir, insecure_registries=[registry], keep_storage_mb=keep
     ) as bk:
@@ -214,6 +223,41 @@ def build_and_push(
             )
             out.append(Pushed(n, ref, res.digest, res.seconds, size, nlayers))
         log(f"build cache: {bk.prune() or 'pruned'} (kept up to {keep} MB)")
+    return out
+
+
+def build_archives(names: list[str], out_dir: Path, *, run_dir: Path | None = None) -> list[Path]:
+    """Build each image's Dockerfile into ``out_dir/kubeforge-<name>.oci.tar``, its image named
+    ``docker.io/local/kubeforge-<name>:dev``: the archives the real-pod tests import
+    (``KUBEFORGE_TEST_TRAINER_IMAGE=1`` makes the trainer's this way). The base image still
+    comes from a registry, so one runs on loopback for the build (storage kept)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    with LocalRegistry() as reg:
+        base = push_base(reg.host)
+        keep = TRAINER_CACHE_MB if "trainer" in names else CPU_IMAGES_CACHE_MB
+        with buildkit.BuildKitDaemon(
+            run_dir, insecure_registries=[reg.host], keep_storage_mb=keep
+        ) as bk:
+            for n in names:
+                spec = IMAGES[n]
+                archive = out_dir / f"kubeforge-{n}.oci.tar"
+                tmp = archive.with_name(archive.name + ".tmp")
+                log(f"{n}: buildctl build {spec.dockerfile.relative_to(REPO)} -> {archive} ...")
+                res = bk.build(
+                    spec.dockerfile,
+                    f"docker.io/local/kubeforge-{n}:dev",
+                    context=REPO,
+                    build_args={"PYTHON_IMAGE": base, "PIP_NO_INDEX": "1"},
+                    named_contexts={"wheels": wheelhouse(spec)},
+                    archive=tmp,
+                )
+                tmp.replace(archive)  # never a half-written archive under the real name
+                log(
+                    f"{n}: {archive.name} {res.digest[:19]} in {res.seconds:.0f}s, "
+                    f"{archive.stat().st_size / 1e6:.0f} MB"
+                )
+                out.append(archive)
     return out
 
 

@@ -9,10 +9,11 @@
 2. **helm 3** (``helm3``, beside helm 4: the chart is tested with both): ``cluster/build.py --helm3``;
 3. the **kserve client's venv** (``~/.cache/kubeforge/bench-venv``: kserve pins core packages the
    project venv must not change, so it lives in a venv of its own);
-4. the **packed images** (``cluster/images/out``: operator and server, by ``make images``'s
-   builder; the 6.4 GB trainer only with ``KUBEFORGE_TEST_TRAINER_IMAGE=1``);
-5. where real pods run: **registry, crane, BuildKit** (``make ship-bins``) for the shipping e2e
-   test; ``KUBEFORGE_SHIP_E2E=0`` (what ``.ci/run`` sets) leaves them out.
+4. where real pods run: **registry, crane, BuildKit** (``make ship-bins``) for the shipping e2e
+   test; ``KUBEFORGE_SHIP_E2E=0`` (what ``.ci/run`` sets) leaves them out;
+5. the **packed images** (``cluster/images/out``: operator and server, by ``make images``'s
+   builder); the ~6 GB trainer only with ``KUBEFORGE_TEST_TRAINER_IMAGE=1``, built from its
+   Dockerfile by BuildKit where step 4 built it (else by the packer).
 
 Whatever this machine cannot do is said once, with its reason, and the tests that need it skip
 with the same reason: no root (apt, debootstrap), no network to the package registries.
@@ -107,8 +108,7 @@ def kserve_venv() -> str:
 
 def packed_images() -> str:
     names = ["operator", "server"]
-    if os.environ.get("KUBEFORGE_TEST_TRAINER_IMAGE") == "1":
-        names.append("trainer")
+    trainer = os.environ.get("KUBEFORGE_TEST_TRAINER_IMAGE") == "1"
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
         return "not built (the Debian base needs root and debootstrap)"
     # the builder rebuilds only what changed (cached layers): a warm run is seconds
@@ -116,7 +116,25 @@ def packed_images() -> str:
         [sys.executable, str(REPO / "cluster" / "images" / "build.py"), "--only", ",".join(names)],
         check=True,
     )
-    return "built: " + ", ".join(names)
+    if not trainer:
+        return "built: " + ", ".join(names)
+    from . import shipbins
+
+    try:
+        shipbins.require("registry", "crane", "buildkitd", "buildctl")
+    except shipbins.MissingShipBinaries:
+        # no BuildKit here: the packer makes the trainer from the same requirements
+        subprocess.run(
+            [sys.executable, str(REPO / "cluster" / "images" / "build.py"), "--only", "trainer"],
+            check=True,
+        )
+        return "built: " + ", ".join(names) + ", trainer (packed: no BuildKit here)"
+    from . import ship
+
+    # the trainer the real-pod tests run is the one its Dockerfile builds (BuildKit), so the
+    # image users pull is the image tested
+    ship.build_archives(["trainer"], IMAGES_OUT)
+    return "built: " + ", ".join(names) + ", trainer (its Dockerfile, by BuildKit)"
 
 
 def ship_tools() -> str:
@@ -139,8 +157,9 @@ STEPS: dict[str, Callable[[], str]] = {
     "promtool/prometheus/debootstrap (apt)": apt_tools,
     "helm3": helm3,
     "kserve client venv": kserve_venv,
-    "packed images": packed_images,
+    # before the packed images: the trainer's (KUBEFORGE_TEST_TRAINER_IMAGE=1) is built by BuildKit
     "registry + crane + BuildKit (real-pod shipping e2e)": ship_tools,
+    "packed images": packed_images,
 }
 
 

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from kubeforge_cluster import binaries
+from kubeforge_cluster import binaries, shipbins
 from kubeforge_cluster.realnode import RealNode
 from kubeforge_cluster.registry import LocalRegistry, trust_on_node
+from realpods_support import skip_reason
 
 RELEASE_NS = "kubeforge-system"
 #: containerd's user agent in the registry's access log: the node resolved the image there (a
@@ -20,6 +21,17 @@ RELEASE_NS = "kubeforge-system"
 CONTAINERD_PULL = re.compile(
     r'"(?:GET|HEAD) /v2/kubeforge/(?P<repo>[a-z-]+)/manifests/[^ ]+ HTTP[^"]*" 200 .*"containerd/'
 )
+
+
+def skip_module_unless_shipping_runs_here() -> None:
+    """Skip the calling module, with the reason, where real pods cannot run (that reason first)
+    or the shipping tools are not built: said before a real node is started for nothing."""
+    if (no_real_pods := skip_reason()) is not None:
+        pytest.skip(no_real_pods, allow_module_level=True)
+    try:
+        shipbins.require("registry", "crane", "buildkitd", "buildctl")
+    except shipbins.MissingShipBinaries as e:
+        pytest.skip(str(e), allow_module_level=True)
 
 
 @contextmanager

@@ -28,16 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubeforge_cluster import shipbins
 from kubeforge_cluster.portforward import port_forward
 from kubeforge_cluster.realnode import RealNode, net
 from kubeforge_cluster.registry import LocalRegistry
-from realpods_support import REPO, Kube, install_crds, skip_reason
+from realpods_support import REPO, Kube, install_crds
 from ship_support import (
     RELEASE_NS,
     helm,
     helm_install_from_registry,
     pulled_by_node,
+    skip_module_unless_shipping_runs_here,
     trusted_registry,
 )
 
@@ -51,12 +51,7 @@ pytestmark = [
     ),
 ]
 
-if (_no_real_pods := skip_reason()) is not None:  # the real-pod reason first, when there is one
-    pytest.skip(_no_real_pods, allow_module_level=True)
-try:
-    shipbins.require("registry", "crane", "buildkitd", "buildctl")
-except shipbins.MissingShipBinaries as e:  # said before a real node is started for nothing
-    pytest.skip(str(e), allow_module_level=True)
+skip_module_unless_shipping_runs_here()
 
 np = pytest.importorskip("numpy")
 ort = pytest.importorskip("onnxruntime")

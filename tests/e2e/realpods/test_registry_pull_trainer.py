@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubeforge_cluster import shipbins
 from kubeforge_cluster.portforward import port_forward
 from kubeforge_cluster.realnode import RealNode, net
 from kubeforge_cluster.registry import LocalRegistry
-from realpods_support import Kube, digits_trainingjob, install_crds, skip_reason
+from realpods_support import Kube, digits_trainingjob, install_crds
 from ship_support import (
     RELEASE_NS,
     helm,
     helm_install_from_registry,
     pulled_by_node,
+    skip_module_unless_shipping_runs_here,
     trusted_registry,
 )
 
@@ -50,12 +50,7 @@ pytestmark = [
 ]
 
 if os.environ.get("KUBEFORGE_SHIP_TRAINER_E2E") == "1":
-    if (_no_real_pods := skip_reason()) is not None:
-        pytest.skip(_no_real_pods, allow_module_level=True)
-    try:
-        shipbins.require("registry", "crane", "buildkitd", "buildctl")
-    except shipbins.MissingShipBinaries as e:
-        pytest.skip(str(e), allow_module_level=True)
+    skip_module_unless_shipping_runs_here()
 
 np = pytest.importorskip("numpy")
 ort = pytest.importorskip("onnxruntime")
@@ -92,9 +87,7 @@ class Release:
 
 
 @pytest.fixture(scope="module")
-def release(
-    real_node: RealNode, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
+def release(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     from kubeforge_cluster import ship
 
     tmp = tmp_path_factory.mktemp("ship-trainer")
