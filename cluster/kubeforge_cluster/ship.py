@@ -252,6 +252,7 @@ def build_archives(names: list[str], out_dir: Path, *, run_dir: Path | None = No
                     named_contexts={"wheels": wheelhouse(spec)},
                     archive=tmp,
                 )
+                tmp.chmod(0o644)  # buildctl writes it 0666
                 tmp.replace(archive)  # never a half-written archive under the real name
                 log(
                     f"{n}: {archive.name} {res.digest[:19]} in {res.seconds:.0f}s, "

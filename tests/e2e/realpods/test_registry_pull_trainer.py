@@ -348,12 +348,16 @@ def test_canary_rollout_to_a_retrained_model(
     )  # fmt: skip
 
     seen_steps: set[tuple[int, int]] = set()
+    #: the last analysis figures read in each step (step index -> status.rollout.analysis)
+    analyses: dict[int, dict[str, Any]] = {}
 
     def promoted() -> dict[str, Any] | None:
         st = kb.get("modeldeployment", name).get("status", {})
         ro = st.get("rollout") or {}
         if ro.get("phase") == "Progressing":
             seen_steps.add((int(ro.get("step", -1)), int(ro.get("weight") or 0)))
+            if ro.get("analysis"):
+                analyses[int(ro["step"])] = dict(ro["analysis"])
         if ro.get("phase") in ("RolledBack", "Failed"):
             raise AssertionError(f"rollout ended {ro.get('phase')}: {json.dumps(ro, indent=1)}")
         ok = ro.get("phase") == "Promoted" and st.get("phase") == "Ready"
@@ -373,10 +377,15 @@ def test_canary_rollout_to_a_retrained_model(
     ro = st["rollout"]
     print(
         f"canary promoted {took:.0f}s after the patch; steps seen {sorted(seen_steps)}; "
-        f"last analysis {ro.get('lastAnalysis')}; load {summary}"
+        f"analyses {analyses}; load {summary}"
     )
     assert ro["stable"]["uri"] == stable_uri and ro["candidate"]["uri"] == cand_uri
     assert (1, 50) in seen_steps, "the weight step was walked"
+    # the verdicts rested on real traffic: mirrored copies compared in shadow (the two models
+    # agree on most digits), candidate answers counted in the weight step
+    shadow, weighted = analyses.get(0, {}), analyses.get(1, {})
+    assert shadow.get("mirrored", 0) >= 30 and shadow.get("agreement", 0) >= 0.8, analyses
+    assert weighted.get("requests", 0) >= 30 and weighted.get("errors") == 0, analyses
     assert summary["failed"] == 0 and summary["ok"] > 100, summary
     events = kb.k("get", "events", "--field-selector", f"involvedObject.name={name}")
     assert "RolloutStarted" in events and "RolloutPromoted" in events
