@@ -3,19 +3,11 @@ status, the single source of truth for the CRDs, the operator, the trainer and t
 Imports only pydantic and the standard library."""
 
 from kubeforge.api._base import API_VERSION, GROUP, VERSION, KubeModel
-from kubeforge.api.common import (
-    ComputeResources,
-    Condition,
-    ConditionStatus,
-    EnvVar,
-    PodSettings,
-    Scheduling,
-    Toleration,
-    TrainingScheduling,
-    Volume,
-    hp_env_name,
-    hp_env_value,
-)
+from kubeforge.api._conditions import Condition, ConditionStatus
+from kubeforge.api._pod import EnvVar, PodSettings, Volume
+from kubeforge.api._reserved import hp_env_name, hp_env_value
+from kubeforge.api._resources import ComputeResources
+from kubeforge.api._scheduling import Scheduling, Toleration, TrainingScheduling
 from kubeforge.api.modeldeployment import (
     Autoscaling,
     ModelDeployment,

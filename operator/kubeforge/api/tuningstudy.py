@@ -10,13 +10,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kubeforge.api._base import DNS_1035_LABEL, FREE_FORM, KubeModel, cel, check_object_name, rule
-from kubeforge.api.common import (
-    HYPERPARAMETER_NAME,
-    Condition,
-    conditions_field,
-    hp_collision_rule,
-    hp_env_name,
-)
+from kubeforge.api._conditions import Condition, conditions_field
+from kubeforge.api._reserved import HYPERPARAMETER_NAME, hp_collision_rule, hp_env_name
 from kubeforge.api.trainingjob import QUANTIZE_MODES, RECIPES, TrainingJobSpec
 
 TUNINGSTUDY_NAME_MAX = 63
