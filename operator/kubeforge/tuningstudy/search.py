@@ -47,7 +47,9 @@ from optuna.samplers import BaseSampler
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from kubeforge.api.tuningstudy import Objective, SearchParameter, TuningStudySpec
+from kubeforge.api._tuning_objective import Objective
+from kubeforge.api._tuning_space import SearchParameter
+from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.refusal import InvalidSpecError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeforge.api.tuningstudy import MAX_PARETO_FRONT, TuningStudySpec
+from kubeforge.api._tuning_status import MAX_PARETO_FRONT
+from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy import warmstart
