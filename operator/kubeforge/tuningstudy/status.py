@@ -17,6 +17,8 @@ from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy import warmstart
+from kubeforge.tuningstudy._records import TrialRecord, target_reached
+from kubeforge.tuningstudy._space import distributions, effective_max_trials, grid_size
 from kubeforge.tuningstudy.choice import (
     best_trial,
     front_of,
@@ -24,14 +26,7 @@ from kubeforge.tuningstudy.choice import (
     selection_rule,
     target_value,
 )
-from kubeforge.tuningstudy.search import (
-    SearchState,
-    TrialRecord,
-    distributions,
-    effective_max_trials,
-    grid_size,
-    target_reached,
-)
+from kubeforge.tuningstudy.search import SearchState
 
 JSON = dict[str, Any]
 
