@@ -13,13 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeforge.api.common import (
-    ComputeResources,
-    PodSettings,
-    Scheduling,
-    hp_env_name,
-    hp_env_value,
-)
+from kubeforge.api import ComputeResources, PodSettings, Scheduling, hp_env_name, hp_env_value
 
 JSON = dict[str, Any]
 

@@ -3,19 +3,14 @@ status, the single source of truth for the CRDs, the operator, the trainer and t
 Imports only pydantic and the standard library."""
 
 from kubeforge.api._base import API_VERSION, GROUP, VERSION, KubeModel
-from kubeforge.api.common import (
-    ComputeResources,
-    Condition,
-    ConditionStatus,
-    EnvVar,
-    PodSettings,
-    Scheduling,
-    Toleration,
-    TrainingScheduling,
-    Volume,
-    hp_env_name,
-    hp_env_value,
-)
+from kubeforge.api._conditions import Condition, ConditionStatus
+from kubeforge.api._pod import EnvVar, PodSettings, Volume
+from kubeforge.api._reserved import hp_env_name, hp_env_value
+from kubeforge.api._resources import ComputeResources
+from kubeforge.api._scheduling import Scheduling, Toleration, TrainingScheduling
+from kubeforge.api._tuning_settings import PRUNER_SETTINGS, SAMPLER_SETTINGS
+from kubeforge.api._tuning_space import SearchParameter
+from kubeforge.api._tuning_status import BestTrial, TrialCounts, TuningPhase, TuningStudyStatus
 from kubeforge.api.modeldeployment import (
     Autoscaling,
     ModelDeployment,
@@ -36,17 +31,7 @@ from kubeforge.api.trainingjob import (
     TrainingPhase,
     TrainingResources,
 )
-from kubeforge.api.tuningstudy import (
-    PRUNER_SETTINGS,
-    SAMPLER_SETTINGS,
-    BestTrial,
-    SearchParameter,
-    TrialCounts,
-    TuningPhase,
-    TuningStudy,
-    TuningStudySpec,
-    TuningStudyStatus,
-)
+from kubeforge.api.tuningstudy import TuningStudy, TuningStudySpec
 
 KINDS = {"TrainingJob": TrainingJob, "TuningStudy": TuningStudy, "ModelDeployment": ModelDeployment}
 

@@ -8,19 +8,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kubeforge.api._base import KubeModel, cel, check_object_name, rule
-from kubeforge.api.common import (
-    _LIMIT_RULES,
-    STORAGE_SCHEMES,
-    ComputeResources,
-    Condition,
-    PodSettings,
-    Scheduling,
-    SecretName,
-    check_uri,
-    conditions_field,
-)
+from kubeforge.api._conditions import Condition, conditions_field
+from kubeforge.api._duration import DURATION
+from kubeforge.api._pod import PodSettings
+from kubeforge.api._resources import _LIMIT_RULES, ComputeResources
+from kubeforge.api._scheduling import Scheduling
+from kubeforge.api._storage import STORAGE_SCHEMES, SecretName, check_uri
 from kubeforge.api.rollout import Rollout, RolloutStatus
-from kubeforge.api.tuningstudy import DURATION
 
 MODEL_SCHEMES = STORAGE_SCHEMES
 

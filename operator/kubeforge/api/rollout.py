@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kubeforge.api._base import KubeModel, cel, rule
-from kubeforge.api.tuningstudy import DURATION, duration_seconds
+from kubeforge.api._duration import DURATION, duration_seconds
 
 ROLLOUT_ANNOTATION = "kubeforge.io/rollout"
 """`kubectl annotate md NAME kubeforge.io/rollout=promote` (or `abort`, or `retry` after a

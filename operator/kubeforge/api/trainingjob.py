@@ -17,23 +17,13 @@ from kubeforge.api._base import (
     check_object_name,
     rule,
 )
-from kubeforge.api.common import (
-    _LIMIT_RULES,
-    HYPERPARAMETER_NAME,
-    STORAGE_SCHEMES,
-    ComputeResources,
-    Condition,
-    PodSettings,
-    SecretName,
-    TrainingScheduling,
-    check_uri,
-    conditions_field,
-    hp_env_name,
-    storage_uri_rule,
-)
-from kubeforge.api.common import (
-    storage_uri_rule as _uri_rule,
-)
+from kubeforge.api._conditions import Condition, conditions_field
+from kubeforge.api._pod import PodSettings
+from kubeforge.api._reserved import HYPERPARAMETER_NAME, hp_env_name
+from kubeforge.api._resources import _LIMIT_RULES, ComputeResources
+from kubeforge.api._scheduling import TrainingScheduling
+from kubeforge.api._storage import STORAGE_SCHEMES, SecretName, check_uri, storage_uri_rule
+from kubeforge.api._storage import storage_uri_rule as _uri_rule
 
 RECIPES = ("mlp-classifier", "mlp-regressor", "cnn-classifier")
 DATASET_SCHEMES = ("builtin", *STORAGE_SCHEMES)

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubeforge.api.rollout import ROLLOUT_ANNOTATION
 from kubeforge.controller import slim_owner
-from kubeforge.modeldeployment import build as mdbuild
+from kubeforge.modeldeployment._deployment import CONTAINER
 
 GROUP, VERSION, PLURAL = "kubeforge.io", "v1alpha1", "modeldeployments"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -81,7 +81,7 @@ def slim_deployment(body: Any, manager: str) -> JSON:
                     "containers": [
                         {"name": c.get("name"), "args": list(c.get("args") or [])}
                         for c in containers
-                        if c.get("name") == mdbuild.CONTAINER
+                        if c.get("name") == CONTAINER
                     ]
                 }
             },

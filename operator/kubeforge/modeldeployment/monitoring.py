@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from kubeforge.apply import ApiError, AsyncKube
-from kubeforge.modeldeployment import build as mdbuild
+from kubeforge.modeldeployment._alerting import MONITORING_GROUP
 
 DISCOVERY_TTL_OK = 300.0
 DISCOVERY_TTL_MISSING = 30.0
@@ -24,7 +24,7 @@ class MonitoringDiscovery:
     def __init__(
         self,
         kube: AsyncKube,
-        group_version: str = mdbuild.MONITORING_GROUP,
+        group_version: str = MONITORING_GROUP,
         resources: frozenset[str] = frozenset({"servicemonitors", "prometheusrules"}),
     ) -> None:
         self.kube = kube

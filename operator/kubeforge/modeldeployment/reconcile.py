@@ -19,6 +19,7 @@ from kubeforge.controller import Key
 from kubeforge.metrics import PhaseTracker
 from kubeforge.modeldeployment import autoscaling as scaling
 from kubeforge.modeldeployment import build as mdbuild
+from kubeforge.modeldeployment._children import SPEC_HASH, Child
 from kubeforge.modeldeployment.indexed import (
     API_VERSION,
     IDX_DEPLOY,
@@ -57,7 +58,7 @@ class ModelDeploymentReconciler:
         self.ctx = ctx
         self.settings = ctx.settings
         self.kube: AsyncKube = ctx.api
-        self.hash_key = self.settings.label(mdbuild.SPEC_HASH)
+        self.hash_key = self.settings.label(SPEC_HASH)
         self.discovery = MonitoringDiscovery(ctx.api)
         self.keda = scaling.keda_discovery(ctx.api)
         self.recent: dict[tuple[Key, str], str] = {}
@@ -234,7 +235,7 @@ class ModelDeploymentReconciler:
         return bool(owners) and not any(o.get("uid") == md["metadata"]["uid"] for o in owners)
 
     async def _sync_deployment(
-        self, key: Key, md: JSON, current: JSON | None, child: mdbuild.Child
+        self, key: Key, md: JSON, current: JSON | None, child: Child
     ) -> JSON | None:
         if self._owned_by_other(md, current):
             log.warning("Deployment %s/%s belongs to another object; not touching it", *key)
@@ -254,14 +255,14 @@ class ModelDeploymentReconciler:
             )
         return slim
 
-    async def _sync_watched(self, key: Key, observed: JSON | None, child: mdbuild.Child) -> None:
+    async def _sync_watched(self, key: Key, observed: JSON | None, child: Child) -> None:
         have = observed["metadata"]["annotations"].get(self.hash_key) if observed else None
         if have == child.hash or self.recent.get((key, child.kind)) == child.hash:
             return
         await self.kube.apply(child.manifest, parse=False)
         self.recent[(key, child.kind)] = child.hash
 
-    async def _sync_unwatched(self, key: Key, child: mdbuild.Child) -> None:
+    async def _sync_unwatched(self, key: Key, child: Child) -> None:
         mark = (key, child.kind)
         seen = self.verified.get(mark)
         fresh = seen is not None and time.monotonic() - seen[1] < self.settings.resync_seconds

@@ -15,7 +15,9 @@ from typing import Any
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.api.rollout import GatewayRef, RolloutStep
 from kubeforge.apply import manifest_hash
-from kubeforge.modeldeployment import build as mdbuild
+from kubeforge.modeldeployment import _children as mdchildren
+from kubeforge.modeldeployment import _deployment as mddeployment
+from kubeforge.modeldeployment import _scaling as mdscaling
 from kubeforge.settings import Settings
 
 JSON = dict[str, Any]
@@ -39,19 +41,19 @@ def candidate_name(name: str) -> str:
 
 def candidate_url(name: str, namespace: str) -> str:
     """The candidate Service's in-cluster base URL (the stable servers' --shadow-url)."""
-    return f"http://{candidate_name(name)}.{namespace}.svc.cluster.local:{mdbuild.HTTP_PORT}"
+    return f"http://{candidate_name(name)}.{namespace}.svc.cluster.local:{mdchildren.HTTP_PORT}"
 
 
 def candidate_labels(settings: Settings, name: str) -> dict[str, str]:
     return {
         settings.label(CANDIDATE_OF): name,
-        settings.label("kind"): mdbuild.KIND,
+        settings.label("kind"): mdchildren.KIND,
         "app.kubernetes.io/managed-by": settings.field_manager,
     }
 
 
 def candidate_selector(settings: Settings, name: str) -> dict[str, str]:
-    return {settings.label(CANDIDATE_OF): name, settings.label("kind"): mdbuild.KIND}
+    return {settings.label(CANDIDATE_OF): name, settings.label("kind"): mdchildren.KIND}
 
 
 # --- traffic -------------------------------------------------------------------------------
@@ -93,12 +95,12 @@ def split(
 # --- builders ------------------------------------------------------------------------------
 
 
-def _rehash(manifest: JSON, settings: Settings) -> mdbuild.Child:
-    key = settings.label(mdbuild.SPEC_HASH)
+def _rehash(manifest: JSON, settings: Settings) -> mdchildren.Child:
+    key = settings.label(mdchildren.SPEC_HASH)
     manifest["metadata"].setdefault("annotations", {}).pop(key, None)
     digest = manifest_hash(manifest)
     manifest["metadata"]["annotations"][key] = digest
-    return mdbuild.Child(manifest, digest)
+    return mdchildren.Child(manifest, digest)
 
 
 def shadow_args(spec: ModelDeploymentSpec, name: str, namespace: str, percent: int) -> list[str]:
@@ -111,8 +113,8 @@ def shadow_args(spec: ModelDeploymentSpec, name: str, namespace: str, percent: i
 
 
 def stable_deployment(
-    child: mdbuild.Child, settings: Settings, *, extra_args: list[str], replicas: int | None
-) -> mdbuild.Child:
+    child: mdchildren.Child, settings: Settings, *, extra_args: list[str], replicas: int | None
+) -> mdchildren.Child:
     """The stable Deployment during a step: its usual manifest plus the shadow flags and the
     replica split."""
     if not extra_args and replicas is None:
@@ -134,11 +136,11 @@ def candidate_deployment(
     *,
     replicas: int,
     answering: bool,
-) -> mdbuild.Child:
+) -> mdchildren.Child:
     """The candidate Deployment: the stable one's pod template with the new model, its own name
     and selector; its pods carry the ModelDeployment's selector label only when `answering`."""
     name = md["metadata"]["name"]
-    base = mdbuild.build_deployment(md, spec, settings, candidate_uri)
+    base = mddeployment.build_deployment(md, spec, settings, candidate_uri)
     manifest = copy.deepcopy(base.manifest)
     meta = manifest["metadata"]
     meta["name"] = candidate_name(name)
@@ -154,10 +156,10 @@ def candidate_deployment(
     return _rehash(manifest, settings)
 
 
-def candidate_service(md: JSON, settings: Settings) -> mdbuild.Child:
+def candidate_service(md: JSON, settings: Settings) -> mdchildren.Child:
     """The candidate's own Service: the stable servers mirror to it."""
     name = md["metadata"]["name"]
-    manifest = copy.deepcopy(mdbuild.build_service(md, settings).manifest)
+    manifest = copy.deepcopy(mdscaling.build_service(md, settings).manifest)
     manifest["metadata"]["name"] = candidate_name(name)
     manifest["metadata"]["labels"] = candidate_labels(settings, name)
     manifest["spec"]["selector"] = candidate_selector(settings, name)
@@ -169,7 +171,7 @@ GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
 def http_route(
     md: JSON, settings: Settings, gateway: GatewayRef, candidate_weight: int
-) -> mdbuild.Child:
+) -> mdchildren.Child:
     """The ModelDeployment's HTTPRoute (named after it): all requests to its Service, or, in a
     weight step, `candidate_weight` percent to the candidate's Service."""
     name = md["metadata"]["name"]
@@ -179,11 +181,11 @@ def http_route(
     if gateway.section_name:
         parent["sectionName"] = gateway.section_name
     backends: list[JSON] = [
-        {"name": name, "port": mdbuild.HTTP_PORT, "weight": 100 - candidate_weight}
+        {"name": name, "port": mdchildren.HTTP_PORT, "weight": 100 - candidate_weight}
     ]
     if candidate_weight:
         backends.append(
-            {"name": candidate_name(name), "port": mdbuild.HTTP_PORT, "weight": candidate_weight}
+            {"name": candidate_name(name), "port": mdchildren.HTTP_PORT, "weight": candidate_weight}
         )
     manifest: JSON = {
         "apiVersion": GATEWAY_GROUP_VERSION,
@@ -191,8 +193,8 @@ def http_route(
         "metadata": {
             "name": name,
             "namespace": md["metadata"]["namespace"],
-            "labels": mdbuild.labels(settings, name),
-            "ownerReferences": [mdbuild.owner_reference(md)],
+            "labels": mdchildren.labels(settings, name),
+            "ownerReferences": [mdchildren.owner_reference(md)],
         },
         "spec": {
             "parentRefs": [parent],

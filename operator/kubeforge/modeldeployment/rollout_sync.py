@@ -22,9 +22,9 @@ from kubeforge.api.rollout import ROLLOUT_ANNOTATION
 from kubeforge.apply import ApiError, AsyncKube, resource_path
 from kubeforge.context import OperatorContext
 from kubeforge.controller import Key
-from kubeforge.modeldeployment import build as mdbuild
 from kubeforge.modeldeployment import rollout as ro
 from kubeforge.modeldeployment import rollout_build as rb
+from kubeforge.modeldeployment._children import HTTP_PORT
 from kubeforge.modeldeployment.analysis import Decision, StepWindow, decide
 from kubeforge.modeldeployment.indexed import API_VERSION, IDX_CAND_DEPLOY, IDX_CAND_PODS, KIND
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
@@ -231,7 +231,7 @@ class RolloutDriver:
                 return await query_prometheus(
                     session, url, key[0], key[1], {n: t for n, (t, _) in tracks.items()}
                 )
-            return await scrape_pods(session, tracks, mdbuild.HTTP_PORT, key[1])
+            return await scrape_pods(session, tracks, HTTP_PORT, key[1])
 
     def _window(self, key: Key, status: JSON) -> _Window:
         ident = (

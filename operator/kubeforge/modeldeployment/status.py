@@ -21,7 +21,8 @@ from typing import Any
 
 from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.conditions import copy_conditions, get_condition, set_condition
-from kubeforge.modeldeployment.build import CONTAINER, url
+from kubeforge.modeldeployment._children import url
+from kubeforge.modeldeployment._deployment import CONTAINER
 from kubeforge.modeldeployment.resolve import UNSUPPORTED, Resolved
 
 JSON = dict[str, Any]

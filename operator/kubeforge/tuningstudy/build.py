@@ -29,9 +29,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from kubeforge.api.tuningstudy import Objective, TuningStudySpec
+from kubeforge.api._tuning_objective import Objective
+from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.trainingjob.build import OBJECTIVE_METRIC_ANNOTATION
-from kubeforge.tuningstudy.search import TrialRecord
+from kubeforge.tuningstudy._records import TrialRecord
 
 JSON = dict[str, Any]
 

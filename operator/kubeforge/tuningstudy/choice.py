@@ -13,7 +13,7 @@ from typing import Any
 
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.tuningstudy import build as tb
-from kubeforge.tuningstudy.search import TrialRecord
+from kubeforge.tuningstudy._records import TrialRecord
 from kubeforge.tuningstudy.selection import Rule, pareto_front, select
 
 JSON = dict[str, Any]

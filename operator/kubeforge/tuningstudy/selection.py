@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kubeforge.api.tuningstudy import Bound
+from kubeforge.api._tuning_objective import Bound
 
 Direction = str  # "minimize" | "maximize"
 Key = TypeVar("Key", int, tuple[int, int])

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeforge.api.tuningstudy import MAX_PARETO_FRONT, TuningStudySpec
+from kubeforge.api._tuning_status import MAX_PARETO_FRONT
+from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.conditions import set_condition
 from kubeforge.tuningstudy import build as tb
 from kubeforge.tuningstudy import warmstart
+from kubeforge.tuningstudy._records import TrialRecord, target_reached
+from kubeforge.tuningstudy._space import distributions, effective_max_trials, grid_size
 from kubeforge.tuningstudy.choice import (
     best_trial,
     front_of,
@@ -23,14 +26,7 @@ from kubeforge.tuningstudy.choice import (
     selection_rule,
     target_value,
 )
-from kubeforge.tuningstudy.search import (
-    SearchState,
-    TrialRecord,
-    distributions,
-    effective_max_trials,
-    grid_size,
-    target_reached,
-)
+from kubeforge.tuningstudy.search import SearchState
 
 JSON = dict[str, Any]
 

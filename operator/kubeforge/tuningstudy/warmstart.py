@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial
 
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.tuningstudy import build as tb
-from kubeforge.tuningstudy.search import earlier_trial, placeholder, warm_trials
+from kubeforge.tuningstudy._trials import earlier_trial, placeholder, warm_trials
 
 JSON = dict[str, Any]
 

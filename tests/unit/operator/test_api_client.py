@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubeforge import apply
+from kubeforge import _kube_client, apply
 from kubeforge.apply import ApiConnectionError, ApiError, AsyncKube, Kube, retry_delay
 
 JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ml"}}
@@ -50,7 +50,7 @@ class _Client:
 @pytest.fixture(autouse=True)
 def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
-    monkeypatch.setattr(apply.time, "sleep", slept.append)
+    monkeypatch.setattr(_kube_client.time, "sleep", slept.append)
     return slept
 
 

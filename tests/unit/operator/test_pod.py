@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubeforge.api.common import PodSettings, TrainingScheduling
+from kubeforge.api import PodSettings, TrainingScheduling
 from kubeforge.api.trainingjob import TrainingResources
 from kubeforge.pod import (
     container_resources,
