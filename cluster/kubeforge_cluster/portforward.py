@@ -36,7 +36,13 @@ def port_forward(
         port = 0
         while not port:
             left = end - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
+            if proc.poll() is not None:
+                # kubectl exited: what it said last (its error) is still in the pipe
+                seen += [ln.strip() for ln in proc.stdout.read().splitlines()]
+                raise RuntimeError(
+                    f"kubectl port-forward {target} exited {proc.returncode}: {seen}"
+                )
+            if left <= 0:
                 raise RuntimeError(f"kubectl port-forward {target} did not start: {seen}")
             ready, _, _ = select.select([proc.stdout], [], [], left)
             if ready:
