@@ -2,8 +2,9 @@
 ServiceAccount and RBAC, talking to the API server through ``kubernetes.default.svc``), and that
 in-cluster operator runs a TrainingJob in the trainer image to Succeeded.
 
-Needs the trainer image built by ``make images`` (~6.4 GB; never built here: skipped with that
-reason); the operator image is built (cached layers) and imported by the test."""
+Needs the trainer image archive (~3.4 GB: ``KUBEFORGE_TEST_TRAINER_IMAGE=1 make test-deps``
+builds it from its Dockerfile; skipped with that reason elsewhere); the operator image is built
+(cached layers) and imported by the test."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@
 - deleting each kind cascades to its children.
 
 One node and one operator (a local process) for the module, one namespace per test. Needs the
-trainer image built by ``make images`` (~6.4 GB; never built here: skipped with that reason); the
-server image is built from cached layers."""
+trainer image archive (``KUBEFORGE_TEST_TRAINER_IMAGE=1 make test-deps`` builds it from its
+Dockerfile; skipped with that reason elsewhere); the server image is built from cached layers."""
 
 from __future__ import annotations
 

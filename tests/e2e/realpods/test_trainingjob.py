@@ -4,10 +4,11 @@ progress POSTed from the pod to the operator's endpoint with its projected token
 pod, audience kubeforge.io/progress; the pod has no API token), Succeeded with the real metrics, and a
 delete that cascades to the Job and its pods.
 
-The trainer image is big (torch from PyPI bundles CUDA: ~6.4 GB), so this test never builds it:
-it runs where ``make images`` has built ``cluster/images/out/kubeforge-trainer.oci.tar`` and
-skips with that reason elsewhere. The import into the node's image store happens once (kept in
-``~/.cache/kubeforge/node``; ~2-7 min on 2 cores), later runs find it there."""
+The trainer image is big (torch from PyPI bundles CUDA: ~6 GB unpacked), so this test never
+builds it: it runs where ``KUBEFORGE_TEST_TRAINER_IMAGE=1 make test-deps`` has built
+``cluster/images/out/kubeforge-trainer.oci.tar`` from the trainer's Dockerfile (BuildKit) and skips
+with that reason elsewhere. The import into the node's image store happens once (kept in
+``~/.cache/kubeforge/node``), later runs find it there."""
 
 from __future__ import annotations
 
