@@ -86,9 +86,24 @@ IMAGES = {
 }
 
 
-#: BuildKit cache kept (MB) when the trainer is built, and when only the CPU images are
+#: BuildKit cache kept (MB) on a machine that builds the trainer, and on one that builds only
+#: the CPU images
 TRAINER_CACHE_MB = 20000
 CPU_IMAGES_CACHE_MB = 3000
+#: in BuildKit's root once the trainer was built there: later builds of the CPU images alone
+#: keep the trainer's cache too (at 3 GB their GC dropped it, and the next trainer build, whose
+#: layers are not byte-reproducible, made new digests and pushed 3.4 GB again)
+TRAINER_MARKER = ".kubeforge-trainer-cache"
+
+
+def build_cache_mb(names: list[str], root: Path | None = None) -> int:
+    """How much build cache BuildKit keeps for a build of ``names``."""
+    marker = Path(root or buildkit.default_root()) / TRAINER_MARKER
+    if "trainer" in names:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("the trainer is built here: keep its cache (kubeforge_cluster.ship)\n")
+        return TRAINER_CACHE_MB
+    return TRAINER_CACHE_MB if marker.is_file() else CPU_IMAGES_CACHE_MB
 
 
 def image_ref(registry: str, name: str, tag: str | None = None) -> str:
@@ -200,7 +215,7 @@ def build_and_push(
     # that layer compressed (3.4 GB); below ~16 GB the GC evicted the venv layer during the next
     # build (a new session sends the wheels again), so an unchanged trainer was rebuilt, with
     # new layer digests, and pushed again.
-    keep = TRAINER_CACHE_MB if "trainer" in names else CPU_IMAGES_CACHE_MB
+    keep = build_cache_mb(names)
     with buildkit.BuildKitDaemon(
         run_dir, insecure_registries=[registry], keep_storage_mb=keep
     ) as bk:
@@ -235,7 +250,7 @@ def build_archives(names: list[str], out_dir: Path, *, run_dir: Path | None = No
     out: list[Path] = []
     with LocalRegistry() as reg:
         base = push_base(reg.host)
-        keep = TRAINER_CACHE_MB if "trainer" in names else CPU_IMAGES_CACHE_MB
+        keep = build_cache_mb(names)
         with buildkit.BuildKitDaemon(
             run_dir, insecure_registries=[reg.host], keep_storage_mb=keep
         ) as bk:

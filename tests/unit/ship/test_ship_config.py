@@ -168,3 +168,14 @@ def test_packaged_chart_lints_and_renders(helm: Helm, tmp_path: Path) -> None:
     crds = {n.rsplit("/", 1)[1] for n in names if n.startswith("kubeforge/crds/")}
     assert crds == {p.name for p in (REPO / "crds").glob("*.yaml")}
     assert "kubeforge/values.schema.json" in names
+
+
+def test_a_machine_that_built_the_trainer_keeps_its_cache(tmp_path: Path) -> None:
+    """BuildKit's GC threshold: 3 GB for the CPU images, 20 GB once the trainer was built in that
+    root, also for later builds of the CPU images alone (their 3 GB GC evicted the trainer's
+    venv layer, and the next trainer build pushed 3.4 GB of new digests again)."""
+    root = tmp_path / "buildkit"
+    assert ship.build_cache_mb(["operator", "server"], root) == ship.CPU_IMAGES_CACHE_MB
+    assert ship.build_cache_mb(["trainer"], root) == ship.TRAINER_CACHE_MB
+    assert ship.build_cache_mb(["operator", "server"], root) == ship.TRAINER_CACHE_MB
+    assert ship.build_cache_mb(["server"], tmp_path / "other") == ship.CPU_IMAGES_CACHE_MB
