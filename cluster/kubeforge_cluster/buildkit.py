@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import shipbins
+from .procs import ManagedProcess
 from .realnode import bins as node_bins
 
 
@@ -74,7 +74,7 @@ class BuildKitDaemon:
         self.insecure_registries = list(insecure_registries)
         #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~16 GB (ship.TRAINER_CACHE_MB)
         self.keep_storage_mb = keep_storage_mb
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: ManagedProcess | None = None
         self.bins = shipbins.require("buildkitd", "buildctl")
 
     @property
@@ -111,45 +111,31 @@ class BuildKitDaemon:
             "--oci-worker-gc=true",
             f"--oci-worker-gc-keepstorage={self.keep_storage_mb}",
         ]
-        env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["nice", "-n", "10", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"buildkitd exited ({self.proc.returncode}): "
-                    f"{self.log_path.read_text()[-3000:]}"
-                )
-            r = subprocess.run(
-                [str(self.bins["buildctl"]), "--addr", self.address, "debug", "workers"],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode == 0 and "linux/amd64" in r.stdout:
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"buildkitd not ready after {timeout}s (log: {self.log_path})")
+        self.daemon = ManagedProcess(
+            "buildkitd", args, log_path=self.log_path, nice=10, stop_grace=30
+        )
+        if not self.daemon.start(
+            self._workers_ready,
+            timeout=timeout,
+            poll_interval=0.5,
+            log_tail_chars=3000,
+        ):
+            self.stop()
+            raise RuntimeError(f"buildkitd not ready after {timeout}s (log: {self.log_path})")
+        return self
+
+    def _workers_ready(self) -> bool:
+        r = subprocess.run(
+            [str(self.bins["buildctl"]), "--addr", self.address, "debug", "workers"],
+            capture_output=True,
+            text=True,
+        )
+        return r.returncode == 0 and "linux/amd64" in r.stdout
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self.daemon is None or self.daemon.popen is None:
             return
-        if self.proc.poll() is None:
-            # `nice` exec'd buildkitd, so the pid is buildkitd's own
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        self.daemon.stop()
         if self._own_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 

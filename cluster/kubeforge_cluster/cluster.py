@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -19,7 +18,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import yaml
 
 from . import binaries
 from .client import ApiError, KubeClient
+from .procs import Proc, spawn_logged, tail_log, terminate
 
 #: Label that makes kwok complete a Job-owned pod with exit 0 even when auto_complete_jobs=False.
 AUTO_COMPLETE_LABEL = "kubeforge.io/kwok-auto-complete"
@@ -61,50 +60,6 @@ def default_run_root() -> Path:
 
 def run_dir_for(name: str) -> Path:
     return default_run_root() / f"kubeforge-cluster-{name}"
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _pid_alive(pid: int, exe: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        if exe is not None:
-            cmd0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-            return Path(cmd0).name == Path(exe).name
-    except (OSError, IndexError):
-        return True
-    return True
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        data = path.read_bytes()[-256 * 1024 :].decode(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(data[-lines:])
-
-
-@dataclass
-class Proc:
-    name: str
-    pid: int
-    exe: str
-    log: str
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return _pid_alive(self.pid, self.exe)
 
 
 class StartupError(RuntimeError):
@@ -272,7 +227,7 @@ class LocalCluster:
         """Stop every component (newest first); remove the run dir unless ``remove=False``."""
         procs = self.procs or self._procs_from_state()
         for p in reversed(procs):
-            _terminate(p)
+            terminate(p)
         self.procs = []
         if self._client is not None:
             self._client = None
@@ -366,21 +321,9 @@ class LocalCluster:
     # components
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
-        log = self.logs_dir / f"{name}.log"
-        logf = open(log, "ab")  # noqa: SIM115 - handed to the child
-        logf.write(f"# {' '.join(args)}\n".encode())
-        logf.flush()
-        popen = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=self.run_dir,
-            start_new_session=True,
-            preexec_fn=None if self.daemon else _set_pdeathsig,
+        p = spawn_logged(
+            name, args, logs_dir=self.logs_dir, cwd=self.run_dir, die_with_parent=not self.daemon
         )
-        logf.close()
-        p = Proc(name, popen.pid, args[0], str(log), popen)
         self.procs.append(p)
         self._write_state()
         return p
@@ -649,7 +592,7 @@ class LocalCluster:
                 if not p.alive():
                     raise StartupError(
                         f"{p.name} exited while waiting for {what}; "
-                        f"log {p.log}:\n{_tail(Path(p.log), 30)}"
+                        f"log {p.log}:\n{tail_log(Path(p.log), 30)}"
                     )
             try:
                 if fn():
@@ -659,7 +602,7 @@ class LocalCluster:
             time.sleep(0.05)
         raise StartupError(
             f"timed out after {timeout}s waiting for {what} (last error: {last}); "
-            f"{component} log:\n{_tail(self.logs_dir / f'{component}.log', 30)}"
+            f"{component} log:\n{tail_log(self.logs_dir / f'{component}.log', 30)}"
         )
 
     # ---------------------------------------------------------------------------------------
@@ -690,7 +633,7 @@ class LocalCluster:
         )
         for log in logs:
             out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-            out.append(_tail(log, lines))
+            out.append(tail_log(log, lines))
         return "\n".join(out)
 
     def apply_files(self, files: Iterable[Path]) -> None:
@@ -722,27 +665,6 @@ def _http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2) -
             return bytes(r.read())
     except urllib.error.HTTPError as e:
         return bytes(e.read())
-
-
-def _terminate(p: Proc, grace: float = 5.0) -> None:
-    if not p.alive():
-        if p.popen is not None:
-            p.popen.wait()
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if p.popen is not None:
-            if p.popen.poll() is not None:
-                return
-        elif not _pid_alive(p.pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGKILL)
-    if p.popen is not None:
-        p.popen.wait()
 
 
 def kubectl(

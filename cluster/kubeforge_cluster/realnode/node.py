@@ -30,7 +30,8 @@ import yaml
 
 from .. import binaries as cp_binaries
 from ..client import ApiError
-from ..cluster import LocalCluster, Proc, _pid_alive, _set_pdeathsig, _tail, free_port
+from ..cluster import LocalCluster, free_port
+from ..procs import Proc, pid_alive, spawn_logged, tail_log
 from . import bins, net, oci
 from .controlplane import NodeControlPlane
 
@@ -306,21 +307,14 @@ class RealNode:
     # processes
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        log = self.logs_dir / f"{name}.log"
-        with open(log, "ab") as logf:
-            logf.write(f"# {' '.join(args)}\n".encode())
-            logf.flush()
-            popen = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=None if self.daemon else _set_pdeathsig,
-            )
-        p = Proc(name, popen.pid, args[0], str(log), popen)
+        p = spawn_logged(
+            name,
+            args,
+            logs_dir=self.logs_dir,
+            cwd=self.run_dir,
+            env=env,
+            die_with_parent=not self.daemon,
+        )
         self.procs.append(p)
         self._write_state()
         return p
@@ -333,7 +327,7 @@ class RealNode:
                 if not p.alive():
                     raise NodeStartError(
                         f"{p.name} exited while waiting for {what}; log {p.log}:\n"
-                        f"{_tail(Path(p.log), 40)}"
+                        f"{tail_log(Path(p.log), 40)}"
                     )
             try:
                 if fn():
@@ -343,7 +337,7 @@ class RealNode:
             time.sleep(0.1)
         raise NodeStartError(
             f"timed out after {timeout}s waiting for {what} (last error: {last}); {component} "
-            f"log:\n{_tail(self.logs_dir / f'{component}.log', 40)}"
+            f"log:\n{tail_log(self.logs_dir / f'{component}.log', 40)}"
         )
 
     @staticmethod
@@ -808,7 +802,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
             if time.monotonic() > deadline:
                 raise NodeStartError(
                     f"claim {namespace}/{claim} not Bound after 60s ({r.stdout}{r.stderr}); "
-                    + _tail(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
+                    + tail_log(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
                 )
             time.sleep(0.3)
 
@@ -842,7 +836,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
                 continue
             for log in sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime):
                 out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-                out.append(_tail(log, lines))
+                out.append(tail_log(log, lines))
         return "\n".join(out)
 
     # --------------------------------------------------------------------------------------
@@ -940,7 +934,7 @@ def _kill_kubepods_processes() -> int:
             os.kill(pid, signal.SIGKILL)
     end = time.monotonic() + 5
     while pids and time.monotonic() < end:
-        pids = {p for p in pids if _pid_alive(p)}
+        pids = {p for p in pids if pid_alive(p)}
         time.sleep(0.05)
     return len(pids)
 
@@ -1237,7 +1231,6 @@ __all__ = [
     "NodeStartError",
     "NodeUnsupported",
     "RealNode",
-    "_pid_alive",
     "cleanup_leftovers",
     "live_owner",
     "teardown",

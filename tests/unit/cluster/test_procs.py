@@ -1,0 +1,138 @@
+"""kubeforge_cluster.procs: the one place host components and helper daemons are started and
+stopped (log files, sessions, SIGTERM then SIGKILL, readiness, pid file, tracing off)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubeforge_cluster.procs import (
+    OTEL_OFF,
+    ManagedProcess,
+    Proc,
+    pid_alive,
+    spawn_logged,
+    tail_log,
+    terminate,
+)
+
+PY = sys.executable
+# a child that ignores SIGTERM: only SIGKILL ends it (says so once the handler is in place)
+IGNORES_TERM = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('arm' + 'ed', flush=True); time.sleep(60)"
+)
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text().splitlines():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_spawn_logged_appends_command_line_and_output_in_its_own_session(tmp_path: Path) -> None:
+    (tmp_path / "echo.log").write_text("earlier run\n")
+    args = [PY, "-c", "import os; print('pwd', os.getcwd()); print('sid', os.getsid(0))"]
+    p = spawn_logged("echo", args, logs_dir=tmp_path, cwd=tmp_path, env={"PATH": "/usr/bin"})
+    assert p.popen is not None
+    assert p.popen.wait(10) == 0
+    assert (p.name, p.exe, p.log) == ("echo", PY, str(tmp_path / "echo.log"))
+    lines = Path(p.log).read_text().splitlines()
+    assert lines[0] == "earlier run"  # appended, not truncated
+    assert lines[1] == f"# {' '.join(args)}"
+    assert lines[2] == f"pwd {tmp_path}"
+    assert lines[3] == f"sid {p.pid}"  # start_new_session: it leads its own session
+    assert not p.alive()
+
+
+def test_terminate_sends_sigterm_first(tmp_path: Path) -> None:
+    p = spawn_logged(
+        "sleeper", [PY, "-c", "import time; time.sleep(60)"], logs_dir=tmp_path, cwd=tmp_path
+    )
+    assert p.alive()
+    t0 = time.monotonic()
+    terminate(p, grace=5)
+    assert time.monotonic() - t0 < 4
+    assert p.popen is not None and p.popen.returncode == -15
+
+
+def test_terminate_kills_what_ignores_sigterm_after_the_grace(tmp_path: Path) -> None:
+    p = spawn_logged("stubborn", [PY, "-c", IGNORES_TERM], logs_dir=tmp_path, cwd=tmp_path)
+    _wait_for_text(Path(p.log), "armed")
+    t0 = time.monotonic()
+    terminate(p, grace=0.5)
+    assert time.monotonic() - t0 >= 0.5
+    assert p.popen is not None and p.popen.returncode == -9
+
+
+def test_terminate_stops_a_proc_known_only_by_pid(tmp_path: Path) -> None:
+    started = spawn_logged(
+        "sleeper", [PY, "-c", "import time; time.sleep(60)"], logs_dir=tmp_path, cwd=tmp_path
+    )
+    from_state = Proc(started.name, started.pid, started.exe, started.log)  # as a state file has it
+    assert from_state.alive()
+    assert not Proc("other", started.pid, "/bin/not-this-exe", "").alive()  # a recycled pid
+    terminate(from_state, grace=5)
+    assert started.popen is not None and started.popen.wait(5) == -15
+    assert not pid_alive(started.pid)
+
+
+def test_tail_log_last_lines_and_missing_log(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert tail_log(log, 3) == "line 97\nline 98\nline 99"
+    assert tail_log(tmp_path / "absent.log", 3) == "(no log)"
+
+
+def _daemon(tmp_path: Path, code: str, **kw: object) -> ManagedProcess:
+    return ManagedProcess("helper", [PY, "-c", code], log_path=tmp_path / "helper.log", **kw)  # type: ignore[arg-type]
+
+
+def test_managed_process_ready_pid_file_nice_and_tracing_off(tmp_path: Path) -> None:
+    code = (
+        "import os, time; "
+        "print('env', os.environ.get('OTEL_TRACES_EXPORTER'), os.environ.get('OTEL_SDK_DISABLED')); "
+        "print('nice', os.nice(0), flush=True); time.sleep(60)"
+    )
+    pid_file = tmp_path / "helper.pid"
+    d = _daemon(tmp_path, code, pid_file=pid_file, nice=7, stop_grace=5)
+    log = tmp_path / "helper.log"
+    ready = d.start(
+        lambda: log.exists() and "nice" in log.read_text(),
+        timeout=10,
+        poll_interval=0.02,
+        log_tail_chars=100,
+    )
+    assert ready
+    assert d.popen is not None
+    pid = d.popen.pid
+    assert pid_file.read_text() == f"{pid}\n"
+    text = log.read_text()
+    assert f"env {OTEL_OFF['OTEL_TRACES_EXPORTER']} {OTEL_OFF['OTEL_SDK_DISABLED']}" in text
+    assert f"nice {min(19, os.nice(0) + 7)}" in text  # `nice` exec'd the daemon: the pid is its own
+    popen = d.popen
+    d.stop()
+    assert popen.returncode == -15 and d.popen is None
+    d.stop()  # a second stop does nothing
+
+
+def test_managed_process_that_exits_raises_with_its_log(tmp_path: Path) -> None:
+    d = _daemon(tmp_path, "import sys; print('bad config: port'); sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"helper exited \(3\): bad config: port"):
+        d.start(lambda: False, timeout=10, poll_interval=0.02, log_tail_chars=100)
+
+
+def test_managed_process_not_ready_returns_false_and_keeps_running(tmp_path: Path) -> None:
+    d = _daemon(tmp_path, IGNORES_TERM, stop_grace=0.3)
+    assert not d.start(lambda: False, timeout=0.3, poll_interval=0.02, log_tail_chars=100)
+    popen = d.popen
+    assert popen is not None and popen.poll() is None  # the owner decides (stops, cleans up)
+    _wait_for_text(tmp_path / "helper.log", "armed")
+    d.stop()  # SIGTERM ignored: killed after stop_grace
+    assert popen.returncode == -9
