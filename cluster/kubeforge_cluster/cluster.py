@@ -66,6 +66,15 @@ class StartupError(RuntimeError):
     pass
 
 
+APISERVER_DNS_NAMES = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+"""DNS SANs of the API server's serving cert (every name the ``kubernetes`` Service has)."""
+
 FRONT_PROXY_CLIENT = "front-proxy-client"
 """CN of the API server's front-proxy client cert (--requestheader-allowed-names)."""
 
@@ -336,14 +345,8 @@ class LocalCluster:
         ca.issue(
             d / "apiserver",
             "kube-apiserver",
-            dns=(
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ),
-            ips=("127.0.0.1", "10.96.0.1"),
+            dns=APISERVER_DNS_NAMES,
+            ips=self._apiserver_ips(),
             server=True,
         )
         ca.issue(d / "admin", "kubeforge-admin", organizations=("system:masters",), client=True)
@@ -356,13 +359,12 @@ class LocalCluster:
             fp / "client", FRONT_PROXY_CLIENT, client=True
         )
         self._ca = ca
-        pki.write_kubeconfig(
-            self.kubeconfig,
-            f"https://127.0.0.1:{self.ports['apiserver']}",
-            ca.pem,
-            d / "admin.crt",
-            d / "admin.key",
-        )
+        pki.write_kubeconfig(self.kubeconfig, self.server, ca.pem, d / "admin.crt", d / "admin.key")
+
+    def _apiserver_ips(self) -> tuple[str, ...]:
+        """The IP SANs of the API server's serving cert: where clients dial it (loopback) and
+        the ``kubernetes`` Service's ClusterIP (in-cluster clients verify that name)."""
+        return ("127.0.0.1", "10.96.0.1")
 
     def _start_etcd(self) -> None:
         e, peer = self.ports["etcd"], self.ports["etcd_peer"]
