@@ -25,7 +25,16 @@ import yaml
 
 from . import binaries
 from .client import ApiError, KubeClient
-from .procs import Proc, spawn_logged, tail_log, terminate
+from .procs import (
+    Proc,
+    dump_log_dirs,
+    proc_records,
+    procs_from_records,
+    spawn_logged,
+    terminate,
+    wait_while_running,
+    write_state_file,
+)
 
 #: Label that makes kwok complete a Job-owned pod with exit 0 even when auto_complete_jobs=False.
 AUTO_COMPLETE_LABEL = "kubeforge.io/kwok-auto-complete"
@@ -303,13 +312,9 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "ports": self.ports,
             "startup_seconds": self.startup_seconds,
-            "procs": [
-                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in self.procs
-            ],
+            "procs": proc_records(self.procs),
         }
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(st, indent=2))
-        tmp.replace(self.run_dir / STATE_FILE)
+        write_state_file(self.run_dir / STATE_FILE, st)
 
     def _procs_from_state(self) -> list[Proc]:
         try:
@@ -317,7 +322,7 @@ class LocalCluster:
         except (OSError, ValueError):
             return []
         self.ports = st.get("ports", {})
-        return [Proc(p["name"], p["pid"], p["exe"], p["log"]) for p in st.get("procs", [])]
+        return procs_from_records(st.get("procs", []))
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> LocalCluster:
@@ -587,24 +592,17 @@ class LocalCluster:
             raise
 
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if not p.alive():
-                    raise StartupError(
-                        f"{p.name} exited while waiting for {what}; "
-                        f"log {p.log}:\n{tail_log(Path(p.log), 30)}"
-                    )
-            try:
-                if fn():
-                    return
-            except (OSError, ApiError, ValueError) as e:
-                last = e
-            time.sleep(0.05)
-        raise StartupError(
-            f"timed out after {timeout}s waiting for {what} (last error: {last}); "
-            f"{component} log:\n{tail_log(self.logs_dir / f'{component}.log', 30)}"
+        """Wait for ``fn()`` while every component runs (kwok, KEDA and Kueue wait here too)."""
+        wait_while_running(
+            what,
+            fn,
+            self.procs,
+            self.logs_dir / f"{component}.log",
+            timeout=timeout,
+            error=StartupError,
+            tail_lines=30,
+            interval=0.05,
+            transient=(OSError, ApiError, ValueError),
         )
 
     # ---------------------------------------------------------------------------------------
@@ -627,16 +625,7 @@ class LocalCluster:
 
     def dump_logs(self, lines: int = 40) -> str:
         """The last ``lines`` lines of every component's log, newest component last."""
-        out = []
-        logs = (
-            sorted(self.logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
-            if self.logs_dir.exists()
-            else []
-        )
-        for log in logs:
-            out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-            out.append(tail_log(log, lines))
-        return "\n".join(out)
+        return dump_log_dirs([self.logs_dir], lines)
 
     def apply_files(self, files: Iterable[Path]) -> None:
         """Create (or replace) the objects in ``files`` via server-side apply."""

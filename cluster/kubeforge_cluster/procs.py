@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: The environment that turns OpenTelemetry trace export off in Go daemons that have it
 #: (distribution, buildkitd): with no collector they would retry exporting forever.
@@ -129,6 +131,71 @@ def terminate(p: Proc, grace: float = 5.0) -> None:
         os.kill(p.pid, signal.SIGKILL)
     if p.popen is not None:
         p.popen.wait()
+
+
+def wait_while_running(
+    what: str,
+    ready: Callable[[], object],
+    procs: Sequence[Proc],
+    component_log: Path,
+    *,
+    timeout: float,
+    error: type[Exception],
+    tail_lines: int,
+    interval: float,
+    transient: tuple[type[Exception], ...],
+) -> None:
+    """Poll ``ready()`` until it is truthy. Raise ``error`` at once if any of ``procs`` exits
+    (with its log's tail), or after ``timeout`` seconds (with the last ``transient`` error
+    ``ready`` raised and ``component_log``'s tail); other exceptions from ``ready`` propagate."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                raise error(
+                    f"{p.name} exited while waiting for {what}; "
+                    f"log {p.log}:\n{tail_log(Path(p.log), tail_lines)}"
+                )
+        try:
+            if ready():
+                return
+        except transient as e:
+            last = e
+        time.sleep(interval)
+    raise error(
+        f"timed out after {timeout}s waiting for {what} (last error: {last}); "
+        f"{component_log.stem} log:\n{tail_log(component_log, tail_lines)}"
+    )
+
+
+def dump_log_dirs(dirs: Sequence[Path], lines: int) -> str:
+    """The last ``lines`` lines of every ``*.log`` in ``dirs`` (each dir oldest-written first),
+    each under a header naming the full log."""
+    out = []
+    for d in dirs:
+        if not d.exists():
+            continue
+        for log in sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
+            out.append(tail_log(log, lines))
+    return "\n".join(out)
+
+
+def proc_records(procs: Sequence[Proc]) -> list[dict[str, object]]:
+    """What a state file keeps of each process (enough to stop it from another process)."""
+    return [{"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in procs]
+
+
+def procs_from_records(records: Sequence[dict[str, Any]]) -> list[Proc]:
+    return [Proc(r["name"], r["pid"], r["exe"], r["log"]) for r in records]
+
+
+def write_state_file(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` as JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
 
 
 class ManagedProcess:

@@ -31,7 +31,17 @@ import yaml
 from .. import binaries as cp_binaries
 from ..client import ApiError
 from ..cluster import LocalCluster, free_port
-from ..procs import Proc, pid_alive, spawn_logged, tail_log
+from ..procs import (
+    Proc,
+    dump_log_dirs,
+    pid_alive,
+    proc_records,
+    procs_from_records,
+    spawn_logged,
+    tail_log,
+    wait_while_running,
+    write_state_file,
+)
 from . import bins, net, oci
 from .controlplane import NodeControlPlane
 
@@ -320,24 +330,16 @@ class RealNode:
         return p
 
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if not p.alive():
-                    raise NodeStartError(
-                        f"{p.name} exited while waiting for {what}; log {p.log}:\n"
-                        f"{tail_log(Path(p.log), 40)}"
-                    )
-            try:
-                if fn():
-                    return
-            except (OSError, ApiError, ValueError, RuntimeError) as e:
-                last = e
-            time.sleep(0.1)
-        raise NodeStartError(
-            f"timed out after {timeout}s waiting for {what} (last error: {last}); {component} "
-            f"log:\n{tail_log(self.logs_dir / f'{component}.log', 40)}"
+        wait_while_running(
+            what,
+            fn,
+            self.procs,
+            self.logs_dir / f"{component}.log",
+            timeout=timeout,
+            error=NodeStartError,
+            tail_lines=40,
+            interval=0.1,
+            transient=(OSError, ApiError, ValueError, RuntimeError),
         )
 
     @staticmethod
@@ -358,13 +360,9 @@ class RealNode:
             "ports": self.ports,
             "timings": self.timings,
             "startup_seconds": self.startup_seconds,
-            "procs": [
-                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in self.procs
-            ],
+            "procs": proc_records(self.procs),
         }
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(st, indent=2))
-        tmp.replace(self.run_dir / STATE_FILE)
+        write_state_file(self.run_dir / STATE_FILE, st)
 
     # --------------------------------------------------------------------------------------
     # containerd and images
@@ -830,14 +828,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         return {"KUBECONFIG": str(self.kubeconfig)}
 
     def dump_logs(self, lines: int = 30) -> str:
-        out = []
-        for d in (self.logs_dir, self.cp_dir / "logs"):
-            if not d.exists():
-                continue
-            for log in sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime):
-                out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-                out.append(tail_log(log, lines))
-        return "\n".join(out)
+        return dump_log_dirs([self.logs_dir, self.cp_dir / "logs"], lines)
 
     # --------------------------------------------------------------------------------------
     # stop
@@ -856,7 +847,7 @@ def _procs_from_state(run_dir: Path) -> list[Proc]:
         st = json.loads((run_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return []
-    return [Proc(p["name"], p["pid"], p["exe"], p["log"]) for p in st.get("procs", [])]
+    return procs_from_records(st.get("procs", []))
 
 
 def _kill(p: Proc, sigterms: int = 1, grace: float = 10.0) -> None:

@@ -3,6 +3,7 @@ stopped (log files, sessions, SIGTERM then SIGKILL, readiness, pid file, tracing
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -13,10 +14,15 @@ from kubeforge_cluster.procs import (
     OTEL_OFF,
     ManagedProcess,
     Proc,
+    dump_log_dirs,
     pid_alive,
+    proc_records,
+    procs_from_records,
     spawn_logged,
     tail_log,
     terminate,
+    wait_while_running,
+    write_state_file,
 )
 
 PY = sys.executable
@@ -136,3 +142,101 @@ def test_managed_process_not_ready_returns_false_and_keeps_running(tmp_path: Pat
     _wait_for_text(tmp_path / "helper.log", "armed")
     d.stop()  # SIGTERM ignored: killed after stop_grace
     assert popen.returncode == -9
+
+
+class _WaitFailed(RuntimeError):
+    pass
+
+
+def _wait(ready: object, procs: list[Proc], log: Path, timeout: float = 5) -> None:
+    wait_while_running(
+        "the thing",
+        ready,  # type: ignore[arg-type]
+        procs,
+        log,
+        timeout=timeout,
+        error=_WaitFailed,
+        tail_lines=2,
+        interval=0.01,
+        transient=(OSError,),
+    )
+
+
+def test_wait_while_running_returns_once_ready_despite_transient_errors(tmp_path: Path) -> None:
+    answers = iter([OSError("refused"), False, OSError("refused"), "yes"])
+
+    def ready() -> object:
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    _wait(ready, [], tmp_path / "c.log")
+    assert next(answers, None) is None  # polled until the truthy answer, not beyond
+
+
+def test_wait_while_running_times_out_with_last_error_and_component_log(tmp_path: Path) -> None:
+    log = tmp_path / "kwok.log"
+    log.write_text("one\ntwo\nthree\n")
+
+    def ready() -> bool:
+        raise OSError("connection refused")
+
+    with pytest.raises(_WaitFailed) as e:
+        _wait(ready, [], log, timeout=0.1)
+    assert str(e.value) == (
+        "timed out after 0.1s waiting for the thing (last error: connection refused); "
+        "kwok log:\ntwo\nthree"
+    )
+
+
+def test_wait_while_running_fails_at_once_when_a_process_exits(tmp_path: Path) -> None:
+    p = spawn_logged("etcd", [PY, "-c", "print('bad flag')"], logs_dir=tmp_path, cwd=tmp_path)
+    assert p.popen is not None and p.popen.wait(10) == 0
+    t0 = time.monotonic()
+    with pytest.raises(
+        _WaitFailed,
+        match=r"etcd exited while waiting for the thing; log .*etcd.log:\n.*\nbad flag$",
+    ):
+        _wait(lambda: False, [p], tmp_path / "other.log", timeout=30)
+    assert time.monotonic() - t0 < 5
+
+
+def test_wait_while_running_lets_other_errors_through(tmp_path: Path) -> None:
+    def ready() -> bool:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        _wait(ready, [], tmp_path / "c.log")
+
+
+def test_dump_log_dirs_in_order_with_headers(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for i, (d, name) in enumerate(((a, "late"), (a, "early"), (b, "cp"))):
+        f = d / f"{name}.log"
+        f.write_text(f"{name} 1\n{name} 2\n")
+        os.utime(f, (1000 + i, 1000 + (i if name != "early" else -5)))
+    text = dump_log_dirs([a, tmp_path / "absent", b], 1)
+    assert text.splitlines() == [
+        f"===== early.log (last 1 lines; full log: {a / 'early.log'}) =====",
+        "early 2",
+        f"===== late.log (last 1 lines; full log: {a / 'late.log'}) =====",
+        "late 2",
+        f"===== cp.log (last 1 lines; full log: {b / 'cp.log'}) =====",
+        "cp 2",
+    ]
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    procs = [
+        Proc("etcd", 123, "/bin/etcd", "/l/etcd.log"),
+        Proc("kwok", 456, "/bin/kwok", "/l/k.log"),
+    ]
+    path = tmp_path / "state.json"
+    write_state_file(path, {"name": "x", "procs": proc_records(procs)})
+    assert not (tmp_path / "state.json.tmp").exists()
+    st = json.loads(path.read_text())
+    assert st["name"] == "x"
+    assert procs_from_records(st["procs"]) == procs
