@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from . import shipbins
-from .procs import ManagedProcess
+from .procs import DaemonOwner, ManagedProcess
 from .realnode import bins as node_bins
 
 
@@ -56,7 +53,7 @@ class BuildResult:
     log: str
 
 
-class BuildKitDaemon:
+class BuildKitDaemon(DaemonOwner):
     """A buildkitd for the lifetime of the ``with`` block (socket in ``run_dir``)."""
 
     def __init__(
@@ -67,14 +64,11 @@ class BuildKitDaemon:
         insecure_registries: Iterable[str] = (),
         keep_storage_mb: int = 3000,
     ) -> None:
-        # a run dir of our own (logs, config) is removed at stop; a given one is kept
-        self._own_run_dir = run_dir is None
-        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-buildkit-"))
+        super().__init__(run_dir, "kubeforge-buildkit-")
         self.root = Path(root or default_root())
         self.insecure_registries = list(insecure_registries)
         #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~16 GB (ship.TRAINER_CACHE_MB)
         self.keep_storage_mb = keep_storage_mb
-        self.daemon: ManagedProcess | None = None
         self.bins = shipbins.require("buildkitd", "buildctl")
 
     @property
@@ -111,17 +105,14 @@ class BuildKitDaemon:
             "--oci-worker-gc=true",
             f"--oci-worker-gc-keepstorage={self.keep_storage_mb}",
         ]
-        self.daemon = ManagedProcess(
-            "buildkitd", args, log_path=self.log_path, nice=10, stop_grace=30
-        )
-        if not self.daemon.start(
+        self._start_daemon(
+            ManagedProcess("buildkitd", args, log_path=self.log_path, nice=10, stop_grace=30),
             self._workers_ready,
             timeout=timeout,
             poll_interval=0.5,
             log_tail_chars=3000,
-        ):
-            self.stop()
-            raise RuntimeError(f"buildkitd not ready after {timeout}s (log: {self.log_path})")
+            not_ready=f"buildkitd not ready after {timeout}s (log: {self.log_path})",
+        )
         return self
 
     def _workers_ready(self) -> bool:
@@ -131,24 +122,6 @@ class BuildKitDaemon:
             text=True,
         )
         return r.returncode == 0 and "linux/amd64" in r.stdout
-
-    def stop(self) -> None:
-        if self.daemon is None or self.daemon.popen is None:
-            return
-        self.daemon.stop()
-        if self._own_run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def __enter__(self) -> BuildKitDaemon:
-        return self.start()
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def prune(self) -> str:
         """Drop build cache above ``keep_storage_mb`` now (GC otherwise runs after builds)."""

@@ -27,6 +27,7 @@ from . import binaries
 from .client import ApiError, KubeClient
 from .procs import (
     Proc,
+    WaitPolicy,
     dump_log_dirs,
     proc_records,
     procs_from_records,
@@ -74,6 +75,11 @@ def run_dir_for(name: str) -> Path:
 class StartupError(RuntimeError):
     pass
 
+
+# a component answering "not yet" (connection refused, a 5xx, half a JSON body) is no failure
+_STARTUP_WAIT = WaitPolicy(
+    StartupError, tail_lines=30, interval=0.05, transient=(OSError, ApiError, ValueError)
+)
 
 APISERVER_DNS_NAMES = (
     "localhost",
@@ -594,15 +600,7 @@ class LocalCluster:
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
         """Wait for ``fn()`` while every component runs (kwok, KEDA and Kueue wait here too)."""
         wait_while_running(
-            what,
-            fn,
-            self.procs,
-            self.logs_dir / f"{component}.log",
-            timeout=timeout,
-            error=StartupError,
-            tail_lines=30,
-            interval=0.05,
-            transient=(OSError, ApiError, ValueError),
+            what, fn, self.procs, self.logs_dir / f"{component}.log", timeout, _STARTUP_WAIT
         )
 
     # ---------------------------------------------------------------------------------------

@@ -18,13 +18,16 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 #: The environment that turns OpenTelemetry trace export off in Go daemons that have it
 #: (distribution, buildkitd): with no collector they would retry exporting forever.
@@ -133,21 +136,29 @@ def terminate(p: Proc, grace: float = 5.0) -> None:
         p.popen.wait()
 
 
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How :func:`wait_while_running` waits: the exception it raises, how many log lines that
+    quotes, the poll interval, and the errors of the readiness check that mean "not yet"."""
+
+    error: type[Exception]
+    tail_lines: int
+    interval: float
+    transient: tuple[type[Exception], ...]
+
+
 def wait_while_running(
     what: str,
     ready: Callable[[], object],
     procs: Sequence[Proc],
     component_log: Path,
-    *,
     timeout: float,
-    error: type[Exception],
-    tail_lines: int,
-    interval: float,
-    transient: tuple[type[Exception], ...],
+    policy: WaitPolicy,
 ) -> None:
-    """Poll ``ready()`` until it is truthy. Raise ``error`` at once if any of ``procs`` exits
-    (with its log's tail), or after ``timeout`` seconds (with the last ``transient`` error
+    """Poll ``ready()`` until it is truthy. Raise ``policy.error`` at once if any of ``procs``
+    exits (with its log's tail), or after ``timeout`` seconds (with the last transient error
     ``ready`` raised and ``component_log``'s tail); other exceptions from ``ready`` propagate."""
+    error, tail_lines = policy.error, policy.tail_lines
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -160,9 +171,9 @@ def wait_while_running(
         try:
             if ready():
                 return
-        except transient as e:
+        except policy.transient as e:
             last = e
-        time.sleep(interval)
+        time.sleep(policy.interval)
     raise error(
         f"timed out after {timeout}s waiting for {what} (last error: {last}); "
         f"{component_log.stem} log:\n{tail_log(component_log, tail_lines)}"
@@ -259,7 +270,7 @@ class ManagedProcess:
         return False
 
     def stop(self) -> None:
-        """Stop it if it runs; forget it (a later call does nothing)."""
+        """Stop it if it runs, remove its pid file; forget it (a later call does nothing)."""
         if self.popen is None:
             return
         if self.popen.poll() is None:
@@ -270,3 +281,56 @@ class ManagedProcess:
                 self.popen.kill()
                 self.popen.wait(5)
         self.popen = None
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+
+class DaemonOwner:
+    """Base of a helper that runs one :class:`ManagedProcess` for a ``with`` block
+    (``LocalRegistry``, ``BuildKitDaemon``). Its run dir (config, log) is removed at
+    :meth:`stop` when it made the dir itself; a run dir given to it is kept."""
+
+    def __init__(self, run_dir: Path | None, prefix: str) -> None:
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=prefix))
+        self.daemon: ManagedProcess | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _start_daemon(
+        self,
+        daemon: ManagedProcess,
+        ready: Callable[[], bool],
+        *,
+        timeout: float,
+        poll_interval: float,
+        log_tail_chars: int,
+        not_ready: str,
+    ) -> None:
+        """Start ``daemon`` (see :meth:`ManagedProcess.start`); not ready in time: stop and
+        raise ``not_ready``."""
+        self.daemon = daemon
+        if not daemon.start(
+            ready, timeout=timeout, poll_interval=poll_interval, log_tail_chars=log_tail_chars
+        ):
+            self.stop()
+            raise RuntimeError(not_ready)
+
+    def stop(self) -> None:
+        if self.daemon is None or self.daemon.popen is None:
+            return
+        self.daemon.stop()
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,10 +28,9 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from . import shipbins
-from .procs import ManagedProcess, env_without_tracing
+from .procs import DaemonOwner, ManagedProcess, env_without_tracing
 
 #: A completed blob upload: the final PUT of an upload session (monolithic or chunked).
 _UPLOAD_DONE = re.compile(
@@ -71,7 +69,7 @@ def config_yaml(storage: Path, port: int) -> str:
     return json.dumps(cfg, indent=1) + "\n"
 
 
-class LocalRegistry:
+class LocalRegistry(DaemonOwner):
     """Start (or :meth:`attach` to) a registry; stop it on exit. Logs in ``run_dir/registry.log``."""
 
     def __init__(
@@ -81,12 +79,9 @@ class LocalRegistry:
         port: int | None = None,
         storage: Path | None = None,
     ) -> None:
-        # a run dir of our own (logs, config) is removed at stop; a given one is kept
-        self._own_run_dir = run_dir is None
-        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-registry-"))
+        super().__init__(run_dir, "kubeforge-registry-")
         self.port = port or free_port()
         self.storage = Path(storage or default_storage())
-        self.daemon: ManagedProcess | None = None
 
     @property
     def host(self) -> str:
@@ -102,21 +97,20 @@ class LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.run_dir / "config.yml"
         cfg.write_text(config_yaml(self.storage, self.port))
-        self.daemon = ManagedProcess(
-            "registry",
-            [str(binary), "serve", str(cfg)],
-            log_path=self.log_path,
-            pid_file=self.run_dir / "registry.pid",
-            stop_grace=10,
-        )
-        if not self.daemon.start(
+        self._start_daemon(
+            ManagedProcess(
+                "registry",
+                [str(binary), "serve", str(cfg)],
+                log_path=self.log_path,
+                pid_file=self.run_dir / "registry.pid",
+                stop_grace=10,
+            ),
             self.ping,
             timeout=timeout,
             poll_interval=0.2,
             log_tail_chars=2000,
-        ):
-            self.stop()
-            raise RuntimeError(f"registry not answering on {self.host} after {timeout}s")
+            not_ready=f"registry not answering on {self.host} after {timeout}s",
+        )
         return self
 
     def ping(self) -> bool:
@@ -125,25 +119,6 @@ class LocalRegistry:
                 return int(r.status) == 200
         except (OSError, urllib.error.URLError):
             return False
-
-    def stop(self) -> None:
-        if self.daemon is None or self.daemon.popen is None:
-            return
-        self.daemon.stop()
-        if self._own_run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        (self.run_dir / "registry.pid").unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------------------------------
     # what was pushed

@@ -33,6 +33,7 @@ from ..client import ApiError
 from ..cluster import LocalCluster, free_port
 from ..procs import (
     Proc,
+    WaitPolicy,
     dump_log_dirs,
     pid_alive,
     proc_records,
@@ -64,6 +65,15 @@ class NodeUnsupported(RuntimeError):
 
 class NodeStartError(RuntimeError):
     pass
+
+
+# what a node component says while it comes up (refused, 5xx, bad JSON, a crictl/ctr error)
+_START_WAIT = WaitPolicy(
+    NodeStartError,
+    tail_lines=40,
+    interval=0.1,
+    transient=(OSError, ApiError, ValueError, RuntimeError),
+)
 
 
 def default_run_dir(name: str = "dev") -> Path:
@@ -331,15 +341,7 @@ class RealNode:
 
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
         wait_while_running(
-            what,
-            fn,
-            self.procs,
-            self.logs_dir / f"{component}.log",
-            timeout=timeout,
-            error=NodeStartError,
-            tail_lines=40,
-            interval=0.1,
-            transient=(OSError, ApiError, ValueError, RuntimeError),
+            what, fn, self.procs, self.logs_dir / f"{component}.log", timeout, _START_WAIT
         )
 
     @staticmethod

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from kubeforge_cluster.procs import (
     OTEL_OFF,
+    DaemonOwner,
     ManagedProcess,
     Proc,
+    WaitPolicy,
     dump_log_dirs,
     pid_alive,
     proc_records,
@@ -126,6 +128,7 @@ def test_managed_process_ready_pid_file_nice_and_tracing_off(tmp_path: Path) -> 
     d.stop()
     assert popen.returncode == -15 and d.popen is None
     d.stop()  # a second stop does nothing
+    assert not pid_file.exists()
 
 
 def test_managed_process_that_exits_raises_with_its_log(tmp_path: Path) -> None:
@@ -149,17 +152,8 @@ class _WaitFailed(RuntimeError):
 
 
 def _wait(ready: object, procs: list[Proc], log: Path, timeout: float = 5) -> None:
-    wait_while_running(
-        "the thing",
-        ready,  # type: ignore[arg-type]
-        procs,
-        log,
-        timeout=timeout,
-        error=_WaitFailed,
-        tail_lines=2,
-        interval=0.01,
-        transient=(OSError,),
-    )
+    policy = WaitPolicy(_WaitFailed, tail_lines=2, interval=0.01, transient=(OSError,))
+    wait_while_running("the thing", ready, procs, log, timeout, policy)  # type: ignore[arg-type]
 
 
 def test_wait_while_running_returns_once_ready_despite_transient_errors(tmp_path: Path) -> None:
@@ -240,3 +234,47 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     st = json.loads(path.read_text())
     assert st["name"] == "x"
     assert procs_from_records(st["procs"]) == procs
+
+
+class _Helper(DaemonOwner):
+    def __init__(self, run_dir: Path | None, ready: bool) -> None:
+        super().__init__(run_dir, "kubeforge-test-helper-")
+        self.ready = ready
+
+    def start(self) -> _Helper:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._start_daemon(
+            ManagedProcess(
+                "helper",
+                [PY, "-c", "import time; time.sleep(60)"],
+                log_path=self.run_dir / "helper.log",
+                pid_file=self.run_dir / "helper.pid",
+                stop_grace=5,
+            ),
+            lambda: self.ready,
+            timeout=0.2,
+            poll_interval=0.02,
+            log_tail_chars=100,
+            not_ready="helper not ready after 0.2s",
+        )
+        return self
+
+
+def test_daemon_owner_removes_only_a_run_dir_of_its_own(tmp_path: Path) -> None:
+    with _Helper(None, ready=True) as own:
+        assert own.daemon is not None and own.daemon.popen is not None
+        popen = own.daemon.popen
+        assert (own.run_dir / "helper.pid").is_file()
+    assert popen.returncode == -15 and not own.run_dir.exists()
+    given = tmp_path / "given"
+    with _Helper(given, ready=True):
+        pass
+    assert (given / "helper.log").is_file() and not (given / "helper.pid").exists()
+
+
+def test_daemon_owner_not_ready_stops_it_and_raises(tmp_path: Path) -> None:
+    h = _Helper(tmp_path / "run", ready=False)
+    with pytest.raises(RuntimeError, match=r"^helper not ready after 0.2s$"):
+        h.start()
+    assert h.daemon is not None and h.daemon.popen is None  # stopped
+    assert not (tmp_path / "run" / "helper.pid").exists()
