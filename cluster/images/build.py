@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "cluster"))
 
+from kubeforge_cluster.baseimage import debootstrap_minbase  # noqa: E402
 from kubeforge_cluster.realnode import oci  # noqa: E402
 
 VENV = "/opt/kubeforge/venv"
@@ -223,32 +224,7 @@ def base_rootfs() -> Path:
     shutil.rmtree(root, ignore_errors=True)
     t = time.monotonic()
     log(f"debootstrap {SUITE} minbase + python3 (once, ~1 min) ...")
-    subprocess.run(
-        [
-            "nice",
-            "-n",
-            "10",
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3,ca-certificates",
-            SUITE,
-            str(tmp),
-            MIRROR,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    for pat in (
-        "var/cache/apt/archives/*.deb",
-        "var/cache/apt/*.bin",
-        "var/lib/apt/lists/*",
-        "usr/share/doc/*",
-        "usr/share/man/*",
-        "usr/share/locale/*",
-        "usr/share/info/*",
-    ):
-        for p in tmp.glob(pat):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    debootstrap_minbase(tmp, ("python3", "ca-certificates"), SUITE, MIRROR)
     tmp.rename(root)
     (root / ".complete").write_text(f"{SUITE} {MIRROR} {time.time()}\n")
     log(f"debootstrap done in {time.monotonic() - t:.0f}s")

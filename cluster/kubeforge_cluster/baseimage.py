@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import shipbins
@@ -38,6 +39,44 @@ def cache_dir() -> Path:
     return shipbins.default_bin_dir().parent.parent / "ship"
 
 
+#: What a minbase rootfs carries that no image needs: apt's downloads and lists, docs, locales.
+APT_LEFTOVERS = (
+    "var/cache/apt/archives/*.deb",
+    "var/cache/apt/*.bin",
+    "var/lib/apt/lists/*",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/locale/*",
+    "usr/share/info/*",
+)
+
+
+def debootstrap_minbase(
+    target: Path, packages: Sequence[str], suite: str = SUITE, mirror: str = MIRROR
+) -> None:
+    """``debootstrap --variant=minbase`` of ``suite`` + ``packages`` into ``target`` (at nice 10:
+    it shares the machine), then drop :data:`APT_LEFTOVERS`. Output is discarded; a failure
+    raises ``CalledProcessError``."""
+    subprocess.run(
+        [
+            "nice",
+            "-n",
+            "10",
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+            suite,
+            str(target),
+            mirror,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    for pat in APT_LEFTOVERS:
+        for p in target.glob(pat):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def base_rootfs() -> Path:
     root = cache_dir() / "rootfs" / f"python-{SUITE}-venv"
     stamp = root / ".complete"
@@ -52,32 +91,7 @@ def base_rootfs() -> Path:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()
     log(f"debootstrap {SUITE} minbase + {' '.join(BASE_PACKAGES)} (once, ~1-2 min) ...")
-    subprocess.run(
-        [
-            "nice",
-            "-n",
-            "10",
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
-            str(tmp),
-            MIRROR,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    for pat in (
-        "var/cache/apt/archives/*.deb",
-        "var/cache/apt/*.bin",
-        "var/lib/apt/lists/*",
-        "usr/share/doc/*",
-        "usr/share/man/*",
-        "usr/share/locale/*",
-        "usr/share/info/*",
-    ):
-        for p in tmp.glob(pat):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    debootstrap_minbase(tmp, BASE_PACKAGES)
     tmp.rename(root)
     stamp.write_text(f"{want} {time.time()}\n")
     log(f"debootstrap done in {time.monotonic() - t:.0f}s")

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from . import shipbins
+from .procs import DaemonOwner, ManagedProcess
 from .realnode import bins as node_bins
 
 
@@ -56,7 +53,7 @@ class BuildResult:
     log: str
 
 
-class BuildKitDaemon:
+class BuildKitDaemon(DaemonOwner):
     """A buildkitd for the lifetime of the ``with`` block (socket in ``run_dir``)."""
 
     def __init__(
@@ -67,14 +64,11 @@ class BuildKitDaemon:
         insecure_registries: Iterable[str] = (),
         keep_storage_mb: int = 3000,
     ) -> None:
-        # a run dir of our own (logs, config) is removed at stop; a given one is kept
-        self._own_run_dir = run_dir is None
-        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-buildkit-"))
+        super().__init__(run_dir, "kubeforge-buildkit-")
         self.root = Path(root or default_root())
         self.insecure_registries = list(insecure_registries)
         #: build cache kept (GC above it): the CPU images need ~2 GB, the trainer ~16 GB (ship.TRAINER_CACHE_MB)
         self.keep_storage_mb = keep_storage_mb
-        self.proc: subprocess.Popen[bytes] | None = None
         self.bins = shipbins.require("buildkitd", "buildctl")
 
     @property
@@ -111,58 +105,23 @@ class BuildKitDaemon:
             "--oci-worker-gc=true",
             f"--oci-worker-gc-keepstorage={self.keep_storage_mb}",
         ]
-        env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["nice", "-n", "10", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"buildkitd exited ({self.proc.returncode}): "
-                    f"{self.log_path.read_text()[-3000:]}"
-                )
-            r = subprocess.run(
-                [str(self.bins["buildctl"]), "--addr", self.address, "debug", "workers"],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode == 0 and "linux/amd64" in r.stdout:
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"buildkitd not ready after {timeout}s (log: {self.log_path})")
+        self._start_daemon(
+            ManagedProcess("buildkitd", args, log_path=self.log_path, nice=10, stop_grace=30),
+            self._workers_ready,
+            timeout=timeout,
+            poll_interval=0.5,
+            log_tail_chars=3000,
+            not_ready=f"buildkitd not ready after {timeout}s (log: {self.log_path})",
+        )
+        return self
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            # `nice` exec'd buildkitd, so the pid is buildkitd's own
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        if self._own_run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def __enter__(self) -> BuildKitDaemon:
-        return self.start()
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _workers_ready(self) -> bool:
+        r = subprocess.run(
+            [str(self.bins["buildctl"]), "--addr", self.address, "debug", "workers"],
+            capture_output=True,
+            text=True,
+        )
+        return r.returncode == 0 and "linux/amd64" in r.stdout
 
     def prune(self) -> str:
         """Drop build cache above ``keep_storage_mb`` now (GC otherwise runs after builds)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -19,7 +18,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,17 @@ import yaml
 
 from . import binaries
 from .client import ApiError, KubeClient
+from .procs import (
+    Proc,
+    WaitPolicy,
+    dump_log_dirs,
+    proc_records,
+    procs_from_records,
+    spawn_logged,
+    terminate,
+    wait_while_running,
+    write_state_file,
+)
 
 #: Label that makes kwok complete a Job-owned pod with exit 0 even when auto_complete_jobs=False.
 AUTO_COMPLETE_LABEL = "kubeforge.io/kwok-auto-complete"
@@ -63,53 +72,23 @@ def run_dir_for(name: str) -> Path:
     return default_run_root() / f"kubeforge-cluster-{name}"
 
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _pid_alive(pid: int, exe: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        if exe is not None:
-            cmd0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-            return Path(cmd0).name == Path(exe).name
-    except (OSError, IndexError):
-        return True
-    return True
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        data = path.read_bytes()[-256 * 1024 :].decode(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(data[-lines:])
-
-
-@dataclass
-class Proc:
-    name: str
-    pid: int
-    exe: str
-    log: str
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return _pid_alive(self.pid, self.exe)
-
-
 class StartupError(RuntimeError):
     pass
 
+
+# a component answering "not yet" (connection refused, a 5xx, half a JSON body) is no failure
+_STARTUP_WAIT = WaitPolicy(
+    StartupError, tail_lines=30, interval=0.05, transient=(OSError, ApiError, ValueError)
+)
+
+APISERVER_DNS_NAMES = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+"""DNS SANs of the API server's serving cert (every name the ``kubernetes`` Service has)."""
 
 FRONT_PROXY_CLIENT = "front-proxy-client"
 """CN of the API server's front-proxy client cert (--requestheader-allowed-names)."""
@@ -272,7 +251,7 @@ class LocalCluster:
         """Stop every component (newest first); remove the run dir unless ``remove=False``."""
         procs = self.procs or self._procs_from_state()
         for p in reversed(procs):
-            _terminate(p)
+            terminate(p)
         self.procs = []
         if self._client is not None:
             self._client = None
@@ -339,13 +318,9 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "ports": self.ports,
             "startup_seconds": self.startup_seconds,
-            "procs": [
-                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in self.procs
-            ],
+            "procs": proc_records(self.procs),
         }
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(st, indent=2))
-        tmp.replace(self.run_dir / STATE_FILE)
+        write_state_file(self.run_dir / STATE_FILE, st)
 
     def _procs_from_state(self) -> list[Proc]:
         try:
@@ -353,7 +328,7 @@ class LocalCluster:
         except (OSError, ValueError):
             return []
         self.ports = st.get("ports", {})
-        return [Proc(p["name"], p["pid"], p["exe"], p["log"]) for p in st.get("procs", [])]
+        return procs_from_records(st.get("procs", []))
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> LocalCluster:
@@ -366,21 +341,9 @@ class LocalCluster:
     # components
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
-        log = self.logs_dir / f"{name}.log"
-        logf = open(log, "ab")  # noqa: SIM115 - handed to the child
-        logf.write(f"# {' '.join(args)}\n".encode())
-        logf.flush()
-        popen = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=self.run_dir,
-            start_new_session=True,
-            preexec_fn=None if self.daemon else _set_pdeathsig,
+        p = spawn_logged(
+            name, args, logs_dir=self.logs_dir, cwd=self.run_dir, die_with_parent=not self.daemon
         )
-        logf.close()
-        p = Proc(name, popen.pid, args[0], str(log), popen)
         self.procs.append(p)
         self._write_state()
         return p
@@ -393,14 +356,8 @@ class LocalCluster:
         ca.issue(
             d / "apiserver",
             "kube-apiserver",
-            dns=(
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ),
-            ips=("127.0.0.1", "10.96.0.1"),
+            dns=APISERVER_DNS_NAMES,
+            ips=self._apiserver_ips(),
             server=True,
         )
         ca.issue(d / "admin", "kubeforge-admin", organizations=("system:masters",), client=True)
@@ -413,13 +370,12 @@ class LocalCluster:
             fp / "client", FRONT_PROXY_CLIENT, client=True
         )
         self._ca = ca
-        pki.write_kubeconfig(
-            self.kubeconfig,
-            f"https://127.0.0.1:{self.ports['apiserver']}",
-            ca.pem,
-            d / "admin.crt",
-            d / "admin.key",
-        )
+        pki.write_kubeconfig(self.kubeconfig, self.server, ca.pem, d / "admin.crt", d / "admin.key")
+
+    def _apiserver_ips(self) -> tuple[str, ...]:
+        """The IP SANs of the API server's serving cert: where clients dial it (loopback) and
+        the ``kubernetes`` Service's ClusterIP (in-cluster clients verify that name)."""
+        return ("127.0.0.1", "10.96.0.1")
 
     def _start_etcd(self) -> None:
         e, peer = self.ports["etcd"], self.ports["etcd_peer"]
@@ -642,24 +598,9 @@ class LocalCluster:
             raise
 
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if not p.alive():
-                    raise StartupError(
-                        f"{p.name} exited while waiting for {what}; "
-                        f"log {p.log}:\n{_tail(Path(p.log), 30)}"
-                    )
-            try:
-                if fn():
-                    return
-            except (OSError, ApiError, ValueError) as e:
-                last = e
-            time.sleep(0.05)
-        raise StartupError(
-            f"timed out after {timeout}s waiting for {what} (last error: {last}); "
-            f"{component} log:\n{_tail(self.logs_dir / f'{component}.log', 30)}"
+        """Wait for ``fn()`` while every component runs (kwok, KEDA and Kueue wait here too)."""
+        wait_while_running(
+            what, fn, self.procs, self.logs_dir / f"{component}.log", timeout, _STARTUP_WAIT
         )
 
     # ---------------------------------------------------------------------------------------
@@ -682,16 +623,7 @@ class LocalCluster:
 
     def dump_logs(self, lines: int = 40) -> str:
         """The last ``lines`` lines of every component's log, newest component last."""
-        out = []
-        logs = (
-            sorted(self.logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
-            if self.logs_dir.exists()
-            else []
-        )
-        for log in logs:
-            out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-            out.append(_tail(log, lines))
-        return "\n".join(out)
+        return dump_log_dirs([self.logs_dir], lines)
 
     def apply_files(self, files: Iterable[Path]) -> None:
         """Create (or replace) the objects in ``files`` via server-side apply."""
@@ -722,27 +654,6 @@ def _http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2) -
             return bytes(r.read())
     except urllib.error.HTTPError as e:
         return bytes(e.read())
-
-
-def _terminate(p: Proc, grace: float = 5.0) -> None:
-    if not p.alive():
-        if p.popen is not None:
-            p.popen.wait()
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if p.popen is not None:
-            if p.popen.poll() is not None:
-                return
-        elif not _pid_alive(p.pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(p.pid, signal.SIGKILL)
-    if p.popen is not None:
-        p.popen.wait()
 
 
 def kubectl(

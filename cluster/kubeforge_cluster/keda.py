@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from . import binaries
 
 if TYPE_CHECKING:
-    from .cluster import LocalCluster, Proc
+    from .cluster import LocalCluster
+    from .procs import Proc
 
 KEDA_VERSION = "v2.21.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2"
@@ -308,24 +309,10 @@ class Keda:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         """Like LocalCluster._spawn, with KEDA's environment (its settings are env vars)."""
-        from .cluster import Proc, _set_pdeathsig
+        from .procs import spawn_logged
 
         c = self.cluster
-        log = c.logs_dir / f"{name}.log"
-        with open(log, "ab") as logf:
-            logf.write(f"# {' '.join(args)}\n".encode())
-            logf.flush()
-            popen = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig,
-            )
-        p = Proc(name, popen.pid, args[0], str(log), popen)
+        p = spawn_logged(name, args, logs_dir=c.logs_dir, cwd=self.dir, env=env)
         c.procs.append(p)
         return p
 
@@ -391,13 +378,13 @@ class Keda:
         return False
 
     def stop(self) -> None:
-        from .cluster import _terminate
+        from .procs import terminate
 
         client = self.cluster.client
         with contextlib.suppress(Exception):
             client.delete(f"/apis/apiregistration.k8s.io/v1/apiservices/{APISERVICE}")
         for p in reversed(self.procs):
-            _terminate(p)
+            terminate(p)
             if p in self.cluster.procs:
                 self.cluster.procs.remove(p)
         self.procs = []

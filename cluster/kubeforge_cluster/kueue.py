@@ -19,7 +19,8 @@ import yaml
 from . import binaries, pki
 
 if TYPE_CHECKING:
-    from .cluster import LocalCluster, Proc
+    from .cluster import LocalCluster
+    from .procs import Proc
 
 #: Trap: with internal cert management off, kueue insists on a metrics cert at this fixed path.
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
@@ -160,10 +161,10 @@ class Kueue:
                 client.post(base, obj)
 
     def stop(self) -> None:
-        from .cluster import _terminate
+        from .procs import terminate
 
         if self.proc is not None:
-            _terminate(self.proc)
+            terminate(self.proc)
             if self.proc in self.cluster.procs:
                 self.cluster.procs.remove(self.proc)
             self.proc = None

@@ -43,20 +43,16 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .client import ApiError, KubeClient
 from .cluster import free_port
+from .podstatus import readiness_status, terminated_status, timestamp_now
 from .progress import loopback_url, mint_pod_token, projected_token_source
 from .serviceproxy import SVC_URL, ServiceProxy
 
 JSON = dict[str, Any]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bin(name: str) -> str:
@@ -464,51 +460,13 @@ class PodPlayer:
         )
 
     def _set_ready(self, pod: JSON, ready: bool) -> None:
-        st = pod.get("status") or {}
-        s = "True" if ready else "False"
-        conds = [
-            c for c in st.get("conditions") or [] if c["type"] not in ("Ready", "ContainersReady")
-        ]
-        conds += [
-            {"type": t, "status": s, "lastTransitionTime": _now()}
-            for t in ("Ready", "ContainersReady")
-        ]
-        cs = [dict(c, ready=ready) for c in st.get("containerStatuses") or []]
-        self._status_patch(pod, {"conditions": conds, "containerStatuses": cs})
+        self._status_patch(pod, readiness_status(pod, ready))
 
     def _terminate(self, pod: JSON, phase: str, code: int, reason: str, message: str) -> None:
-        now = _now()
-        statuses = []
-        for c in pod["spec"]["containers"]:
-            term: JSON = {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now}
-            if message:
-                term["message"] = message
-            statuses.append(
-                {
-                    "name": c["name"],
-                    "image": c["image"],
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {"terminated": term},
-                }
-            )
-        conds = [
-            c
-            for c in (pod.get("status") or {}).get("conditions") or []
-            if c["type"] not in ("Ready", "ContainersReady")
-        ]
-        conds += [
-            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-            for t in ("Ready", "ContainersReady")
-        ]
-        self._status_patch(
-            pod, {"phase": phase, "conditions": conds, "containerStatuses": statuses}
-        )
+        self._status_patch(pod, terminated_status(pod, phase, code, reason, message))
 
     def _crashloop(self, pod: JSON, code: int, message: str) -> None:
-        now = _now()
+        now = timestamp_now()
         statuses = [
             {
                 "name": c["name"],

@@ -21,18 +21,16 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from . import shipbins
+from .procs import DaemonOwner, ManagedProcess, env_without_tracing
 
 #: A completed blob upload: the final PUT of an upload session (monolithic or chunked).
 _UPLOAD_DONE = re.compile(
@@ -71,7 +69,7 @@ def config_yaml(storage: Path, port: int) -> str:
     return json.dumps(cfg, indent=1) + "\n"
 
 
-class LocalRegistry:
+class LocalRegistry(DaemonOwner):
     """Start (or :meth:`attach` to) a registry; stop it on exit. Logs in ``run_dir/registry.log``."""
 
     def __init__(
@@ -81,12 +79,9 @@ class LocalRegistry:
         port: int | None = None,
         storage: Path | None = None,
     ) -> None:
-        # a run dir of our own (logs, config) is removed at stop; a given one is kept
-        self._own_run_dir = run_dir is None
-        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="kubeforge-registry-"))
+        super().__init__(run_dir, "kubeforge-registry-")
         self.port = port or free_port()
         self.storage = Path(storage or default_storage())
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -102,27 +97,21 @@ class LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         cfg = self.run_dir / "config.yml"
         cfg.write_text(config_yaml(self.storage, self.port))
-        env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+        self._start_daemon(
+            ManagedProcess(
+                "registry",
                 [str(binary), "serve", str(cfg)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        (self.run_dir / "registry.pid").write_text(f"{self.proc.pid}\n")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"registry exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}"
-                )
-            if self.ping():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"registry not answering on {self.host} after {timeout}s")
+                log_path=self.log_path,
+                pid_file=self.run_dir / "registry.pid",
+                stop_grace=10,
+            ),
+            self.ping,
+            timeout=timeout,
+            poll_interval=0.2,
+            log_tail_chars=2000,
+            not_ready=f"registry not answering on {self.host} after {timeout}s",
+        )
+        return self
 
     def ping(self) -> bool:
         try:
@@ -130,32 +119,6 @@ class LocalRegistry:
                 return int(r.status) == 200
         except (OSError, urllib.error.URLError):
             return False
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        if self._own_run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        (self.run_dir / "registry.pid").unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------------------------------
     # what was pushed
@@ -190,7 +153,7 @@ def garbage_collect(storage: Path | None = None) -> int:
             [str(binary), "garbage-collect", "--delete-untagged", str(cfg)],
             capture_output=True,
             text=True,
-            env=dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true"),
+            env=env_without_tracing(),
         )
     deleted = sum(1 for ln in r.stdout.splitlines() if "blob eligible for deletion" in ln)
     print(f"registry gc on {store}: {deleted} blobs deleted (exit {r.returncode})")
@@ -211,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return garbage_collect()
     if a.command == "up":
         reg = LocalRegistry(st.parent, port=a.port or None).start()
-        st.write_text(json.dumps({"pid": reg.proc.pid if reg.proc else 0, "host": reg.host}))
-        reg.proc = None  # keep it running after this process exits
+        assert reg.daemon is not None and reg.daemon.popen is not None
+        st.write_text(json.dumps({"pid": reg.daemon.popen.pid, "host": reg.host}))
+        reg.daemon = None  # keep it running after this process exits
         print(f"registry on {reg.host} (storage {reg.storage}; logs {reg.log_path})")
         print(f"export KUBEFORGE_REGISTRY={reg.host}")
         return 0

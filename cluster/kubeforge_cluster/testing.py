@@ -26,7 +26,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from . import binaries
 from .client import ApiError, KubeClient
 from .cluster import GPU_LABEL, LocalCluster, install_prometheus_crds
 from .cluster import kubectl as run_kubectl
+from .podstatus import readiness_status, terminated_status, timestamp_now
 
 JSON = dict[str, Any]
 _ACTIVE: list[Any] = []
@@ -119,10 +119,6 @@ class Kubectl:
 # the kubelet, played by the test
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class PodDriver:
     """Plays the kubelet for chosen pods by patching their status subresource.
 
@@ -202,17 +198,7 @@ class PodDriver:
         return p
 
     def _set_ready(self, p: JSON, ready: bool) -> JSON:
-        st = p["status"]
-        s = "True" if ready else "False"
-        conds = [
-            c for c in st.get("conditions", []) if c["type"] not in ("Ready", "ContainersReady")
-        ]
-        conds += [
-            {"type": t, "status": s, "lastTransitionTime": _now()}
-            for t in ("Ready", "ContainersReady")
-        ]
-        cs = [dict(c, ready=ready) for c in st.get("containerStatuses", [])]
-        return self._patch_status(p, {"conditions": conds, "containerStatuses": cs})
+        return self._patch_status(p, readiness_status(p, ready))
 
     def _terminate(
         self,
@@ -224,40 +210,7 @@ class PodDriver:
         timeout: float | None,
     ) -> JSON:
         p = self.wait_phase(pod, "Running", timeout)
-        now = _now()
-        statuses = []
-        for c in p["spec"]["containers"]:
-            terminated: JSON = {
-                "exitCode": exit_code,
-                "reason": reason,
-                "startedAt": now,
-                "finishedAt": now,
-            }
-            if message:
-                terminated["message"] = message
-            statuses.append(
-                {
-                    "name": c["name"],
-                    "image": c["image"],
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {"terminated": terminated},
-                }
-            )
-        conds = [
-            c
-            for c in p["status"].get("conditions", [])
-            if c["type"] not in ("Ready", "ContainersReady")
-        ]
-        conds += [
-            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-            for t in ("Ready", "ContainersReady")
-        ]
-        return self._patch_status(
-            p, {"phase": phase, "conditions": conds, "containerStatuses": statuses}
-        )
+        return self._patch_status(p, terminated_status(p, phase, exit_code, reason, message))
 
     def succeed(
         self,
@@ -294,7 +247,7 @@ class PodDriver:
     ) -> JSON:
         """Leave the pod Running but not Ready, its containers in CrashLoopBackOff."""
         p = self.wait_phase(pod, "Running", timeout)
-        now = _now()
+        now = timestamp_now()
         last: JSON = {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
         if message:
             last["message"] = message

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import pki
 from ..cluster import KCM_CONTROLLERS, LocalCluster
 from . import net
 
@@ -49,27 +48,14 @@ class NodeControlPlane(LocalCluster):
     def server(self) -> str:
         return f"https://{self.bind_address}:{self.ports['apiserver']}"
 
+    def _apiserver_ips(self) -> tuple[str, ...]:
+        return (*super()._apiserver_ips(), self.bind_address)
+
     def _make_pki(self) -> None:
-        super()._make_pki()
-        d = self.pki_dir
-        ca = self._ca
-        ca.issue(
-            d / "apiserver",
-            "kube-apiserver",
-            dns=(
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ),
-            ips=("127.0.0.1", "10.96.0.1", self.bind_address),
-            server=True,
-        )
-        ca.issue(
-            d / "kubelet-client",
+        super()._make_pki()  # the serving cert has bind_address (above), the kubeconfig server
+        self._ca.issue(
+            self.pki_dir / "kubelet-client",
             "kube-apiserver-kubelet-client",
             organizations=("system:masters",),
             client=True,
         )
-        pki.write_kubeconfig(self.kubeconfig, self.server, ca.pem, d / "admin.crt", d / "admin.key")

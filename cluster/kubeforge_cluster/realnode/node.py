@@ -30,7 +30,19 @@ import yaml
 
 from .. import binaries as cp_binaries
 from ..client import ApiError
-from ..cluster import LocalCluster, Proc, _pid_alive, _set_pdeathsig, _tail, free_port
+from ..cluster import LocalCluster, free_port
+from ..procs import (
+    Proc,
+    WaitPolicy,
+    dump_log_dirs,
+    pid_alive,
+    proc_records,
+    procs_from_records,
+    spawn_logged,
+    tail_log,
+    wait_while_running,
+    write_state_file,
+)
 from . import bins, net, oci
 from .controlplane import NodeControlPlane
 
@@ -53,6 +65,15 @@ class NodeUnsupported(RuntimeError):
 
 class NodeStartError(RuntimeError):
     pass
+
+
+# what a node component says while it comes up (refused, 5xx, bad JSON, a crictl/ctr error)
+_START_WAIT = WaitPolicy(
+    NodeStartError,
+    tail_lines=40,
+    interval=0.1,
+    transient=(OSError, ApiError, ValueError, RuntimeError),
+)
 
 
 def default_run_dir(name: str = "dev") -> Path:
@@ -306,44 +327,21 @@ class RealNode:
     # processes
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        log = self.logs_dir / f"{name}.log"
-        with open(log, "ab") as logf:
-            logf.write(f"# {' '.join(args)}\n".encode())
-            logf.flush()
-            popen = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=None if self.daemon else _set_pdeathsig,
-            )
-        p = Proc(name, popen.pid, args[0], str(log), popen)
+        p = spawn_logged(
+            name,
+            args,
+            logs_dir=self.logs_dir,
+            cwd=self.run_dir,
+            env=env,
+            die_with_parent=not self.daemon,
+        )
         self.procs.append(p)
         self._write_state()
         return p
 
     def _wait(self, what: str, fn: Any, component: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if not p.alive():
-                    raise NodeStartError(
-                        f"{p.name} exited while waiting for {what}; log {p.log}:\n"
-                        f"{_tail(Path(p.log), 40)}"
-                    )
-            try:
-                if fn():
-                    return
-            except (OSError, ApiError, ValueError, RuntimeError) as e:
-                last = e
-            time.sleep(0.1)
-        raise NodeStartError(
-            f"timed out after {timeout}s waiting for {what} (last error: {last}); {component} "
-            f"log:\n{_tail(self.logs_dir / f'{component}.log', 40)}"
+        wait_while_running(
+            what, fn, self.procs, self.logs_dir / f"{component}.log", timeout, _START_WAIT
         )
 
     @staticmethod
@@ -364,13 +362,9 @@ class RealNode:
             "ports": self.ports,
             "timings": self.timings,
             "startup_seconds": self.startup_seconds,
-            "procs": [
-                {"name": p.name, "pid": p.pid, "exe": p.exe, "log": p.log} for p in self.procs
-            ],
+            "procs": proc_records(self.procs),
         }
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(st, indent=2))
-        tmp.replace(self.run_dir / STATE_FILE)
+        write_state_file(self.run_dir / STATE_FILE, st)
 
     # --------------------------------------------------------------------------------------
     # containerd and images
@@ -808,7 +802,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
             if time.monotonic() > deadline:
                 raise NodeStartError(
                     f"claim {namespace}/{claim} not Bound after 60s ({r.stdout}{r.stderr}); "
-                    + _tail(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
+                    + tail_log(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
                 )
             time.sleep(0.3)
 
@@ -836,14 +830,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         return {"KUBECONFIG": str(self.kubeconfig)}
 
     def dump_logs(self, lines: int = 30) -> str:
-        out = []
-        for d in (self.logs_dir, self.cp_dir / "logs"):
-            if not d.exists():
-                continue
-            for log in sorted(d.glob("*.log"), key=lambda p: p.stat().st_mtime):
-                out.append(f"===== {log.name} (last {lines} lines; full log: {log}) =====")
-                out.append(_tail(log, lines))
-        return "\n".join(out)
+        return dump_log_dirs([self.logs_dir, self.cp_dir / "logs"], lines)
 
     # --------------------------------------------------------------------------------------
     # stop
@@ -862,7 +849,7 @@ def _procs_from_state(run_dir: Path) -> list[Proc]:
         st = json.loads((run_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return []
-    return [Proc(p["name"], p["pid"], p["exe"], p["log"]) for p in st.get("procs", [])]
+    return procs_from_records(st.get("procs", []))
 
 
 def _kill(p: Proc, sigterms: int = 1, grace: float = 10.0) -> None:
@@ -940,7 +927,7 @@ def _kill_kubepods_processes() -> int:
             os.kill(pid, signal.SIGKILL)
     end = time.monotonic() + 5
     while pids and time.monotonic() < end:
-        pids = {p for p in pids if _pid_alive(p)}
+        pids = {p for p in pids if pid_alive(p)}
         time.sleep(0.05)
     return len(pids)
 
@@ -1237,7 +1224,6 @@ __all__ = [
     "NodeStartError",
     "NodeUnsupported",
     "RealNode",
-    "_pid_alive",
     "cleanup_leftovers",
     "live_owner",
     "teardown",
