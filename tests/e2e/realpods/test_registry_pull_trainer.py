@@ -12,7 +12,7 @@ as an OCI artifact, and then, on the real node, everything a user does:
   is promoted without a failed request.
 
 Opt-in (``KUBEFORGE_SHIP_TRAINER_E2E=1``): the trainer image is ~6 GB (torch from PyPI bundles
-CUDA; its wheels alone are 3.2 GB), and a cold run needs ~25 GB of temporary disk and ~20 min on
+CUDA; its wheels alone are 3.2 GB), and a cold run needs ~25 GB of temporary disk and ~12 min on
 2 cores. The registry's storage is the kept default (``~/.cache/kubeforge/registry``) and the
 node's image store is kept too, so a warm run re-sends and re-pulls nothing."""
 
@@ -44,7 +44,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         os.environ.get("KUBEFORGE_SHIP_TRAINER_E2E") != "1",
-        reason="the trainer image is ~6 GB (3.2 GB of wheels, ~25 GB of temporary disk, ~20 min "
+        reason="the trainer image is ~6 GB (3.2 GB of wheels, ~25 GB of temporary disk, ~12 min "
         "cold on 2 cores): KUBEFORGE_SHIP_TRAINER_E2E=1 runs it",
     ),
 ]
