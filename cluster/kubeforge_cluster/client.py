@@ -107,6 +107,15 @@ class KubeClient:
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
+    def get_if_exists(self, path: str, **kw: Any) -> Any:
+        """``get``, or None where the API server answers 404 (any other error is raised)."""
+        try:
+            return self.get(path, **kw)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
     def post(self, path: str, body: Any, **kw: Any) -> Any:
         return self.request("POST", path, body, **kw)
 

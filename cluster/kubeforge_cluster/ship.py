@@ -97,7 +97,8 @@ TRAINER_MARKER = ".kubeforge-trainer-cache"
 
 
 def build_cache_mb(names: list[str], root: Path | None = None) -> int:
-    """How much build cache BuildKit keeps for a build of ``names``."""
+    """How much build cache BuildKit keeps for a build of ``names``; a build that includes the
+    trainer also leaves the marker in ``root``, so the limit stays for later builds."""
     marker = Path(root or buildkit.default_root()) / TRAINER_MARKER
     if "trainer" in names:
         marker.parent.mkdir(parents=True, exist_ok=True)

@@ -291,6 +291,11 @@ def test_api_errors_carry_status(kube: KubeClient, namespace: str) -> None:
     with pytest.raises(ApiError) as e:
         kube.get(f"/api/v1/namespaces/{namespace}/pods/nope")
     assert e.value.status == 404
+    assert kube.get_if_exists(f"/api/v1/namespaces/{namespace}/pods/nope") is None
+    assert kube.get_if_exists(f"/api/v1/namespaces/{namespace}")["metadata"]["name"] == namespace
+    with pytest.raises(ApiError) as bad:  # only a 404 becomes None
+        kube.get_if_exists(f"/api/v1/namespaces/{namespace}/pods?labelSelector=a%20b%20c")
+    assert bad.value.status == 400
 
 
 def test_kueue_admits_a_queued_job(kueue: Any, kube: KubeClient, namespace: str) -> None:

@@ -424,10 +424,5 @@ def test_scale_to_zero_is_refused_by_the_api_server(
 
 
 def _get(kube: KubeClient, path: str) -> JSON | None:
-    try:
-        obj: JSON = kube.get(path)
-        return obj
-    except ApiError as e:
-        if e.status == 404:
-            return None
-        raise
+    obj: JSON | None = kube.get_if_exists(path)
+    return obj

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.client import KubeClient
 from kubeforge_cluster.testing import PodDriver, wait_until
 
 pytestmark = pytest.mark.integration
@@ -78,13 +78,8 @@ def create_md(kube: KubeClient, ns: str, name: str, spec: JSON) -> JSON:
 
 
 def get(kube: KubeClient, path: str) -> JSON | None:
-    try:
-        result: JSON = kube.get(path)
-        return result
-    except ApiError as e:
-        if e.status == 404:
-            return None
-        raise
+    result: JSON | None = kube.get_if_exists(path)
+    return result
 
 
 def md_status(kube: KubeClient, ns: str, name: str) -> JSON:

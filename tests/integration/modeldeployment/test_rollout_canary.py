@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kubeforge_cluster.client import ApiError, KubeClient
+from kubeforge_cluster.client import KubeClient
 from kubeforge_cluster.podplayer import PodPlayer
 from kubeforge_cluster.testing import wait_until
 
@@ -212,13 +212,8 @@ def md_spec(uri: str, analysis: JSON | None = None, **rollout: Any) -> JSON:
 
 
 def md(kube: KubeClient, ns: str, name: str) -> JSON:
-    try:
-        obj: JSON = kube.get(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}")
-        return obj
-    except ApiError as e:
-        if e.status == 404:
-            return {}
-        raise
+    obj: JSON | None = kube.get_if_exists(f"{MD_API}/namespaces/{ns}/modeldeployments/{name}")
+    return obj or {}
 
 
 def wait_status(kube: KubeClient, ns: str, name: str, what: str, ok: Any, timeout: float) -> JSON:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from kubeforge.tuningstudy.selection import pareto_front
-from kubeforge_cluster.client import ApiError
 from test_tuningstudy import apply, params_of, study, trials, wait_phase
 
 pytestmark = pytest.mark.integration
@@ -29,12 +28,9 @@ def figures(params: dict[str, str]) -> dict[str, float]:
 
 
 def promoted(kube: Any, namespace: str) -> dict[str, Any] | None:
-    try:
-        md: dict[str, Any] = kube.get(f"{API}/{namespace}/modeldeployments/pareto-serving")
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    md: dict[str, Any] | None = kube.get_if_exists(
+        f"{API}/{namespace}/modeldeployments/pareto-serving"
+    )
     return md
 
 

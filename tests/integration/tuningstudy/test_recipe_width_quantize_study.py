@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from kubeforge.tuningstudy.selection import pareto_front
-from kubeforge_cluster.client import ApiError
 from test_tuningstudy import apply, params_of, study, trials, wait_phase
 
 pytestmark = pytest.mark.integration
@@ -48,12 +47,9 @@ def served(params: dict[str, Any]) -> dict[str, float]:
 
 
 def promoted(kube: Any, namespace: str) -> dict[str, Any] | None:
-    try:
-        md: dict[str, Any] = kube.get(f"{API}/{namespace}/modeldeployments/select-serving")
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    md: dict[str, Any] | None = kube.get_if_exists(
+        f"{API}/{namespace}/modeldeployments/select-serving"
+    )
     return md
 
 
