@@ -373,7 +373,11 @@ def test_switching_metric_never_leaves_the_deployment_without_an_autoscaler(
     stop = threading.Event()
 
     def sample() -> tuple[bool, bool]:
-        return (_get(kube, hpa_path) is not None, _get(kube, so_path) is not None)
+        # Two GETs are not one read: the HPA is read again after the ScaledObject, so that an HPA
+        # made between the two reads (the switch back) is not taken for a moment with neither.
+        hpa_before = _get(kube, hpa_path) is not None
+        so = _get(kube, so_path) is not None
+        return (hpa_before or _get(kube, hpa_path) is not None, so)
 
     def poll() -> None:
         while not stop.wait(0.05):
@@ -394,6 +398,11 @@ def test_switching_metric_never_leaves_the_deployment_without_an_autoscaler(
         kube.patch(md_path, {"spec": {"autoscaling": {"metric": "cpu", "prometheusAddress": None}}})
         wait_until("HPA in, ScaledObject out", lambda: _get(kube, hpa_path) and not _get(
             kube, so_path), timeout=60, interval=0.2)
+        # The poller's last sample may have begun before the ScaledObject went (its two GETs are
+        # not one read): the end state is sampled here, after the switch was seen, with it stopped.
+        stop.set()
+        poller.join(timeout=10)
+        samples.append(sample())
     finally:
         stop.set()
         poller.join(timeout=10)
