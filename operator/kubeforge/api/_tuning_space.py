@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kubeforge.api._base import FREE_FORM, KubeModel, cel, rule
-from kubeforge.api.trainingjob import QUANTIZE_MODES, RECIPES
+from kubeforge.api._training_output import QUANTIZE_MODES
+from kubeforge.api.trainingjob import RECIPES
 
 MAX_GRID_POINTS = 100_000_000
 """Most points a grid study's search space may have (each dimension, and all together). The
