@@ -13,7 +13,7 @@ from kubeforge.api.trainingjob import TrainingJobStatus
 from kubeforge.api.tuningstudy import TuningStudySpec
 from kubeforge.pod import expand_env_refs, restricted_violations
 from kubeforge.trainingjob import build as tjbuild
-from kubeforge.trainingjob.handlers import slim_tj
+from kubeforge.trainingjob.indexed import slim_tj
 from kubeforge.trainingjob.status import compute_status
 from kubeforge.tuningstudy import build as tb
 

@@ -10,7 +10,8 @@ from kf_operator_helpers import tj, with_spec
 from kubeforge.apply import ApiError, resource_path
 from kubeforge.context import OperatorContext
 from kubeforge.settings import Settings
-from kubeforge.trainingjob.handlers import Snapshot, TrainingJobReconciler, slim_child
+from kubeforge.trainingjob.indexed import Snapshot, slim_child
+from kubeforge.trainingjob.reconcile import TrainingJobReconciler
 
 
 class FakeKube:
