@@ -9,15 +9,9 @@ Binaries come from `make cluster-bins` (cluster/build.py); see cluster/README.md
 
 from .binaries import K8S_VERSION, MissingBinaries, default_bin_dir, find_binary
 from .client import ApiError, KubeClient
-from .cluster import (
-    AUTO_COMPLETE_LABEL,
-    GPU_LABEL,
-    GPU_RESOURCE,
-    LocalCluster,
-    StartupError,
-    install_prometheus_crds,
-    kubectl,
-)
+from .cluster import LocalCluster, StartupError
+from .kubectlops import install_prometheus_crds, kubectl
+from .kwoknodes import AUTO_COMPLETE_LABEL, GPU_LABEL, GPU_RESOURCE
 
 __all__ = [
     "AUTO_COMPLETE_LABEL",

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,6 +23,10 @@ import yaml
 
 from . import binaries
 from .client import ApiError, KubeClient
+from .clusterpki import write_control_plane_pki
+from .components import apiserver_args, etcd_args, kcm_args, scheduler_args, scheduler_config
+from .kubectlops import install_prometheus_crds, kubectl, wait_crds_established
+from .kwoknodes import fake_node, kwok_args, write_kwok_stages
 from .procs import (
     Proc,
     WaitPolicy,
@@ -37,11 +39,6 @@ from .procs import (
     write_state_file,
 )
 
-#: Label that makes kwok complete a Job-owned pod with exit 0 even when auto_complete_jobs=False.
-AUTO_COMPLETE_LABEL = "kubeforge.io/kwok-auto-complete"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_LABEL = "nvidia.com/gpu.present"
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STATE_FILE = "state.json"
 
 KCM_CONTROLLERS = (
@@ -80,18 +77,6 @@ class StartupError(RuntimeError):
 _STARTUP_WAIT = WaitPolicy(
     StartupError, tail_lines=30, interval=0.05, transient=(OSError, ApiError, ValueError)
 )
-
-APISERVER_DNS_NAMES = (
-    "localhost",
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-)
-"""DNS SANs of the API server's serving cert (every name the ``kubernetes`` Service has)."""
-
-FRONT_PROXY_CLIENT = "front-proxy-client"
-"""CN of the API server's front-proxy client cert (--requestheader-allowed-names)."""
 
 
 class LocalCluster:
@@ -349,28 +334,9 @@ class LocalCluster:
         return p
 
     def _make_pki(self) -> None:
-        from . import pki  # needs `cryptography` (dev extra); imported only when starting
-
-        d = self.pki_dir
-        ca = pki.make_ca(d)
-        ca.issue(
-            d / "apiserver",
-            "kube-apiserver",
-            dns=APISERVER_DNS_NAMES,
-            ips=self._apiserver_ips(),
-            server=True,
+        self._ca = write_control_plane_pki(
+            self.pki_dir, self.kubeconfig, self.server, self._apiserver_ips()
         )
-        ca.issue(d / "admin", "kubeforge-admin", organizations=("system:masters",), client=True)
-        pki.make_sa_keypair(d)
-        # front proxy (aggregation layer): its own CA, as kubeadm does; harmless where no
-        # APIService is registered, needed by KEDA's metrics API server (kubeforge_cluster.keda)
-        fp = d / "front-proxy"
-        fp.mkdir(exist_ok=True)
-        pki.make_ca(fp, name="kubeforge-front-proxy-ca").issue(
-            fp / "client", FRONT_PROXY_CLIENT, client=True
-        )
-        self._ca = ca
-        pki.write_kubeconfig(self.kubeconfig, self.server, ca.pem, d / "admin.crt", d / "admin.key")
 
     def _apiserver_ips(self) -> tuple[str, ...]:
         """The IP SANs of the API server's serving cert: where clients dial it (loopback) and
@@ -378,202 +344,70 @@ class LocalCluster:
         return ("127.0.0.1", "10.96.0.1")
 
     def _start_etcd(self) -> None:
-        e, peer = self.ports["etcd"], self.ports["etcd_peer"]
         self._spawn(
             "etcd",
-            [
-                str(self.bins["etcd"]),
-                "--name=default",
-                f"--data-dir={self.run_dir / 'etcd'}",
-                f"--listen-client-urls=http://127.0.0.1:{e}",
-                f"--advertise-client-urls=http://127.0.0.1:{e}",
-                f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-cluster=default=http://127.0.0.1:{peer}",
-                "--unsafe-no-fsync=true",
-                "--log-level=warn",
-                "--quota-backend-bytes=8589934592",
-            ],
+            etcd_args(
+                self.bins["etcd"],
+                self.run_dir / "etcd",
+                self.ports["etcd"],
+                self.ports["etcd_peer"],
+            ),
         )
 
     def _start_apiserver(self) -> None:
-        d = self.pki_dir
         self._spawn(
             "kube-apiserver",
-            [
-                str(self.bins["kube-apiserver"]),
-                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none",
-                f"--secure-port={self.ports['apiserver']}",
-                f"--tls-cert-file={d / 'apiserver.crt'}",
-                f"--tls-private-key-file={d / 'apiserver.key'}",
-                f"--client-ca-file={d / 'ca.crt'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={d / 'sa.pub'}",
-                f"--service-account-signing-key-file={d / 'sa.key'}",
-                "--authorization-mode=RBAC",
-                "--allow-privileged=true",
-                "--profiling=false",
-                *self._front_proxy_args(),
-                *self.extra_apiserver_args,
-            ],
+            apiserver_args(
+                self.bins["kube-apiserver"],
+                self.pki_dir,
+                self.ports["etcd"],
+                self.ports["apiserver"],
+                self.extra_apiserver_args,
+            ),
         )
 
-    def _front_proxy_args(self) -> list[str]:
-        """The aggregation layer's flags (an APIService's server trusts the requests the API
-        server proxies with the front-proxy client cert). With aggregator routing the API
-        server dials an APIService's endpoint IP, never its ClusterIP (the network rule)."""
-        fp = self.pki_dir / "front-proxy"
-        return [
-            f"--requestheader-client-ca-file={fp / 'ca.crt'}",
-            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-username-headers=X-Remote-User",
-            f"--proxy-client-cert-file={fp / 'client.crt'}",
-            f"--proxy-client-key-file={fp / 'client.key'}",
-            "--enable-aggregator-routing=true",
-        ]
-
-    def _component_kubeconfig_flags(self) -> list[str]:
-        k = str(self.kubeconfig)
-        return [
-            f"--kubeconfig={k}",
-            f"--authentication-kubeconfig={k}",
-            f"--authorization-kubeconfig={k}",
-        ]
-
     def _start_kcm(self) -> None:
-        d = self.pki_dir
         self._spawn(
             "kube-controller-manager",
-            [
-                str(self.bins["kube-controller-manager"]),
-                *self._component_kubeconfig_flags(),
-                "--bind-address=127.0.0.1",
-                f"--secure-port={self.ports['kcm']}",
-                "--leader-elect=false",
-                f"--service-account-private-key-file={d / 'sa.key'}",
-                f"--root-ca-file={d / 'ca.crt'}",
-                f"--controllers={self.kcm_controllers}",
-                f"--kube-api-qps={self.kcm_qps}",
-                f"--kube-api-burst={self.kcm_burst}",
-                "--profiling=false",
-            ],
+            kcm_args(
+                self.bins["kube-controller-manager"],
+                self.kubeconfig,
+                self.pki_dir,
+                self.ports["kcm"],
+                self.kcm_controllers,
+                self.kcm_qps,
+                self.kcm_burst,
+            ),
         )
 
     def _start_scheduler(self) -> None:
         cfg = self.run_dir / "scheduler-config.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kubescheduler.config.k8s.io/v1",
-                    "kind": "KubeSchedulerConfiguration",
-                    "clientConnection": {
-                        "kubeconfig": str(self.kubeconfig),
-                        "qps": 500,
-                        "burst": 1000,
-                    },
-                    "leaderElection": {"leaderElect": False},
-                }
-            )
-        )
-        k = str(self.kubeconfig)
+        cfg.write_text(yaml.safe_dump(scheduler_config(self.kubeconfig)))
         self._spawn(
             "kube-scheduler",
-            [
-                str(self.bins["kube-scheduler"]),
-                f"--config={cfg}",
-                f"--authentication-kubeconfig={k}",
-                f"--authorization-kubeconfig={k}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={self.ports['scheduler']}",
-            ],
+            scheduler_args(
+                self.bins["kube-scheduler"], cfg, self.kubeconfig, self.ports["scheduler"]
+            ),
         )
-
-    def _kwok_stages(self) -> Path:
-        src = binaries.data_dir(self.bin_dir) / "kwok-stages"
-        docs: list[Any] = []
-        for f in (
-            "node-initialize.yaml",
-            "node-heartbeat-with-lease.yaml",
-            "pod-ready.yaml",
-            "pod-delete.yaml",
-        ):
-            docs.extend(d for d in yaml.safe_load_all((src / f).read_text()) if d)
-        complete = next(d for d in yaml.safe_load_all((src / "pod-complete.yaml").read_text()) if d)
-        if self.auto_complete_jobs:
-            docs.append(complete)
-        else:
-            # Job pods complete only when labelled for it; otherwise the test drives them.
-            complete["metadata"]["name"] = "pod-complete-labelled"
-            complete["spec"]["selector"]["matchExpressions"].append(
-                {
-                    "key": f'.metadata.labels["{AUTO_COMPLETE_LABEL}"]',
-                    "operator": "In",
-                    "values": ["true"],
-                }
-            )
-            docs.append(complete)
-        out = self.run_dir / "kwok-stages.yaml"
-        out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        return out
 
     def _start_kwok(self) -> None:
-        stages = self._kwok_stages()
+        stages = write_kwok_stages(
+            binaries.data_dir(self.bin_dir) / "kwok-stages",
+            self.run_dir / "kwok-stages.yaml",
+            self.auto_complete_jobs,
+        )
         self._spawn(
             "kwok",
-            [
-                str(self.bins["kwok"]),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--config={stages}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                "--cidr=10.244.0.0/16",
-                "--node-ip=10.200.0.1",
-                f"--server-address=127.0.0.1:{self.ports['kwok']}",
-            ],
+            kwok_args(self.bins["kwok"], self.kubeconfig, stages, self.ports["kwok"]),
         )
-
-    def _node(self, name: str, gpus: int) -> dict[str, Any]:
-        capacity = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "500Gi"}
-        labels = {
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-            "type": "kwok",
-            "node.kubernetes.io/instance-type": "kwok-gpu" if gpus else "kwok-cpu",
-        }
-        taints = []
-        if self.kwok_taint:
-            taints.append({"key": KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"})
-        if gpus:
-            capacity[GPU_RESOURCE] = str(gpus)
-            labels[GPU_LABEL] = "true"
-            labels["nvidia.com/gpu.count"] = str(gpus)
-            taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": labels,
-                "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            },
-            "spec": {"taints": taints},
-            "status": {"capacity": capacity, "allocatable": dict(capacity)},
-        }
 
     def _create_nodes(self) -> None:
         self.node_names = [f"kwok-cpu-{i}" for i in range(self.cpu_nodes)]
         self.gpu_node_names = [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)]
         for n in self.node_names:
-            self.client.post("/api/v1/nodes", self._node(n, 0))
+            self.client.post("/api/v1/nodes", fake_node(n, 0, self.kwok_taint))
         for n in self.gpu_node_names:
-            self.client.post("/api/v1/nodes", self._node(n, self.gpus_per_node))
+            self.client.post("/api/v1/nodes", fake_node(n, self.gpus_per_node, self.kwok_taint))
         self.node_names += self.gpu_node_names
 
     def _nodes_ready(self) -> bool:
@@ -654,72 +488,3 @@ def _http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2) -
             return bytes(r.read())
     except urllib.error.HTTPError as e:
         return bytes(e.read())
-
-
-def kubectl(
-    *args: str,
-    kubeconfig: str | Path,
-    input: str | None = None,
-    check: bool = True,
-    timeout: float = 60,
-    bin_dir: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run the real kubectl; raise with its stderr on failure when ``check``."""
-    exe = binaries.find_binary("kubectl", bin_dir) or shutil.which("kubectl")
-    if exe is None:
-        raise binaries.MissingBinaries(["kubectl"], bin_dir or binaries.default_bin_dir())
-    r = subprocess.run(
-        [str(exe), f"--kubeconfig={kubeconfig}", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise KubectlError(r.returncode, r.args, r.stdout, r.stderr)
-    return r
-
-
-class KubectlError(subprocess.CalledProcessError):
-    """kubectl failed; unlike its base class, the message carries kubectl's own words."""
-
-    def __str__(self) -> str:
-        said = (self.stderr or self.stdout or "").strip()
-        return f"{super().__str__()}: {said[-2000:]}" if said else super().__str__()
-
-
-def wait_crds_established(client: KubeClient, names: Iterable[str], timeout: float = 30) -> None:
-    def established(name: str) -> bool:
-        crd = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (crd.get("status") or {}).get("conditions") or []
-        )
-
-    for n in names:
-        client.wait_for(f"CRD {n} Established", functools.partial(established, n), timeout=timeout)
-
-
-def crd_name(path: Path) -> str:
-    """metadata.name of a CRD file (regex: PyYAML cannot load some CRDs, e.g. a bare `- =`)."""
-    m = re.search(r"^metadata:\n(?:[ ].*\n)*?  name: ['\"]?([^'\"\s]+)", path.read_text(), re.M)
-    if not m:
-        raise ValueError(f"no metadata.name in {path}")
-    return m.group(1)
-
-
-def install_prometheus_crds(kubeconfig: str | Path, bin_dir: Path | None = None) -> list[str]:
-    d = binaries.data_dir(bin_dir) / "crds" / "prometheus-operator"
-    files = sorted(d.glob("monitoring.coreos.com_*.yaml"))
-    if not files:
-        raise binaries.MissingBinaries(
-            ["crds/prometheus-operator (run make cluster-bins)"],
-            bin_dir or binaries.default_bin_dir(),
-        )
-    args = ["apply", "--server-side", "--force-conflicts"]
-    for f in files:
-        args += ["-f", str(f)]
-    kubectl(*args, kubeconfig=kubeconfig, timeout=120, bin_dir=bin_dir)
-    names = [crd_name(f) for f in files]
-    wait_crds_established(KubeClient(kubeconfig), names)
-    return names

@@ -101,7 +101,7 @@ def real_documents(quick: bool) -> list[dict[str, Any]]:
 
 def main(a: argparse.Namespace) -> int:
     from .realnode import RealNode, default_run_dir, unsupported_reason
-    from .realnode.node import live_owner
+    from .realnode.cleanup import live_owner
 
     out = Out(colour=not a.no_color and not os.environ.get("NO_COLOR"))
     times: dict[str, float] = {}

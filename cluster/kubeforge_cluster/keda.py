@@ -211,7 +211,8 @@ class Keda:
 
     def start(self, timeout: float = 120) -> Keda:
         from . import pki
-        from .cluster import StartupError, crd_name, free_port
+        from .cluster import StartupError, free_port
+        from .kubectlops import crd_name
 
         t0 = time.monotonic()
         c = self.cluster

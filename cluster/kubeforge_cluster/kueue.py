@@ -43,7 +43,8 @@ class Kueue:
         self.proc: Proc | None = None
 
     def start(self, timeout: float = 60) -> Kueue:
-        from .cluster import StartupError, crd_name, free_port
+        from .cluster import StartupError, free_port
+        from .kubectlops import crd_name
 
         t0 = time.monotonic()
         c = self.cluster

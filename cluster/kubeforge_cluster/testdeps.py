@@ -142,7 +142,7 @@ def ship_tools() -> str:
     pods can run, and not with KUBEFORGE_SHIP_E2E=0 (.ci/run's default: ~10 min cold)."""
     if os.environ.get("KUBEFORGE_SHIP_E2E") == "0":
         return "skipped (KUBEFORGE_SHIP_E2E=0)"
-    from .realnode.node import host_unsupported_reason
+    from .realnode.host import host_unsupported_reason
 
     reason = host_unsupported_reason()
     if reason:

@@ -33,8 +33,10 @@ import pytest
 
 from . import binaries
 from .client import ApiError, KubeClient
-from .cluster import GPU_LABEL, LocalCluster, install_prometheus_crds
-from .cluster import kubectl as run_kubectl
+from .cluster import LocalCluster
+from .kubectlops import install_prometheus_crds
+from .kubectlops import kubectl as run_kubectl
+from .kwoknodes import GPU_LABEL
 from .podstatus import readiness_status, terminated_status, timestamp_now
 
 JSON = dict[str, Any]

@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 from . import bins, net
-from .node import OWNER_FILE, RealNode, default_run_dir, host_unsupported_reason, teardown
+from .cleanup import teardown
+from .host import host_unsupported_reason
+from .node import RealNode
+from .runstate import OWNER_FILE, default_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

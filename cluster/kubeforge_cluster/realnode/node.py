@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,44 +27,42 @@ from typing import Any
 
 import yaml
 
-from .. import binaries as cp_binaries
 from ..client import ApiError
 from ..cluster import LocalCluster, free_port
 from ..procs import (
     Proc,
     WaitPolicy,
     dump_log_dirs,
-    pid_alive,
     proc_records,
-    procs_from_records,
     spawn_logged,
-    tail_log,
     wait_while_running,
     write_state_file,
 )
-from . import bins, net, oci
+from . import bins, net
+from .artifacts import ARTIFACT_CLAIM, create_artifact_store
+from .cleanup import cleanup_leftovers, teardown
+from .components import (
+    containerd_config,
+    coredns_corefile,
+    crictl_config,
+    kube_proxy_args,
+    kubelet_args,
+    kubelet_config,
+)
 from .controlplane import NodeControlPlane
+from .host import NodeUnsupported, unsupported_reason
+from .identities import grant_rbac, write_identities
+from .images import archive_ref, build_base_images
+from .runstate import (
+    OWNER_FILE,
+    STATE_FILE,
+    NodeStartError,
+    cache_root,
+    default_run_dir,
+    procs_from_state,
+)
 
 NODE_NAME = "realnode-1"
-OWNER_FILE = Path("/run/kubeforge/realnode.json")
-STATE_FILE = "node-state.json"
-KUBELET_PORT = 10250
-KUBELET_HEALTHZ_PORT = 10248
-BUSYBOX_IMAGE = "local/busybox:1"
-PAUSE_IMAGE = "local/pause:1"
-REAL_NODE_LABEL = "kubeforge.io/real-node"
-ARTIFACT_CLAIM = "kubeforge-artifacts"
-"""The claim the real node's artifact store is reached by (operator ``pvc://kubeforge-artifacts/``)."""
-ARTIFACT_LABEL = "kubeforge.io/artifact-store"
-
-
-class NodeUnsupported(RuntimeError):
-    """This machine cannot run a real node (not root, no cgroups/netns, binaries absent)."""
-
-
-class NodeStartError(RuntimeError):
-    pass
-
 
 # what a node component says while it comes up (refused, 5xx, bad JSON, a crictl/ctr error)
 _START_WAIT = WaitPolicy(
@@ -74,55 +71,6 @@ _START_WAIT = WaitPolicy(
     interval=0.1,
     transient=(OSError, ApiError, ValueError, RuntimeError),
 )
-
-
-def default_run_dir(name: str = "dev") -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"kubeforge-realnode-{name}"
-
-
-def cache_root() -> Path:
-    return cp_binaries.default_bin_dir().parent.parent
-
-
-#: ``KUBEFORGE_REALPODS=0`` turns real nodes off on a machine that could run them.
-REALPODS_ENV = "KUBEFORGE_REALPODS"
-
-
-def host_unsupported_reason() -> str | None:
-    """Why this host (kernel, privileges) cannot run a real node, whatever gets installed or
-    built (None = it can). Reads state only."""
-    if os.environ.get(REALPODS_ENV, "1") == "0":
-        return f"{REALPODS_ENV}=0 (real pods turned off for this run)"
-    if os.geteuid() != 0:
-        return "needs root (containers, bridge, iptables)"
-    if not Path("/proc/self/ns/net").exists():
-        return "no network namespaces"
-    cg = Path("/sys/fs/cgroup")
-    if not ((cg / "memory").is_dir() or (cg / "cgroup.controllers").is_file()):
-        return "no memory cgroup"
-    if not Path("/proc/sys/net/bridge").exists() and not _can_bridge():
-        return "no bridge netfilter support"
-    return None
-
-
-def unsupported_reason() -> str | None:
-    """Why a real node cannot start here (None = it can). Reads state only."""
-    host = host_unsupported_reason()
-    if host:
-        return host
-    for tool in ("ip", "iptables", "ip6tables", "nsenter", "ss"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    try:
-        bins.require()
-        cp_binaries.require_binaries(cp_binaries.CORE_BINARIES)
-    except (bins.MissingNodeBinaries, cp_binaries.MissingBinaries) as e:
-        return str(e)
-    return None
-
-
-def _can_bridge() -> bool:
-    return Path("/sys/module/bridge").exists()
 
 
 class RealNode:
@@ -210,7 +158,7 @@ class RealNode:
     def attach(self) -> RealNode:
         """A handle on a node started by another process (its state file), for imports/checks."""
         self.bins = bins.require(self.bin_dir)
-        self.procs = _procs_from_state(self.run_dir)
+        self.procs = procs_from_state(self.run_dir)
         if not self.procs:
             raise NodeStartError(f"no real node running in {self.run_dir}")
         if (self.cp_dir / "state.json").exists():
@@ -289,7 +237,8 @@ class RealNode:
         self.cluster.start()
         self._write_state()
         self._lap("control-plane-up", t0)
-        self._identities()
+        write_identities(self.run_dir, self.cluster.pki_dir, self.cluster.server, self.node_name)
+        grant_rbac(self.cluster.client)
         self._start_kubelet()
         self._wait("node Ready", self._node_ready, "kubelet", timeout=60)
         self._lap("node-ready", t0)
@@ -377,46 +326,15 @@ class RealNode:
     def _start_containerd(self) -> None:
         rd = self.run_dir
         self.containerd_root.mkdir(parents=True, exist_ok=True)
-        cfg = f"""version = 3
-root = '{self.containerd_root}'
-state = '{rd}/containerd/state'
-disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
-[grpc]
-  address = '{self.containerd_sock}'
-[ttrpc]
-  address = '{self.containerd_sock}.ttrpc'
-[debug]
-  address = ''
-[metrics]
-  address = ''
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = 'overlayfs'
-  pinned_images = {{sandbox = '{oci.image_ref(PAUSE_IMAGE)}'}}
-  [plugins.'io.containerd.cri.v1.images'.registry]
-    # per-registry hosts.toml (kubeforge_cluster.registry.trust_on_node: loopback registries)
-    config_path = '{self.registry_hosts_dir}'
-[plugins.'io.containerd.cri.v1.runtime']
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = 'runc'
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = 'io.containerd.runc.v2'
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = '{self.bins["runc"]}'
-        Root = '{rd}/containerd/runc'
-        SystemdCgroup = false
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ['{bins.CNI_BIN_DIR}']
-    conf_dir = '{rd}/cni/net.d'
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = '127.0.0.1'
-"""
-        (rd / "containerd" / "config.toml").write_text(cfg)
-        self.crictl_config.write_text(
-            f"runtime-endpoint: unix://{self.containerd_sock}\n"
-            f"image-endpoint: unix://{self.containerd_sock}\ntimeout: 10\n"
+        cfg = containerd_config(
+            rd,
+            self.containerd_root,
+            self.containerd_sock,
+            self.registry_hosts_dir,
+            self.bins["runc"],
         )
+        (rd / "containerd" / "config.toml").write_text(cfg)
+        self.crictl_config.write_text(crictl_config(self.containerd_sock))
         env = dict(os.environ)
         env["PATH"] = f"{self.bins['containerd'].parent}:{env.get('PATH', '')}"
         self._spawn(
@@ -462,171 +380,20 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         return done
 
     # --------------------------------------------------------------------------------------
-    # identities, kubelet, kube-proxy, CoreDNS
-
-    def _identities(self) -> None:
-        from .. import pki
-
-        assert self.cluster is not None
-        cpki = self.cluster.pki_dir
-        ca = _load_ca(cpki)
-        d = self.run_dir / "pki"
-        kd = self.run_dir / "kubelet" / "pki"
-        server = self.cluster.server
-        ca.issue(
-            kd / "client",
-            f"system:node:{self.node_name}",
-            organizations=("system:nodes",),
-            client=True,
-        )
-        ca.issue(
-            kd / "kubelet",
-            f"system:node:{self.node_name}",
-            organizations=("system:nodes",),
-            dns=(self.node_name,),
-            ips=(net.NODE_IP,),
-            server=True,
-        )
-        ca.issue(d / "kube-proxy", "system:kube-proxy", client=True)
-        ca.issue(d / "coredns", "coredns", client=True)
-        for who, crt in (
-            ("kubelet", kd / "client"),
-            ("kube-proxy", d / "kube-proxy"),
-            ("coredns", d / "coredns"),
-        ):
-            pki.write_kubeconfig(
-                self.run_dir / f"{who}.kubeconfig",
-                server,
-                ca.pem,
-                crt.with_suffix(".crt"),
-                crt.with_suffix(".key"),
-                user=who,
-            )
-        c = self.cluster.client
-        rbac = "/apis/rbac.authorization.k8s.io/v1"
-        objs: list[tuple[str, dict[str, Any]]] = [
-            (
-                f"{rbac}/clusterrolebindings",
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "ClusterRoleBinding",
-                    "metadata": {"name": "kubeforge:realnode:system-node"},
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "ClusterRole",
-                        "name": "system:node",
-                    },
-                    "subjects": [
-                        {
-                            "apiGroup": "rbac.authorization.k8s.io",
-                            "kind": "Group",
-                            "name": "system:nodes",
-                        }
-                    ],
-                },
-            ),
-            (
-                f"{rbac}/clusterroles",
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "ClusterRole",
-                    "metadata": {"name": "kubeforge:realnode:coredns"},
-                    "rules": [
-                        {
-                            "apiGroups": [""],
-                            "resources": ["endpoints", "services", "pods", "namespaces"],
-                            "verbs": ["list", "watch"],
-                        },
-                        {
-                            "apiGroups": ["discovery.k8s.io"],
-                            "resources": ["endpointslices"],
-                            "verbs": ["list", "watch"],
-                        },
-                    ],
-                },
-            ),
-            (
-                f"{rbac}/clusterrolebindings",
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "ClusterRoleBinding",
-                    "metadata": {"name": "kubeforge:realnode:coredns"},
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "ClusterRole",
-                        "name": "kubeforge:realnode:coredns",
-                    },
-                    "subjects": [
-                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "coredns"}
-                    ],
-                },
-            ),
-        ]
-        for path, obj in objs:
-            try:
-                c.post(path, obj)
-            except ApiError as e:
-                if e.status != 409:
-                    raise
+    # kubelet, kube-proxy, CoreDNS
 
     def _start_kubelet(self) -> None:
         assert self.cluster is not None
         rd = self.run_dir
         kd = rd / "kubelet"
         (kd / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-        cfg = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "failCgroupV1": False,
-            "cgroupDriver": "cgroupfs",
-            "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-            "address": net.NODE_IP,
-            "port": KUBELET_PORT,
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": KUBELET_HEALTHZ_PORT,
-            "tlsCertFile": str(kd / "pki" / "kubelet.crt"),
-            "tlsPrivateKeyFile": str(kd / "pki" / "kubelet.key"),
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True},
-                "x509": {"clientCAFile": str(self.cluster.pki_dir / "ca.crt")},
-            },
-            "authorization": {"mode": "Webhook"},
-            "clusterDNS": [net.NODE_IP],
-            "clusterDomain": "cluster.local",
-            "resolvConf": str(kd / "resolv.conf"),
-            "podLogsDir": str(kd / "pod-logs"),
-            "rotateCertificates": False,
-            "serializeImagePulls": False,
-            "maxPods": 50,
-            "evictionHard": {
-                "memory.available": "100Mi",
-                "nodefs.available": "2%",
-                "imagefs.available": "2%",
-            },
-            "imageGCHighThresholdPercent": 99,
-            "imageGCLowThresholdPercent": 98,
-            "makeIPTablesUtilChains": False,
-            "shutdownGracePeriod": "0s",
-        }
+        cfg = kubelet_config(kd, self.containerd_sock, self.cluster.pki_dir / "ca.crt")
         (kd / "config.yaml").write_text(yaml.safe_dump(cfg))
         env = dict(os.environ)
         env["PATH"] = f"{self.bins['runc'].parent}:{env.get('PATH', '')}"
         self._spawn(
             "kubelet",
-            [
-                str(self.bins["kubelet"]),
-                f"--config={kd / 'config.yaml'}",
-                f"--kubeconfig={rd / 'kubelet.kubeconfig'}",
-                f"--root-dir={kd / 'root'}",
-                f"--cert-dir={kd / 'pki'}",
-                f"--hostname-override={self.node_name}",
-                f"--node-ip={net.NODE_IP}",
-                f"--node-labels={REAL_NODE_LABEL}=true",
-                "--v=1",
-            ],
+            kubelet_args(self.bins["kubelet"], kd, rd / "kubelet.kubeconfig", self.node_name),
             env=env,
         )
 
@@ -669,41 +436,19 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         self.ports["kp_metrics"] = free_port()
         self._spawn(
             "kube-proxy",
-            [
-                str(self.bins["kube-proxy"]),
-                "--proxy-mode=iptables",
-                f"--kubeconfig={self.run_dir / 'kube-proxy.kubeconfig'}",
-                f"--hostname-override={self.node_name}",
-                f"--cluster-cidr={net.POD_CIDR}",
-                "--bind-address=127.0.0.1",
-                f"--healthz-bind-address=127.0.0.1:{self.ports['kp_healthz']}",
-                f"--metrics-bind-address=127.0.0.1:{self.ports['kp_metrics']}",
-                f"--nodeport-addresses={net.NODE_IP}/32",
-                "--iptables-localhost-nodeports=false",
-                "--conntrack-max-per-core=0",
-                "--conntrack-tcp-timeout-established=0",
-                "--conntrack-tcp-timeout-close-wait=0",
-                "--v=2",
-            ],
+            kube_proxy_args(
+                self.bins["kube-proxy"],
+                self.run_dir / "kube-proxy.kubeconfig",
+                self.node_name,
+                self.ports["kp_healthz"],
+                self.ports["kp_metrics"],
+            ),
         )
 
     def _write_corefile(self) -> None:
         self.ports["dns_ready"] = free_port()
         kc = self.run_dir / "coredns.kubeconfig"
-        self.corefile.write_text(
-            "# cluster.local and the reverse zones only: no root block, no upstream\n"
-            "cluster.local:53 96.10.in-addr.arpa:53 88.10.in-addr.arpa:53 {\n"
-            f"    bind {net.NODE_IP}\n"
-            "    errors\n"
-            "    log\n"
-            f"    ready 127.0.0.1:{self.ports['dns_ready']}\n"
-            "    kubernetes cluster.local 96.10.in-addr.arpa 88.10.in-addr.arpa {\n"
-            f"        kubeconfig {kc} kubeforge-local\n"
-            "        pods insecure\n"
-            "        ttl 5\n"
-            "    }\n"
-            "}\n"
-        )
+        self.corefile.write_text(coredns_corefile(kc, self.ports["dns_ready"]))
 
     def _start_coredns(self) -> None:
         self._spawn("coredns", [str(self.bins["coredns"]), "-conf", str(self.corefile)])
@@ -723,88 +468,16 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         self, namespace: str, claim: str = ARTIFACT_CLAIM, fs_group: int = 1000
     ) -> str:
         """A shared artifact store for the pods of ``namespace``; returns its URI for the
-        operator's ``artifactStore`` (``pvc://CLAIM/``).
-
-        A ReadWriteMany hostPath PersistentVolume (``<run dir>/artifacts/<namespace>``, one
-        directory per namespace so namespaces do not see each other's models) pre-bound to the
-        claim ``CLAIM`` in ``namespace`` (PV ``claimRef`` + PVC ``volumeName``, empty storage
-        class: no provisioner involved; the binder controller completes the binding). The
-        kubelet does not apply ``fsGroup`` to hostPath volumes, so the directory is made the way
-        fsGroup would: group ``fs_group`` (the pods' default fsGroup/runAsGroup), setgid,
-        group-writable (2775), so the restricted-PSS trainer (uid 1000, gid 1000) writes there and
-        new folders keep the group. Idempotent; a volume left ``Released`` by a deleted namespace
-        is replaced (the files stay)."""
-        host = self.artifacts_dir / namespace
-        host.mkdir(parents=True, exist_ok=True)
-        for d in (self.artifacts_dir, host):
-            os.chown(d, 0, fs_group)
-            d.chmod(0o2775)
-        pv_name = f"{claim}-{namespace}"
-        r = self.kubectl("get", "pv", pv_name, "-o", "json", check=False)
-        if r.returncode == 0 and json.loads(r.stdout).get("status", {}).get("phase") in (
-            "Released",
-            "Failed",
-        ):
-            self.kubectl("delete", "pv", pv_name, "--wait=true", "--timeout=60s")
-        size = "10Gi"
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "labels": {ARTIFACT_LABEL: namespace}},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(host), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/hostname",
-                                        "operator": "In",
-                                        "values": [self.node_name],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        }
-        pvc = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": size}},
-            },
-        }
-        self.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": [pv, pvc]}),
+        operator's ``artifactStore`` (``pvc://CLAIM/``). See :func:`artifacts.create_artifact_store`."""
+        return create_artifact_store(
+            self.kubectl,
+            self.artifacts_dir,
+            self.node_name,
+            self.cp_dir / "logs" / "kube-controller-manager.log",
+            namespace,
+            claim,
+            fs_group,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            r = self.kubectl(
-                "-n", namespace, "get", "pvc", claim, "-o", "jsonpath={.status.phase}", check=False
-            )
-            if r.stdout.strip() == "Bound":
-                return f"pvc://{claim}/"
-            if time.monotonic() > deadline:
-                raise NodeStartError(
-                    f"claim {namespace}/{claim} not Bound after 60s ({r.stdout}{r.stderr}); "
-                    + tail_log(self.cp_dir / "logs" / "kube-controller-manager.log", 20)
-                )
-            time.sleep(0.3)
 
     def crictl(self, *args: str, check: bool = True) -> str:
         r = subprocess.run(
@@ -840,392 +513,4 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         return teardown(self.run_dir, self.cluster, verbose=self.verbose, procs=self.procs)
 
 
-# ------------------------------------------------------------------------------------------
-# teardown / crash recovery (module level: works from a state file alone)
-
-
-def _procs_from_state(run_dir: Path) -> list[Proc]:
-    try:
-        st = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    return procs_from_records(st.get("procs", []))
-
-
-def _kill(p: Proc, sigterms: int = 1, grace: float = 10.0) -> None:
-    if not p.alive():
-        if p.popen is not None:
-            p.popen.wait()
-        return
-    for i in range(sigterms):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-        end = time.monotonic() + (grace if i == sigterms - 1 else 2.0)
-        while time.monotonic() < end and p.alive():
-            time.sleep(0.05)
-        if not p.alive():
-            break
-    if p.alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-        end = time.monotonic() + 5
-        while time.monotonic() < end and p.alive():
-            time.sleep(0.05)
-    if p.popen is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.popen.wait(timeout=5)
-
-
-def _rig_pids(run_dir: Path, exes: set[str]) -> list[tuple[int, str]]:
-    """PIDs whose command line names this run dir (shims, strays) and whose exe is ours."""
-    out = []
-    key = str(run_dir).encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if key in cmd:
-            exe = Path(cmd.split(b"\0")[0].decode(errors="replace")).name
-            if exe in exes:
-                out.append((int(d.name), exe))
-    return out
-
-
-def _umount_under(prefixes: list[Path]) -> int:
-    n = 0
-    for _ in range(5):
-        mounts = []
-        for line in Path("/proc/mounts").read_text().splitlines():
-            mp = line.split()[1].replace("\\040", " ")
-            if any(mp == str(p) or mp.startswith(str(p) + "/") for p in prefixes):
-                mounts.append(mp)
-        if not mounts:
-            break
-        for mp in sorted(mounts, key=len, reverse=True):
-            if subprocess.run(["umount", mp], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", mp], capture_output=True)
-            n += 1
-    return n
-
-
-def _kill_kubepods_processes() -> int:
-    """SIGKILL what still runs in the kubepods cgroups (containers orphaned by a crashed run:
-    their shims were killed, so nobody else will stop them)."""
-    pids: set[int] = set()
-    root = Path("/sys/fs/cgroup")
-    for h in [root, *root.iterdir()] if root.exists() else []:
-        kp = h / "kubepods"
-        if kp.is_dir():
-            for f in kp.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(x) for x in f.read_text().split())
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    end = time.monotonic() + 5
-    while pids and time.monotonic() < end:
-        pids = {p for p in pids if pid_alive(p)}
-        time.sleep(0.05)
-    return len(pids)
-
-
-def _remove_kubepods_cgroups() -> None:
-    _kill_kubepods_processes()
-    root = Path("/sys/fs/cgroup")
-    for h in [root, *root.iterdir()] if root.exists() else []:
-        kp = h / "kubepods"
-        if not kp.is_dir():
-            continue
-        for d in sorted(
-            (p for p in kp.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        with contextlib.suppress(OSError):
-            kp.rmdir()
-
-
-def _remove_hardcoded_paths() -> None:
-    """Paths the runtime writes outside the run dir (go-cni cache, device plugins, shims)."""
-    res = Path("/var/lib/cni/results")
-    if res.is_dir():
-        for f in res.glob(f"{net.CNI_NETWORK}-*"):
-            with contextlib.suppress(OSError):
-                f.unlink()
-    for d in (
-        res,
-        Path("/var/lib/cni"),
-        Path("/run/containerd/s"),
-        Path("/run/containerd/fifo"),
-        Path("/run/containerd/runc/k8s.io"),
-        Path("/run/containerd/runc"),
-        Path("/run/containerd"),
-    ):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-    dp = Path("/var/lib/kubelet/device-plugins")
-    for f in (dp / "kubelet.sock", dp / "DEPRECATION"):
-        with contextlib.suppress(OSError):
-            f.unlink()
-    for d in (
-        dp,
-        Path("/var/lib/kubelet/plugins_registry"),
-        Path("/var/lib/kubelet/plugins"),
-        Path("/var/lib/kubelet/pod-resources"),
-        Path("/var/lib/kubelet"),
-    ):
-        with contextlib.suppress(OSError):
-            if d.is_dir():
-                for f in d.glob("*.sock"):
-                    f.unlink()
-                d.rmdir()
-
-
-def teardown(
-    run_dir: Path,
-    cluster: LocalCluster | None = None,
-    *,
-    verbose: bool = True,
-    procs: list[Proc] | None = None,
-) -> dict[str, float]:
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def lap(what: str) -> None:
-        timings[what] = round(time.monotonic() - t0, 2)
-        if verbose:
-            print(f"[kubeforge-realnode] stop: {what} {timings[what]:.1f}s", file=sys.stderr)
-
-    procs = list(procs or []) or _procs_from_state(run_dir)
-    by_name = {p.name: p for p in procs}
-    cp_dir = run_dir / "cp"
-    if cluster is None and (cp_dir / "state.json").exists():
-        cluster = LocalCluster.attach(cp_dir)
-    kubelet = by_name.get("kubelet")
-    kubeconfig = cp_dir / "kubeconfig"
-    # 1. pods away while the kubelet still runs (it unmounts volumes, CNI DEL frees IPs)
-    if kubelet is not None and kubelet.alive() and cluster is not None and cluster.running():
-        kubectl = cp_binaries.find_binary("kubectl")
-        if kubectl:
-            subprocess.run(
-                [
-                    str(kubectl),
-                    f"--kubeconfig={kubeconfig}",
-                    "delete",
-                    "deploy,rs,sts,ds,job,cronjob",
-                    "--all",
-                    "-A",
-                    "--cascade=orphan",
-                    "--wait=false",
-                ],
-                capture_output=True,
-                timeout=60,
-            )
-            subprocess.run(
-                [
-                    str(kubectl),
-                    f"--kubeconfig={kubeconfig}",
-                    "delete",
-                    "pod",
-                    "--all",
-                    "-A",
-                    "--grace-period=1",
-                    "--wait=true",
-                    "--timeout=40s",
-                ],
-                capture_output=True,
-                timeout=60,
-            )
-        lap("pods-deleted")
-    # 2. CoreDNS and kube-proxy, forwarding off, kube-proxy's rules
-    for n in ("coredns", "kube-proxy"):
-        if n in by_name:
-            _kill(by_name[n])
-    with contextlib.suppress(OSError):
-        net.sysctl_set(net.SYSCTL_FORWARD, "0")
-    kp_bin = by_name["kube-proxy"].exe if "kube-proxy" in by_name else None
-    if kp_bin and Path(kp_bin).exists():
-        subprocess.run(
-            [kp_bin, "--cleanup", "--proxy-mode=iptables"], capture_output=True, timeout=60
-        )
-    lap("proxy-dns-stopped")
-    # 3. kubelet (may need a 2nd SIGTERM), sandboxes, containerd, shims
-    if kubelet is not None:
-        _kill(kubelet, sigterms=2)
-    lap("kubelet-stopped")
-    ctd = by_name.get("containerd")
-    crictl_cfg = run_dir / "crictl.yaml"
-    if ctd is not None and ctd.alive() and crictl_cfg.exists():
-        crictl = bins.default_bin_dir() / "crictl"
-        if crictl.exists():
-            subprocess.run(
-                [str(crictl), "--config", str(crictl_cfg), "rmp", "-a", "-f"],
-                capture_output=True,
-                timeout=120,
-            )
-    if ctd is not None:
-        _kill(ctd)
-    for pid, _exe in _rig_pids(
-        run_dir,
-        {"containerd-shim-runc-v2", "containerd", "kubelet", "kube-proxy", "coredns", "pause"},
-    ):
-        _kill(Proc("stray", pid, _exe, ""), grace=3)
-    lap("containerd-stopped")
-    # 4. mounts, cgroups
-    st = {}
-    with contextlib.suppress(OSError, ValueError):
-        st = json.loads((run_dir / STATE_FILE).read_text())
-    ctd_root = Path(st.get("containerd_root") or cache_root() / "node" / "containerd")
-    _kill_kubepods_processes()
-    _umount_under([run_dir, ctd_root])
-    _remove_kubepods_cgroups()
-    lap("mounts-cgroups-cleaned")
-    # 5. rules (guards, KUBE-*), then the control plane (bound to the bridge address), network
-    policy = "ACCEPT"
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        base = net.Baseline.load(run_dir / "baseline.json")
-        if ":FORWARD DROP" in base.iptables:
-            policy = "DROP"
-    net.remove_rules(forward_policy=policy)
-    lap("rules-removed")
-    if cluster is not None:
-        cluster.stop(remove=False)
-    lap("control-plane-stopped")
-    net.network_down()
-    _remove_hardcoded_paths()
-    with contextlib.suppress(OSError):
-        owner = json.loads(OWNER_FILE.read_text())
-        if owner.get("run_dir") == str(run_dir):
-            OWNER_FILE.unlink()
-    with contextlib.suppress(OSError):
-        (run_dir / STATE_FILE).unlink()
-    lap("done")
-    return timings
-
-
-def live_owner() -> Path | None:
-    """Run dir of another real node that is still running (its kubelet or containerd alive),
-    or None when the bridge's owner is gone (crashed/killed) or there is none."""
-    try:
-        run_dir = Path(json.loads(OWNER_FILE.read_text())["run_dir"])
-    except (OSError, ValueError, KeyError):
-        return None
-    alive = [p for p in _procs_from_state(run_dir) if p.name in ("kubelet", "containerd")]
-    return run_dir if any(p.alive() for p in alive) else None
-
-
-def cleanup_leftovers(verbose: bool = True, own_run_dir: Path | None = None) -> bool:
-    """Tear down what a crashed/killed run left (found through the owner file). True if any.
-    A node that is still running in another run dir is not touched: that raises."""
-    try:
-        owner = json.loads(OWNER_FILE.read_text())
-    except (OSError, ValueError):
-        return False
-    run_dir = Path(owner["run_dir"])
-    live = live_owner()
-    if live is not None and own_run_dir is not None and live != own_run_dir:
-        raise NodeStartError(
-            f"another real node is running ({live}); it owns {net.BRIDGE}. Stop it first "
-            f"(`python -m kubeforge_cluster.realnode down --name "
-            f"{live.name.removeprefix('kubeforge-realnode-')}` or `make cluster-down NODES=real`)"
-        )
-    if verbose:
-        print(
-            f"[kubeforge-realnode] cleaning leftovers of a previous run in {run_dir}",
-            file=sys.stderr,
-        )
-    teardown(run_dir, None, verbose=verbose)
-    return True
-
-
-def build_base_images(pause_bin: Path) -> list[Path]:
-    """pause (the sandbox) and busybox (tests) as OCI archives, cached by content."""
-    store = oci.BlobStore(cache_root() / "images" / "blobs")
-    out_dir = cache_root() / "images"
-    with _tmpdir(out_dir) as tmp:
-        pr = tmp / "pause-root"
-        pr.mkdir()
-        shutil.copy2(pause_bin, pr / "pause")
-        pause_layer = store.layer_from_dir(pr, force_root=True)
-        pause = out_dir / "pause.oci.tar"
-        oci.write_archive(
-            pause, store, [pause_layer], oci.ImageConfig(entrypoint=["/pause"]), PAUSE_IMAGE
-        )
-        archives = [pause]
-        bb_path = bins.static_busybox()
-        if bb_path is not None:
-            bb = str(bb_path)
-            r = tmp / "bb-root"
-            for d in ("bin", "etc", "tmp", "root", "www", "proc", "sys", "dev"):
-                (r / d).mkdir(parents=True)
-            shutil.copy2(bb, r / "bin" / "busybox")
-            applets = subprocess.run([bb, "--list"], capture_output=True, text=True).stdout
-            for a in applets.split():
-                if a != "busybox":
-                    (r / "bin" / a).symlink_to("busybox")
-            (r / "etc" / "passwd").write_text(
-                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-            )
-            (r / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-            (r / "tmp").chmod(0o1777)
-            (r / "www" / "index.html").write_text("<h1>hello from a real pod</h1>\n")
-            layer = store.layer_from_dir(r, force_root=True)
-            busybox = out_dir / "busybox.oci.tar"
-            oci.write_archive(
-                busybox,
-                store,
-                [layer],
-                oci.ImageConfig(cmd=["sh"], env=["PATH=/bin"]),
-                BUSYBOX_IMAGE,
-            )
-            archives.append(busybox)
-    return archives
-
-
-def _load_ca(d: Path) -> Any:
-    """The control plane's CA (written by LocalCluster) as a :class:`pki.CA` to issue from."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from .. import pki
-
-    key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
-    cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
-    return pki.CA(key=key, cert=cert, cert_path=d / "ca.crt")  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _tmpdir(parent: Path) -> Any:
-    import tempfile
-
-    parent.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def archive_ref(archive: Path) -> tuple[str, str]:
-    """(image name, manifest digest) of a single-image OCI archive."""
-    import tarfile
-
-    with tarfile.open(archive) as t:
-        idx = json.load(t.extractfile("index.json"))  # type: ignore[arg-type]
-    m = idx["manifests"][0]
-    return m["annotations"]["io.containerd.image.name"], m["digest"]
-
-
-__all__ = [
-    "NODE_NAME",
-    "NodeStartError",
-    "NodeUnsupported",
-    "RealNode",
-    "cleanup_leftovers",
-    "live_owner",
-    "teardown",
-    "unsupported_reason",
-]
+__all__ = ["NODE_NAME", "RealNode"]

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from kubeforge_cluster.realnode import RealNode, default_run_dir, net, unsupported_reason
-from kubeforge_cluster.realnode.node import OWNER_FILE, live_owner
+from kubeforge_cluster.realnode.cleanup import live_owner
+from kubeforge_cluster.realnode.runstate import OWNER_FILE
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from kubeforge_cluster.realnode import RealNode, default_run_dir, net
-from kubeforge_cluster.realnode.node import KUBELET_HEALTHZ_PORT, KUBELET_PORT
+from kubeforge_cluster.realnode.components import KUBELET_HEALTHZ_PORT, KUBELET_PORT
 from realpods_support import Kube, pod, skip_reason
 
 pytestmark = pytest.mark.e2e

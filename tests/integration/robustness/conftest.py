@@ -39,7 +39,8 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         if os.environ.get("KUBEFORGE_REQUIRE_CLUSTER"):
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
-    from kubeforge_cluster.cluster import LocalCluster, wait_crds_established
+    from kubeforge_cluster.cluster import LocalCluster
+    from kubeforge_cluster.kubectlops import wait_crds_established
 
     cluster = LocalCluster(name=f"robust-{os.getpid()}", cpu_nodes=4, gpu_nodes=0, verbose=False)
     before = list(OperatorProcess.running)

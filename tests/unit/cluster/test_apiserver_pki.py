@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
-from kubeforge_cluster.cluster import APISERVER_DNS_NAMES, LocalCluster
+from kubeforge_cluster.cluster import LocalCluster
+from kubeforge_cluster.clusterpki import APISERVER_DNS_NAMES
 from kubeforge_cluster.realnode.controlplane import NodeControlPlane
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from kubeforge_cluster import keda
-from kubeforge_cluster.cluster import FRONT_PROXY_CLIENT, LocalCluster
+from kubeforge_cluster.cluster import LocalCluster
+from kubeforge_cluster.clusterpki import FRONT_PROXY_CLIENT, front_proxy_args
 
 
 def test_front_proxy_pki_and_flags(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ def test_front_proxy_pki_and_flags(tmp_path: Path) -> None:
     assert ca.subject != main_ca.subject  # a CA of its own, as kubeadm makes
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     assert cn == FRONT_PROXY_CLIENT
-    args = dict(a.removeprefix("--").split("=", 1) for a in c._front_proxy_args())
+    args = dict(a.removeprefix("--").split("=", 1) for a in front_proxy_args(c.pki_dir))
     assert args["requestheader-allowed-names"] == FRONT_PROXY_CLIENT
     assert args["enable-aggregator-routing"] == "true"
     for key in ("requestheader-client-ca-file", "proxy-client-cert-file", "proxy-client-key-file"):

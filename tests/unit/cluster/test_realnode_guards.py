@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from kubeforge_cluster.realnode import net
-from kubeforge_cluster.realnode.node import host_unsupported_reason
+from kubeforge_cluster.realnode.host import host_unsupported_reason
 
 GOOD_COREFILE = """# cluster names only
 cluster.local:53 96.10.in-addr.arpa:53 88.10.in-addr.arpa:53 {

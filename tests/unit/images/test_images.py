@@ -46,7 +46,7 @@ def test_archive_has_config_and_normalized_name(tmp_path: Path) -> None:
     cfg = oci.ImageConfig(entrypoint=["tool"], user="1000", env=["PATH=/opt/x/bin"])
     out = tmp_path / "img.oci.tar"
     digest = oci.write_archive(out, store, [layer], cfg, "local/x:1")
-    from kubeforge_cluster.realnode.node import archive_ref
+    from kubeforge_cluster.realnode.images import archive_ref
 
     assert archive_ref(out) == ("docker.io/local/x:1", digest)
     c = oci.read_archive_config(out)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 from kubeforge_cluster import buildkit, registry, ship, shipbins
 from kubeforge_cluster.helm import Helm, HelmError, find_helm, rendered_env
+from kubeforge_cluster.realnode.components import containerd_config
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -53,10 +55,15 @@ def test_containerd_hosts_toml_for_loopback_only(tmp_path: Path) -> None:
         registry.trust_on_node(tmp_path, "registry.example.com:5000")
 
 
-def test_real_node_containerd_reads_the_hosts_dir() -> None:
-    src = (REPO / "cluster/kubeforge_cluster/realnode/node.py").read_text()
-    assert "[plugins.'io.containerd.cri.v1.images'.registry]" in src
-    assert "config_path = '{self.registry_hosts_dir}'" in src
+def test_real_node_containerd_reads_the_hosts_dir(tmp_path: Path) -> None:
+    hosts_dir = tmp_path / "containerd" / "certs.d"
+    text = containerd_config(
+        tmp_path, tmp_path / "root", tmp_path / "containerd.sock", hosts_dir, Path("/sbin/runc")
+    )
+    cfg = tomllib.loads(text)
+    assert cfg["plugins"]["io.containerd.cri.v1.images"]["registry"] == {
+        "config_path": str(hosts_dir)
+    }
 
 
 def test_buildkit_plain_http_only_for_the_named_registries() -> None:

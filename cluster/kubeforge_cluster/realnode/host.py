@@ -1,0 +1,55 @@
+"""Whether this machine can run a real node (kernel, privileges, tools, binaries): reads only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .. import binaries as cp_binaries
+from . import bins
+
+
+class NodeUnsupported(RuntimeError):
+    """This machine cannot run a real node (not root, no cgroups/netns, binaries absent)."""
+
+
+#: ``KUBEFORGE_REALPODS=0`` turns real nodes off on a machine that could run them.
+REALPODS_ENV = "KUBEFORGE_REALPODS"
+
+
+def host_unsupported_reason() -> str | None:
+    """Why this host (kernel, privileges) cannot run a real node, whatever gets installed or
+    built (None = it can). Reads state only."""
+    if os.environ.get(REALPODS_ENV, "1") == "0":
+        return f"{REALPODS_ENV}=0 (real pods turned off for this run)"
+    if os.geteuid() != 0:
+        return "needs root (containers, bridge, iptables)"
+    if not Path("/proc/self/ns/net").exists():
+        return "no network namespaces"
+    cg = Path("/sys/fs/cgroup")
+    if not ((cg / "memory").is_dir() or (cg / "cgroup.controllers").is_file()):
+        return "no memory cgroup"
+    if not Path("/proc/sys/net/bridge").exists() and not _can_bridge():
+        return "no bridge netfilter support"
+    return None
+
+
+def unsupported_reason() -> str | None:
+    """Why a real node cannot start here (None = it can). Reads state only."""
+    host = host_unsupported_reason()
+    if host:
+        return host
+    for tool in ("ip", "iptables", "ip6tables", "nsenter", "ss"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    try:
+        bins.require()
+        cp_binaries.require_binaries(cp_binaries.CORE_BINARIES)
+    except (bins.MissingNodeBinaries, cp_binaries.MissingBinaries) as e:
+        return str(e)
+    return None
+
+
+def _can_bridge() -> bool:
+    return Path("/sys/module/bridge").exists()
