@@ -3,16 +3,17 @@
 Every kind's reconcile runs under one `RefusalGuard`, so the three kinds answer the same way:
 
 - a child (or a status) the API server refuses with a 4xx that no retry can fix (422 Invalid,
-  400, 403 other than a full quota, 413, ...) ends the object: phase Failed, reason
+  400, a 403 from admission (not a full quota), 413, ...) ends the object: phase Failed, reason
   `InvalidSpec` (422: the spec holds a value the child cannot take) or `ChildRejected`
   (anything else), a message naming the field (mapped back from the child's path to the
   parent's spec) with the API server's own words, one Event (the handlers' status writer posts
   it on the phase change), and no retry until the spec changes (a new generation);
 - a namespace that is terminating (or gone) stops all work in it at once, quietly: no retry
   of that object for a while, no traceback;
-- 5xx, 429, a full quota, timeouts and lost connections may heal: they propagate, the
-  controller retries with backoff, and after `attempts_before_condition` failures in a row the
-  object shows a `Synced=False` condition (reason `ApiServerError`) until a reconcile succeeds;
+- 5xx, 429, a full quota, the operator's own RBAC denying a request, timeouts and lost
+  connections may heal: they propagate, the controller retries with backoff, and after
+  `attempts_before_condition` failures in a row the object shows a `Synced=False` condition
+  (reason `OperatorForbidden` for RBAC, else `ApiServerError`) until a reconcile succeeds;
 - a status write that fails shows in the log and in `kubeforge_status_write_failures`.
 
 `classify`, `parent_field` and `refused_status` are pure; the guard holds only per-object
@@ -86,6 +87,20 @@ def _message(exc: ApiError) -> str:
     return str(body.get("message") or exc.reason or "")
 
 
+_RBAC_DENIED = re.compile(r'is forbidden: User "[^"]+" cannot [a-z]+ resource ')
+
+
+def operator_forbidden(exc: BaseException) -> bool:
+    """Whether a 403 is the authorizer denying the operator's own request (RBAC: `User "..."
+    cannot create resource "jobs" ...`), not an admission rule refusing the child (PodSecurity,
+    a policy, a webhook). Not the spec's fault, and it heals: when the platform team mends the
+    operator's RBAC, and by itself seconds after an API server restart (its authorizer answers
+    403 until its caches have filled). So it is retried, never the object's end."""
+    return (
+        isinstance(exc, ApiError) and exc.status == 403 and bool(_RBAC_DENIED.search(_message(exc)))
+    )
+
+
 def classify(exc: BaseException) -> Verdict | None:
     """The verdict on an exception out of a reconcile; None: not an API server answer or a
     transport failure (a bug: the caller lets it propagate as before)."""
@@ -107,6 +122,8 @@ def classify(exc: BaseException) -> Verdict | None:
             return Verdict.TRANSIENT
         if status == 403 and "exceeded quota" in message:
             return Verdict.TRANSIENT  # frees up when other work finishes
+        if status == 403 and operator_forbidden(exc):
+            return Verdict.TRANSIENT
         if 400 <= status < 500:
             return Verdict.PERMANENT
         return Verdict.TRANSIENT
@@ -204,11 +221,13 @@ def refused_status(
 
 
 def retrying_status(obj: JSON, exc: BaseException, attempts: int, now: str) -> JSON:
-    """The status with `Synced=False` (reason ApiServerError): the operator keeps retrying."""
+    """The status with `Synced=False` (reason OperatorForbidden when the operator's own RBAC
+    denied the request, else ApiServerError): the operator keeps retrying."""
     base: JSON = obj.get("status") or {}
     conds = copy_conditions(base.get("conditions"))
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ApiError) else str(exc)
-    set_condition(conds, SYNCED, False, "ApiServerError",
+    reason = "OperatorForbidden" if operator_forbidden(exc) else "ApiServerError"
+    set_condition(conds, SYNCED, False, reason,
                   f"retrying with backoff after {attempts} failed attempts: {text}"[:1024],
                   now=now)
     return {**base, "conditions": conds}

@@ -74,6 +74,38 @@ def test_list_pods_forbidden_degrades_only_readiness(
     assert "pods can be listed again" in op.logs(2000)
 
 
+def test_jobs_forbidden_to_the_operator_keep_the_trainingjob_waiting_not_failed(
+    admin: KubeClient, namespace: str, start_operator: Any
+) -> None:
+    """The operator's RBAC loses `create jobs` (a chart being mended; an API server that just
+    restarted answers such 403s until its authorizer's caches fill): the TrainingJob is not
+    failed for it but shows Synced=False OperatorForbidden with the API server's words; the
+    permission back, it gets its one Job and Synced=True."""
+    start_operator("no-create-jobs")
+    set_role(admin, [
+        {**r, "verbs": ["get", "list", "watch", "patch", "update", "delete"]}
+        if r["resources"] == ["jobs"] else r for r in RULES
+    ])
+    path = f"{TJ_API}/namespaces/{namespace}/trainingjobs/denied"
+
+    def synced() -> dict[str, Any] | None:
+        conds = (admin.get(path).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "Synced"), None)
+
+    try:
+        post_trainingjob(admin, namespace, "denied")
+        cond = admin.wait_for("Synced=False", lambda: (c := synced()) and c["status"] == "False"
+                              and c, timeout=60)
+        assert cond["reason"] == "OperatorForbidden", cond
+        assert 'cannot create resource "jobs"' in cond["message"], cond
+        assert (admin.get(path).get("status") or {}).get("phase") != "Failed"
+    finally:
+        set_role(admin, RULES)
+    wait_one_job_each(admin, namespace, ["denied"], timeout=90)
+    admin.wait_for("Synced=True", lambda: (c := synced()) and c["status"] == "True", timeout=60)
+    assert (admin.get(path).get("status") or {}).get("phase") != "Failed"
+
+
 def test_throttled_by_priority_and_fairness(
     admin: KubeClient, namespace: str, start_operator: Any
 ) -> None:

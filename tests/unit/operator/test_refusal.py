@@ -29,11 +29,31 @@ TERMINATING = ApiError(403, "Forbidden", {
 })
 
 
+RBAC_DENIED = (
+    'jobs.batch is forbidden: User "system:serviceaccount:kubeforge-system:kubeforge-operator" '
+    'cannot create resource "jobs" in API group "batch" in the namespace "ml"'
+)
+VAP_DENIED = (
+    'jobs.batch "digits" is forbidden: ValidatingAdmissionPolicy \'deny\' with binding '
+    "'deny' denied request: team blocked may not run jobs"
+)
+ESCALATION = (
+    'rolebindings.rbac.authorization.k8s.io "x" is forbidden: user "system:serviceaccount:k:op" '
+    '(groups=["system:serviceaccounts"]) is attempting to grant RBAC permissions not currently '
+    "held"
+)
+
+
 @pytest.mark.parametrize(("exc", "verdict"), [
     (JOB_422, Verdict.PERMANENT),
     (ApiError(400, "Bad Request", {"message": "bad"}), Verdict.PERMANENT),
-    (ApiError(403, "Forbidden", {"message": 'rolebindings is forbidden: User "x" cannot'}),
-     Verdict.PERMANENT),
+    # the operator's own RBAC: heals (chart fixed; an API server's authorizer right after start)
+    (ApiError(403, "Forbidden", {"message": RBAC_DENIED}), Verdict.TRANSIENT),
+    # admission refusing the child: the spec's doing, for good
+    (ApiError(403, "Forbidden", {"message": VAP_DENIED}), Verdict.PERMANENT),
+    (ApiError(403, "Forbidden", {"message": 'pods "x" is forbidden: violates PodSecurity '
+                                            '"restricted:latest": privileged'}), Verdict.PERMANENT),
+    (ApiError(403, "Forbidden", {"message": ESCALATION}), Verdict.PERMANENT),
     (ApiError(413, "Request Entity Too Large"), Verdict.PERMANENT),
     (TERMINATING, Verdict.NAMESPACE_GONE),
     (ApiError(404, "Not Found", {"message": 'namespaces "ml" not found'}), Verdict.NAMESPACE_GONE),
@@ -142,6 +162,24 @@ def test_transient_errors_retry_and_show_a_condition_after_a_few_then_clear() ->
     assert w.status["conditions"][0]["status"] == "True"
     assert _run(guard, _obj(), None, w) == "ok"
     assert len(w.writes) == 2  # healed once, nothing more
+
+
+def test_the_operators_own_rbac_denial_is_retried_and_named_not_the_objects_end() -> None:
+    """A 403 from the authorizer (the operator may not create Jobs: RBAC being mended, or an API
+    server just restarted) keeps the object alive: retried, Synced=False OperatorForbidden with
+    the API server's words, never phase Failed; healed, Synced=True."""
+    guard, w = RefusalGuard("TrainingJob", attempts_before_condition=3), Writer()
+    denied = ApiError(403, "Forbidden", {"message": RBAC_DENIED})
+    for _ in range(3):
+        with pytest.raises(ApiError):
+            _run(guard, _obj(), denied, w)
+    cond = w.status["conditions"][0]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "Synced", "False", "OperatorForbidden")
+    assert 'cannot create resource "jobs"' in cond["message"]
+    assert w.status["phase"] == "Pending" and not guard.holds(("ml", "digits"), _obj())
+    assert _run(guard, _obj(), None, w) == "ok"
+    assert w.status["conditions"][0]["status"] == "True"
 
 
 def test_terminating_namespace_stops_work_in_it_quietly(caplog: pytest.LogCaptureFixture) -> None:
