@@ -66,6 +66,10 @@ def crictl_config(containerd_sock: Path) -> str:
     )
 
 
+EVICTION_DISK_FLOOR = "500Mi"
+"""Free space under which the test node's kubelet evicts pods (node and image filesystems)."""
+
+
 def kubelet_config(kubelet_dir: Path, containerd_sock: Path, cluster_ca: Path) -> dict[str, Any]:
     """The KubeletConfiguration (serving on the node IP, webhook authn/z, cgroupfs)."""
     kd = kubelet_dir
@@ -96,13 +100,17 @@ def kubelet_config(kubelet_dir: Path, containerd_sock: Path, cluster_ca: Path) -
         "rotateCertificates": False,
         "serializeImagePulls": False,
         "maxPods": 50,
+        # Absolute floors, not percentages: a test node shares a big host disk, and 2% of a
+        # 252 GiB disk (5.4 GB) evicted every pod on a CI machine that had 5.1 GB left.
         "evictionHard": {
             "memory.available": "100Mi",
-            "nodefs.available": "2%",
-            "imagefs.available": "2%",
+            "nodefs.available": EVICTION_DISK_FLOOR,
+            "imagefs.available": EVICTION_DISK_FLOOR,
         },
-        "imageGCHighThresholdPercent": 99,
-        "imageGCLowThresholdPercent": 98,
+        # 100 turns image GC off: the preloaded images are never pulled again (no registry),
+        # so a collected one would leave its next pod in ErrImageNeverPull.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
         "makeIPTablesUtilChains": False,
         "shutdownGracePeriod": "0s",
     }

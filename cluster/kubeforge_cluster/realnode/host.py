@@ -51,5 +51,22 @@ def unsupported_reason() -> str | None:
     return None
 
 
+#: Free space a node needs at start: the kubelet's eviction floor (500Mi, components.py) plus
+#: room for the images it imports and the pods' logs and writable layers.
+MIN_FREE_DISK_BYTES = 2 * 1024**3
+
+
+def low_disk_reason(path: Path, need: int = MIN_FREE_DISK_BYTES) -> str | None:
+    """Why the filesystem holding ``path`` is too full for a node (None = enough room): said
+    at start, so that a full disk reads as such and not as pods evicted minutes later."""
+    free = shutil.disk_usage(path).free
+    if free >= need:
+        return None
+    return (
+        f"only {free / 1024**3:.1f} GiB free on the filesystem of {path}; a real node needs "
+        f"{need / 1024**3:.1f} GiB (its kubelet evicts every pod below 500Mi)"
+    )
+
+
 def _can_bridge() -> bool:
     return Path("/sys/module/bridge").exists()

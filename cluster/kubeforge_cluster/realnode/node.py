@@ -50,7 +50,7 @@ from .components import (
     kubelet_config,
 )
 from .controlplane import NodeControlPlane
-from .host import NodeUnsupported, unsupported_reason
+from .host import NodeUnsupported, low_disk_reason, unsupported_reason
 from .identities import grant_rbac, write_identities
 from .images import archive_ref, build_base_images
 from .runstate import (
@@ -180,6 +180,11 @@ class RealNode:
         cleanup_leftovers(verbose=self.verbose, own_run_dir=self.run_dir)
         self._lap("leftovers-cleaned", t0)
         problems = net.check_preconditions()
+        for where in (self.run_dir.parent, self.containerd_root):  # node fs, image fs
+            where.mkdir(parents=True, exist_ok=True)
+            disk = low_disk_reason(where)
+            if disk and disk not in problems:
+                problems.append(disk)
         if problems:
             raise NodeStartError("preconditions failed: " + "; ".join(problems))
         if self.run_dir.exists():

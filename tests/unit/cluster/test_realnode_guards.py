@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from kubeforge_cluster.realnode import net
-from kubeforge_cluster.realnode.host import host_unsupported_reason
+from kubeforge_cluster.realnode.components import EVICTION_DISK_FLOOR, kubelet_config
+from kubeforge_cluster.realnode.host import host_unsupported_reason, low_disk_reason
 
 GOOD_COREFILE = """# cluster names only
 cluster.local:53 96.10.in-addr.arpa:53 88.10.in-addr.arpa:53 {
@@ -79,3 +80,18 @@ def test_realpods_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBEFORGE_REALPODS", "0")
     reason = host_unsupported_reason()
     assert reason is not None and "KUBEFORGE_REALPODS=0" in reason
+
+
+def test_kubelet_evicts_only_below_absolute_disk_floors(tmp_path: Path) -> None:
+    # 2% of CI's 252 GiB disk was 5.4 GB and evicted every pod with 5.1 GB free.
+    cfg = kubelet_config(tmp_path, tmp_path / "containerd.sock", tmp_path / "ca.crt")
+    hard = cfg["evictionHard"]
+    assert hard["nodefs.available"] == hard["imagefs.available"] == EVICTION_DISK_FLOOR
+    assert not any(v.endswith("%") for v in hard.values())
+    assert cfg["imageGCHighThresholdPercent"] == 100  # preloaded images are never collected
+
+
+def test_a_full_disk_is_named_at_start_not_discovered_as_evictions(tmp_path: Path) -> None:
+    assert low_disk_reason(tmp_path, need=1) is None
+    reason = low_disk_reason(tmp_path, need=1 << 60)
+    assert reason is not None and "GiB free" in reason and str(tmp_path) in reason
