@@ -2,6 +2,7 @@
 status, the single source of truth for the CRDs, the operator, the trainer and the server.
 Imports only pydantic and the standard library."""
 
+from kubeforge.api._autoscaling import Autoscaling
 from kubeforge.api._base import API_VERSION, GROUP, VERSION, KubeModel
 from kubeforge.api._conditions import Condition, ConditionStatus
 from kubeforge.api._pod import EnvVar, PodSettings, Volume
@@ -12,7 +13,6 @@ from kubeforge.api._tuning_settings import PRUNER_SETTINGS, SAMPLER_SETTINGS
 from kubeforge.api._tuning_space import SearchParameter
 from kubeforge.api._tuning_status import BestTrial, TrialCounts, TuningPhase, TuningStudyStatus
 from kubeforge.api.modeldeployment import (
-    Autoscaling,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,

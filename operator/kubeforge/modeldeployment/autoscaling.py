@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubeforge.api import Autoscaling
 from kubeforge.api._base import parse_quantity
 from kubeforge.api._duration import duration_seconds
-from kubeforge.api.modeldeployment import Autoscaling
 from kubeforge.apply import AsyncKube
 from kubeforge.modeldeployment.monitoring import MonitoringDiscovery
 

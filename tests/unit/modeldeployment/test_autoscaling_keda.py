@@ -9,7 +9,8 @@ import copy
 from typing import Any
 
 import pytest
-from kubeforge.api.modeldeployment import SCALE_TO_ZERO_REFUSAL, Autoscaling, ModelDeploymentSpec
+from kubeforge.api._autoscaling import SCALE_TO_ZERO_REFUSAL, Autoscaling
+from kubeforge.api.modeldeployment import ModelDeploymentSpec
 from kubeforge.apply import ApiError
 from kubeforge.context import OperatorContext
 from kubeforge.modeldeployment import autoscaling as sc
