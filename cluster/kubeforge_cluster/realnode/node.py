@@ -14,12 +14,10 @@ no process, mount, cgroup, bridge, route or rule; every component logs to ``<run
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -52,15 +50,15 @@ from .components import (
 from .controlplane import NodeControlPlane
 from .host import NodeUnsupported, low_disk_reason, unsupported_reason
 from .identities import grant_rbac, write_identities
-from .images import archive_ref, build_base_images
+from .images import build_base_images
 from .runstate import (
     OWNER_FILE,
     STATE_FILE,
     NodeStartError,
-    cache_root,
     default_run_dir,
     procs_from_state,
 )
+from .runtime import NodeRuntime
 
 NODE_NAME = "realnode-1"
 
@@ -73,7 +71,10 @@ _START_WAIT = WaitPolicy(
 )
 
 
-class RealNode:
+class RealNode(NodeRuntime):
+    """Starts, owns and stops one real node and its control plane (paths from NodeLayout,
+    ctr/crictl from NodeRuntime)."""
+
     def __init__(
         self,
         run_dir: str | Path | None = None,
@@ -86,67 +87,19 @@ class RealNode:
         daemon: bool = False,
         verbose: bool = True,
     ) -> None:
+        super().__init__(Path(run_dir) if run_dir else default_run_dir(name), verbose=verbose)
         self.name = name
-        self.run_dir = Path(run_dir) if run_dir else default_run_dir(name)
         self.bin_dir = bin_dir
         self.cp_bin_dir = cp_bin_dir
         self.images = [Path(p) for p in images]
         self.kwok_nodes = kwok_nodes
         self.daemon = daemon
-        self.verbose = verbose
         self.node_name = NODE_NAME
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
         self.cluster: LocalCluster | None = None
-        self.bins: dict[str, Path] = {}
         self.timings: dict[str, float] = {}
         self.startup_seconds: float | None = None
-
-    # --------------------------------------------------------------------------------------
-    # paths
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.run_dir / "logs"
-
-    @property
-    def cp_dir(self) -> Path:
-        return self.run_dir / "cp"
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.cp_dir / "kubeconfig"
-
-    @property
-    def containerd_root(self) -> Path:
-        """Image store, kept between runs (so big images are imported once)."""
-        return Path(
-            os.environ.get("KUBEFORGE_CONTAINERD_ROOT") or cache_root() / "node" / "containerd"
-        )
-
-    @property
-    def containerd_sock(self) -> Path:
-        return self.run_dir / "containerd" / "containerd.sock"
-
-    @property
-    def conflist(self) -> Path:
-        return self.run_dir / "cni" / "net.d" / "10-rpnet.conflist"
-
-    @property
-    def corefile(self) -> Path:
-        return self.run_dir / "coredns" / "Corefile"
-
-    @property
-    def crictl_config(self) -> Path:
-        return self.run_dir / "crictl.yaml"
-
-    @property
-    def baseline_file(self) -> Path:
-        return self.run_dir / "baseline.json"
-
-    def _say(self, msg: str) -> None:
-        if self.verbose:
-            print(f"[kubeforge-realnode] {msg}", file=sys.stderr, flush=True)
 
     def _lap(self, what: str, t0: float) -> None:
         self.timings[what] = round(time.monotonic() - t0, 2)
@@ -323,11 +276,6 @@ class RealNode:
     # --------------------------------------------------------------------------------------
     # containerd and images
 
-    @property
-    def registry_hosts_dir(self) -> Path:
-        """containerd's ``config_path``: ``<host:port>/hosts.toml`` per registry (read at pull)."""
-        return self.run_dir / "containerd" / "certs.d"
-
     def _start_containerd(self) -> None:
         rd = self.run_dir
         self.containerd_root.mkdir(parents=True, exist_ok=True)
@@ -349,40 +297,8 @@ class RealNode:
         )
         self._wait("containerd socket", self.containerd_sock.exists, "containerd", timeout=30)
 
-    def ctr(self, *args: str, input_file: Path | None = None, timeout: float = 600) -> str:
-        cmd = [str(self.bins["ctr"]), "--address", str(self.containerd_sock), "-n", "k8s.io", *args]
-        with open(input_file, "rb") if input_file else contextlib.nullcontext() as f:
-            r = subprocess.run(cmd, stdin=f, capture_output=True, text=False, timeout=timeout)
-        if r.returncode != 0:
-            raise RuntimeError(f"ctr {' '.join(args)}: {r.stderr.decode(errors='replace')}")
-        return r.stdout.decode(errors="replace")
-
     def _base_images(self) -> list[Path]:
         return build_base_images(self.bins["pause"])
-
-    def image_digests(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in self.ctr("images", "ls").splitlines()[1:]:
-            f = line.split()
-            if len(f) >= 3:
-                out[f[0]] = f[2]
-        return out
-
-    def import_images(self, archives: list[Path]) -> list[str]:
-        """Import OCI archives whose image (name + manifest digest) is not there yet."""
-        have = self.image_digests()
-        done = []
-        for a in archives:
-            name, digest = archive_ref(a)
-            if have.get(name) == digest:
-                continue
-            t = time.monotonic()
-            self.ctr("images", "import", "-", input_file=a)
-            self._say(
-                f"imported {name} ({a.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - t:.1f}s"
-            )
-            done.append(name)
-        return done
 
     # --------------------------------------------------------------------------------------
     # kubelet, kube-proxy, CoreDNS
@@ -465,10 +381,6 @@ class RealNode:
         assert self.cluster is not None
         return self.cluster.kubectl(*args, **kw)
 
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.run_dir / "artifacts"
-
     def artifact_store(
         self, namespace: str, claim: str = ARTIFACT_CLAIM, fs_group: int = 1000
     ) -> str:
@@ -483,26 +395,6 @@ class RealNode:
             claim,
             fs_group,
         )
-
-    def crictl(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run(
-            [str(self.bins["crictl"]), "--config", str(self.crictl_config), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and r.returncode != 0:
-            raise RuntimeError(f"crictl {' '.join(args)}: {r.stderr}")
-        return r.stdout
-
-    def pod_sandbox_pid(self, namespace: str, pod: str) -> int:
-        ids = self.crictl(
-            "pods", "-q", "--namespace", namespace, "--name", f"^{pod}$", "--state", "ready"
-        ).split()
-        if not ids:
-            raise RuntimeError(f"no ready sandbox for {namespace}/{pod}")
-        info = json.loads(self.crictl("inspectp", ids[0]))
-        return int(info["info"]["pid"])
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
