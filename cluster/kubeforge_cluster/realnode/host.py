@@ -56,6 +56,20 @@ def unsupported_reason() -> str | None:
 MIN_FREE_DISK_BYTES = 2 * 1024**3
 
 
+def low_disk_reasons(paths: list[Path], need: int = MIN_FREE_DISK_BYTES) -> list[str]:
+    """:func:`low_disk_reason` once per filesystem among ``paths`` (they must exist)."""
+    devices: set[int] = set()
+    reasons = []
+    for p in paths:
+        dev = p.stat().st_dev
+        if dev not in devices:
+            devices.add(dev)
+            reason = low_disk_reason(p, need)
+            if reason:
+                reasons.append(reason)
+    return reasons
+
+
 def low_disk_reason(path: Path, need: int = MIN_FREE_DISK_BYTES) -> str | None:
     """Why the filesystem holding ``path`` is too full for a node (None = enough room): said
     at start, so that a full disk reads as such and not as pods evicted minutes later."""

@@ -48,7 +48,7 @@ from .components import (
     kubelet_config,
 )
 from .controlplane import NodeControlPlane
-from .host import NodeUnsupported, low_disk_reason, unsupported_reason
+from .host import NodeUnsupported, low_disk_reasons, unsupported_reason
 from .identities import grant_rbac, write_identities
 from .images import build_base_images
 from .runstate import (
@@ -133,11 +133,10 @@ class RealNode(NodeRuntime):
         cleanup_leftovers(verbose=self.verbose, own_run_dir=self.run_dir)
         self._lap("leftovers-cleaned", t0)
         problems = net.check_preconditions()
-        for where in (self.run_dir.parent, self.containerd_root):  # node fs, image fs
+        filesystems = [self.run_dir.parent, self.containerd_root]  # node fs, image fs
+        for where in filesystems:
             where.mkdir(parents=True, exist_ok=True)
-            disk = low_disk_reason(where)
-            if disk and disk not in problems:
-                problems.append(disk)
+        problems += low_disk_reasons(filesystems)
         if problems:
             raise NodeStartError("preconditions failed: " + "; ".join(problems))
         if self.run_dir.exists():

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from kubeforge_cluster.realnode import net
 from kubeforge_cluster.realnode.components import EVICTION_DISK_FLOOR, kubelet_config
-from kubeforge_cluster.realnode.host import host_unsupported_reason, low_disk_reason
+from kubeforge_cluster.realnode.host import (
+    host_unsupported_reason,
+    low_disk_reason,
+    low_disk_reasons,
+)
 
 GOOD_COREFILE = """# cluster names only
 cluster.local:53 96.10.in-addr.arpa:53 88.10.in-addr.arpa:53 {
@@ -95,3 +99,12 @@ def test_a_full_disk_is_named_at_start_not_discovered_as_evictions(tmp_path: Pat
     assert low_disk_reason(tmp_path, need=1) is None
     reason = low_disk_reason(tmp_path, need=1 << 60)
     assert reason is not None and "GiB free" in reason and str(tmp_path) in reason
+
+
+def test_a_full_disk_is_named_once_per_filesystem(tmp_path: Path) -> None:
+    runs, images = tmp_path / "runs", tmp_path / "images"
+    runs.mkdir()
+    images.mkdir()
+    assert low_disk_reasons([runs, images], need=1) == []
+    reasons = low_disk_reasons([runs, images], need=1 << 60)  # one filesystem: one reason
+    assert len(reasons) == 1 and str(runs) in reasons[0]
